@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: services up (scripts/services.sh), formatting, lints, every test against the
+# real PostgreSQL primary + replica + shards and Redis, then the loom model checks. Fails if any service is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+start=$SECONDS
+
+step "services"
+eval "$(scripts/services.sh)"
+env | grep '^REALM_TEST_' | sed 's/^/    /'
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test (unit, integration, end-to-end)"
+cargo test --workspace --release
+
+step "loom model checks"
+scripts/loom.sh
+
+step "done in $((SECONDS - start)) s"

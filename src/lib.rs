@@ -1,0 +1,16 @@
+//! Realm: an MMORPG zone server.
+//!
+//! One process hosts one zone. Pinned mio io threads own the TLS and UDP sockets (`net`), hand packets to the
+//! single simulation thread through our Vyukov MPSC queue (`queue`), and everything that blocks runs on a worker
+//! pool. See README.md for the architecture picture.
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod logging;
+pub mod net;
+pub mod proto;
+#[allow(unsafe_code)]
+pub mod queue;
+pub mod server;
+#[allow(unsafe_code)]
+pub mod sync;

@@ -1,0 +1,759 @@
+//! The sans-IO control session: one TLS connection's protocol state, fed ciphertext and `Instant`s, yielding
+//! ciphertext, events for the simulation and deadlines. No sockets here (rustls' `tlsserver-mio` split): the io
+//! thread moves bytes in with [`ControlSession::read_tls`], out with [`ControlSession::write_tls`], and calls
+//! [`ControlSession::handle_timeout`] at [`ControlSession::next_deadline`].
+//!
+//! What it decides on its own (transport, not gameplay): the TLS handshake, `Hello` version negotiation,
+//! `Ping`/`Pong`, which messages each state allows, per-tick inbound credits with flood escalation, the
+//! handshake and idle timeouts, the outbound buffer cap. Everything else becomes a [`SessionEvent::Message`].
+//!
+//! Invariant: once [`ControlSession::is_closing`] is true no further event is produced; the io layer flushes what
+//! is left (the `Kick` and TLS close_notify) and then drops the socket.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::{ServerConfig, ServerConnection};
+
+use crate::net::framing::{encode_frame, FrameDecoder, FrameError};
+use crate::proto::{control_message::Body, ControlMessage, HelloOk, Kick, KickReason, Pong, PROTOCOL_VERSION};
+
+/// Where a session stands in the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    /// TLS handshake in progress.
+    Handshaking,
+    /// TLS done, waiting for `Hello`.
+    AwaitHello,
+    /// Version agreed; may register, log in or enter by transfer.
+    Greeted,
+    /// A login request is with the simulation/workers; only Ping is allowed until it answers.
+    Authenticating,
+    /// Logged in and playing.
+    InGame,
+    /// Closing: flushing the last frames and close_notify.
+    Closing,
+}
+
+/// Limits applied by the session; from `[net]` and `[game]`.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    /// Largest control frame.
+    pub max_frame: usize,
+    /// TLS + Hello must complete within this.
+    pub handshake_timeout: Duration,
+    /// Silence longer than this closes the session.
+    pub idle_timeout: Duration,
+    /// Cap of buffered outbound bytes (plaintext + ciphertext inside rustls).
+    pub write_buffer_cap: usize,
+    /// Messages accepted per credit window; the excess is dropped.
+    pub credits_per_window: u32,
+    /// Length of the credit window (one tick).
+    pub credit_window: Duration,
+    /// Consecutive flooded windows before the session is kicked.
+    pub flood_kick_windows: u32,
+    /// Zone name reported in `HelloOk`.
+    pub zone: String,
+}
+
+impl SessionLimits {
+    /// Limits from the configuration.
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        Self {
+            max_frame: c.net.max_frame_bytes,
+            handshake_timeout: Duration::from_millis(c.net.handshake_timeout_ms),
+            idle_timeout: Duration::from_millis(c.net.idle_timeout_ms),
+            write_buffer_cap: c.net.write_buffer_cap_bytes,
+            credits_per_window: c.net.inbound_credits_per_tick,
+            credit_window: Duration::from_secs(1) / c.game.tick_rate.max(1),
+            flood_kick_windows: c.net.flood_kick_ticks,
+            zone: c.server.zone.clone(),
+        }
+    }
+}
+
+/// Why a session ended; also the label of the `closed by reason` metric.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer closed (close_notify or EOF).
+    PeerClosed,
+    /// TLS failed (bad handshake, refused version, corrupt record).
+    Tls(String),
+    /// Framing error (oversized, garbage, truncated).
+    Frame(String),
+    /// A message not allowed in the current state, or a bad Hello.
+    Protocol(String),
+    /// Handshake not completed in time.
+    HandshakeTimeout,
+    /// Silent for too long.
+    IdleTimeout,
+    /// Too many messages for too long.
+    Flood,
+    /// Outbound buffer full: the client does not read.
+    SlowConsumer,
+    /// Closed by the server (simulation or shutdown) with this kick reason.
+    Kicked(KickReason),
+    /// The socket failed.
+    Io(io::ErrorKind),
+}
+
+impl CloseReason {
+    /// Stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::Tls(_) => "tls_error",
+            CloseReason::Frame(_) => "frame_error",
+            CloseReason::Protocol(_) => "protocol_error",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::Flood => "flood",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Kicked(_) => "kicked",
+            CloseReason::Io(_) => "io_error",
+        }
+    }
+}
+
+/// What the session reports to the io layer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionEvent {
+    /// The TLS handshake and Hello are done.
+    Greeted,
+    /// A message for the simulation.
+    Message(ControlMessage),
+    /// An inbound message was dropped because the session ran out of credits this window.
+    Dropped,
+    /// The session is closing; no more events follow.
+    Closed(CloseReason),
+}
+
+/// Failure to queue an outbound message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The session is closing or not yet through the TLS handshake.
+    #[error("session is not open")]
+    NotOpen,
+    /// The message is larger than the maximum frame.
+    #[error("message too large for one frame")]
+    TooLarge,
+    /// The outbound buffer is full; the session is now closing as a slow consumer.
+    #[error("outbound buffer full")]
+    SlowConsumer,
+}
+
+/// One client's control channel.
+pub struct ControlSession {
+    tls: ServerConnection,
+    decoder: FrameDecoder,
+    state: SessionState,
+    limits: SessionLimits,
+    handshake_deadline: Instant,
+    last_activity: Instant,
+    window_start: Instant,
+    window_used: u32,
+    flooded_windows: u32,
+    events: VecDeque<SessionEvent>,
+    scratch: Vec<u8>,
+}
+
+impl ControlSession {
+    /// A new session for a connection accepted at `now`.
+    pub fn new(config: Arc<ServerConfig>, limits: SessionLimits, now: Instant) -> Result<Self, rustls::Error> {
+        let mut tls = ServerConnection::new(config)?;
+        // rustls refuses to buffer past this; a short write means the client is not reading (see `send`).
+        tls.set_buffer_limit(Some(limits.write_buffer_cap));
+        Ok(Self {
+            tls,
+            decoder: FrameDecoder::new(limits.max_frame),
+            state: SessionState::Handshaking,
+            handshake_deadline: now + limits.handshake_timeout,
+            last_activity: now,
+            window_start: now,
+            window_used: 0,
+            flooded_windows: 0,
+            events: VecDeque::new(),
+            scratch: Vec::with_capacity(256),
+            limits,
+        })
+    }
+
+    /// Current state.
+    pub fn state(&self) -> SessionState {
+        self.state
+    }
+
+    /// True once the session decided to close; flush with `write_tls`, then drop the socket.
+    pub fn is_closing(&self) -> bool {
+        self.state == SessionState::Closing
+    }
+
+    /// True when there is ciphertext to send.
+    pub fn wants_write(&self) -> bool {
+        self.tls.wants_write()
+    }
+
+    /// Next event for the io layer.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    /// Reads ciphertext from `rd` until it would block, then processes it. Returns `Ok(true)` when the peer sent
+    /// EOF. Socket errors other than `WouldBlock`/`Interrupted` close the session.
+    pub fn read_tls(&mut self, rd: &mut dyn Read, now: Instant) -> bool {
+        let mut eof = false;
+        loop {
+            if self.is_closing() {
+                return eof;
+            }
+            match self.tls.read_tls(rd) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(_) => {
+                    self.last_activity = now;
+                    self.process(now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // rustls reports a full plaintext buffer as "other" when the peer sends faster than we decode:
+                    // that only happens to a flooding peer, because we decode everything after each read.
+                    self.close_without_kick(CloseReason::Io(e.kind()));
+                    return eof;
+                }
+            }
+        }
+        if eof && !self.is_closing() {
+            let reason = match self.decoder.finish() {
+                Ok(()) => CloseReason::PeerClosed,
+                Err(e) => CloseReason::Frame(e.to_string()),
+            };
+            self.close_without_kick(reason);
+        }
+        eof
+    }
+
+    /// Writes pending ciphertext to `wr` until done or it would block.
+    pub fn write_tls(&mut self, wr: &mut dyn Write) -> io::Result<()> {
+        while self.tls.wants_write() {
+            match self.tls.write_tls(wr) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.close_without_kick(CloseReason::Io(e.kind()));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The earliest instant at which [`ControlSession::handle_timeout`] has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match self.state {
+            SessionState::Handshaking | SessionState::AwaitHello => Some(self.handshake_deadline),
+            SessionState::Closing => None,
+            _ => Some(self.last_activity + self.limits.idle_timeout),
+        }
+    }
+
+    /// Applies the handshake and idle timeouts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.state {
+            SessionState::Handshaking if now >= self.handshake_deadline => {
+                self.close_without_kick(CloseReason::HandshakeTimeout)
+            }
+            SessionState::AwaitHello if now >= self.handshake_deadline => {
+                self.close(KickReason::IdleTimeout, "no Hello in time", CloseReason::HandshakeTimeout)
+            }
+            SessionState::Greeted | SessionState::Authenticating | SessionState::InGame
+                if now >= self.last_activity + self.limits.idle_timeout =>
+            {
+                self.close(KickReason::IdleTimeout, "idle for too long", CloseReason::IdleTimeout)
+            }
+            _ => {}
+        }
+    }
+
+    /// Queues `msg` for the client. Outgoing `LoginOk`/`LoginError` move the state machine; a `Kick` closes.
+    pub fn send(&mut self, msg: &ControlMessage) -> Result<(), SendError> {
+        if matches!(self.state, SessionState::Handshaking | SessionState::Closing) {
+            return Err(SendError::NotOpen);
+        }
+        if let Some(Body::Kick(k)) = &msg.body {
+            let reason = KickReason::try_from(k.reason).unwrap_or(KickReason::Unspecified);
+            self.close(reason, &k.message.clone(), CloseReason::Kicked(reason));
+            return Ok(());
+        }
+        self.write_frame(msg)?;
+        match &msg.body {
+            Some(Body::LoginOk(_)) => self.state = SessionState::InGame,
+            Some(Body::LoginError(_)) if self.state == SessionState::Authenticating => {
+                self.state = SessionState::Greeted
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Closes with a `Kick` (when TLS is up) and close_notify.
+    pub fn close(&mut self, kick: KickReason, message: &str, reason: CloseReason) {
+        if self.is_closing() {
+            return;
+        }
+        if self.state != SessionState::Handshaking {
+            // Best effort: a client whose buffer is full does not get the reason.
+            let _ = self.write_frame(&ControlMessage::new(Body::Kick(Kick::new(kick, message))));
+        }
+        self.close_without_kick(reason);
+    }
+
+    /// RFC 5705 keying material for the UDP data channel, bound to `context` (the session id).
+    pub fn export_keying_material(&self, label: &[u8], context: &[u8]) -> Result<[u8; 64], rustls::Error> {
+        self.tls.export_keying_material([0u8; 64], label, Some(context))
+    }
+
+    /// The negotiated TLS version, once the handshake is done.
+    pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
+        self.tls.protocol_version()
+    }
+
+    fn close_without_kick(&mut self, reason: CloseReason) {
+        if self.is_closing() {
+            return;
+        }
+        self.state = SessionState::Closing;
+        self.tls.send_close_notify();
+        self.events.push_back(SessionEvent::Closed(reason));
+    }
+
+    fn write_frame(&mut self, msg: &ControlMessage) -> Result<(), SendError> {
+        self.scratch.clear();
+        encode_frame(msg, self.limits.max_frame, &mut self.scratch).map_err(|_| SendError::TooLarge)?;
+        match self.tls.writer().write(&self.scratch) {
+            Ok(n) if n == self.scratch.len() => Ok(()),
+            _ => {
+                // A partial frame may be in the buffer now; the stream is unusable, so the session ends.
+                self.close_without_kick(CloseReason::SlowConsumer);
+                Err(SendError::SlowConsumer)
+            }
+        }
+    }
+
+    fn process(&mut self, now: Instant) {
+        if let Err(e) = self.tls.process_new_packets() {
+            // rustls has queued the matching alert; write_tls sends it.
+            self.close_without_kick(CloseReason::Tls(e.to_string()));
+            return;
+        }
+        if self.state == SessionState::Handshaking && !self.tls.is_handshaking() {
+            self.state = SessionState::AwaitHello;
+        }
+        loop {
+            let spare = self.decoder.spare();
+            if spare.is_empty() {
+                // A whole frame is buffered: decode before reading more.
+                if !self.decode_frames(now) {
+                    return;
+                }
+                continue;
+            }
+            match self.tls.reader().read(spare) {
+                Ok(0) => break, // close_notify received; EOF follows on the socket
+                Ok(n) => {
+                    self.decoder.filled(n);
+                    if !self.decode_frames(now) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    self.close_without_kick(CloseReason::Tls(e.to_string()));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Decodes every complete frame; false once the session is closing.
+    fn decode_frames(&mut self, now: Instant) -> bool {
+        loop {
+            if self.is_closing() {
+                return false;
+            }
+            match self.decoder.decode() {
+                Ok(Some(msg)) => self.on_message(msg, now),
+                Ok(None) => return true,
+                Err(e) => {
+                    let reason = CloseReason::Frame(e.to_string());
+                    self.close(FrameError::kick_reason(&e), &e.to_string(), reason);
+                    return false;
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, msg: ControlMessage, now: Instant) {
+        if !self.take_credit(now) {
+            return;
+        }
+        let Some(body) = &msg.body else { return };
+        let allowed = match (self.state, body) {
+            (SessionState::Closing | SessionState::Handshaking, _) => false,
+            (_, Body::Ping(_)) => true,
+            (SessionState::AwaitHello, Body::Hello(_)) => true,
+            (SessionState::Greeted, Body::Register(_) | Body::Login(_) | Body::TransferLogin(_) | Body::Logout(_)) => {
+                true
+            }
+            (SessionState::InGame, Body::Chat(_) | Body::Logout(_) | Body::UdpRebind(_)) => true,
+            _ => false,
+        };
+        if !allowed {
+            let text = format!("{} is not allowed in state {:?}", msg.kind(), self.state);
+            self.close(KickReason::ProtocolError, &text, CloseReason::Protocol(text.clone()));
+            return;
+        }
+        match body {
+            Body::Ping(p) => {
+                let pong = Pong { nonce: p.nonce, client_time_us: p.client_time_us, server_tick: 0 };
+                let _ = self.write_frame(&ControlMessage::new(Body::Pong(pong)));
+            }
+            Body::Hello(h) => {
+                if h.protocol_version != PROTOCOL_VERSION {
+                    let text = format!(
+                        "protocol version {} is not supported (server speaks {PROTOCOL_VERSION})",
+                        h.protocol_version
+                    );
+                    self.close(KickReason::ProtocolError, &text, CloseReason::Protocol(text.clone()));
+                    return;
+                }
+                let ok = HelloOk {
+                    protocol_version: PROTOCOL_VERSION,
+                    server_version: env!("CARGO_PKG_VERSION").into(),
+                    max_frame_bytes: self.limits.max_frame as u32,
+                    zone: self.limits.zone.clone(),
+                };
+                if self.write_frame(&ControlMessage::new(Body::HelloOk(ok))).is_ok() {
+                    self.state = SessionState::Greeted;
+                    self.events.push_back(SessionEvent::Greeted);
+                }
+            }
+            Body::Register(_) | Body::Login(_) | Body::TransferLogin(_) => {
+                self.state = SessionState::Authenticating;
+                self.events.push_back(SessionEvent::Message(msg));
+            }
+            _ => self.events.push_back(SessionEvent::Message(msg)),
+        }
+    }
+
+    /// Per-window inbound credits. Over budget: drop and count; flooding for `flood_kick_windows` windows in a
+    /// row: kick.
+    fn take_credit(&mut self, now: Instant) -> bool {
+        if now >= self.window_start + self.limits.credit_window {
+            let flooded = self.window_used > self.limits.credits_per_window;
+            self.flooded_windows = if flooded { self.flooded_windows + 1 } else { 0 };
+            self.window_start = now;
+            self.window_used = 0;
+            if self.flooded_windows >= self.limits.flood_kick_windows {
+                self.close(KickReason::Flood, "too many messages", CloseReason::Flood);
+                return false;
+            }
+        }
+        self.window_used = self.window_used.saturating_add(1);
+        if self.window_used > self.limits.credits_per_window {
+            self.events.push_back(SessionEvent::Dropped);
+            return false;
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A real rustls client driven against the session in memory with a virtual clock (quinn's `Pair` idea).
+    use super::*;
+    use crate::net::tls::{client_config, generate_dev_cert, ServerTrust};
+    use crate::proto::{Chat, Hello, Login, Ping};
+    use rustls::pki_types::ServerName;
+    use rustls::ClientConnection;
+
+    struct Pair {
+        server: ControlSession,
+        client: ClientConnection,
+        now: Instant,
+        client_decoder: FrameDecoder,
+    }
+
+    fn limits() -> SessionLimits {
+        SessionLimits {
+            max_frame: 1024,
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            write_buffer_cap: 64 * 1024,
+            credits_per_window: 8,
+            credit_window: Duration::from_millis(50),
+            flood_kick_windows: 3,
+            zone: "test-zone".into(),
+        }
+    }
+
+    impl Pair {
+        fn new(limits: SessionLimits) -> Self {
+            let (certs, key, _) = generate_dev_cert().unwrap();
+            let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(crate::net::tls::VERSIONS)
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap();
+            let now = Instant::now();
+            let server = ControlSession::new(Arc::new(config), limits, now).unwrap();
+            let cc = client_config(&ServerTrust::InsecureAcceptAny).unwrap();
+            let client = ClientConnection::new(cc, ServerName::try_from("localhost").unwrap()).unwrap();
+            Pair { server, client, now, client_decoder: FrameDecoder::new(1 << 16) }
+        }
+
+        /// Moves bytes both ways until quiet.
+        fn drive(&mut self) {
+            for _ in 0..20 {
+                let mut c2s = Vec::new();
+                while self.client.wants_write() {
+                    self.client.write_tls(&mut c2s).unwrap();
+                }
+                if !c2s.is_empty() {
+                    self.server.read_tls(&mut Socket(&c2s), self.now);
+                }
+                let mut s2c = Vec::new();
+                self.server.write_tls(&mut s2c).unwrap();
+                if !s2c.is_empty() {
+                    let mut rd = &s2c[..];
+                    while !rd.is_empty() {
+                        self.client.read_tls(&mut rd).unwrap();
+                    }
+                    let _ = self.client.process_new_packets();
+                }
+                if c2s.is_empty() && s2c.is_empty() {
+                    break;
+                }
+            }
+        }
+
+        fn client_send(&mut self, msg: ControlMessage) {
+            let mut buf = Vec::new();
+            encode_frame(&msg, 1 << 16, &mut buf).unwrap();
+            self.client.writer().write_all(&buf).unwrap();
+            self.drive();
+        }
+
+        fn client_raw(&mut self, bytes: &[u8]) {
+            self.client.writer().write_all(bytes).unwrap();
+            self.drive();
+        }
+
+        fn client_received(&mut self) -> Vec<ControlMessage> {
+            let mut buf = [0u8; 4096];
+            loop {
+                match self.client.reader().read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        self.client_decoder.feed(&buf[..n]);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut out = Vec::new();
+            while let Ok(Some(m)) = self.client_decoder.decode() {
+                out.push(m);
+            }
+            out
+        }
+
+        fn events(&mut self) -> Vec<SessionEvent> {
+            std::iter::from_fn(|| self.server.poll_event()).collect()
+        }
+
+        fn greet(&mut self) {
+            self.drive();
+            assert_eq!(self.server.state(), SessionState::AwaitHello, "{:?}", self.server.events);
+            self.client_send(hello(PROTOCOL_VERSION));
+            assert_eq!(self.server.state(), SessionState::Greeted);
+            let got = self.client_received();
+            assert!(matches!(got[0].body, Some(Body::HelloOk(_))), "{got:?}");
+            assert_eq!(self.events(), vec![SessionEvent::Greeted]);
+        }
+    }
+
+    /// A non-blocking socket's read side: `WouldBlock` when drained (a slice reader would report EOF).
+    struct Socket<'a>(&'a [u8]);
+
+    impl Read for Socket<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.0.read(buf)
+        }
+    }
+
+    #[test]
+    fn peer_eof_closes_the_session() {
+        let mut p = Pair::new(limits());
+        p.greet();
+        assert!(p.server.read_tls(&mut &[][..], p.now));
+        assert_eq!(p.events(), vec![SessionEvent::Closed(CloseReason::PeerClosed)]);
+    }
+
+    fn hello(v: u32) -> ControlMessage {
+        ControlMessage::new(Body::Hello(Hello { protocol_version: v, client_name: "test".into() }))
+    }
+
+    fn kick_reason(msgs: &[ControlMessage]) -> Option<KickReason> {
+        msgs.iter().find_map(|m| match &m.body {
+            Some(Body::Kick(k)) => KickReason::try_from(k.reason).ok(),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn ping_is_answered_before_login() {
+        let mut p = Pair::new(limits());
+        p.greet();
+        p.client_send(ControlMessage::new(Body::Ping(Ping { nonce: 42, client_time_us: 9 })));
+        let got = p.client_received();
+        assert!(matches!(&got[0].body, Some(Body::Pong(Pong { nonce: 42, client_time_us: 9, .. }))), "{got:?}");
+    }
+
+    #[test]
+    fn login_is_forwarded_and_login_ok_enters_the_game() {
+        let mut p = Pair::new(limits());
+        p.greet();
+        let login = ControlMessage::new(Body::Login(Login { username: "a".into(), password: "b".into() }));
+        p.client_send(login.clone());
+        assert_eq!(p.events(), vec![SessionEvent::Message(login)]);
+        assert_eq!(p.server.state(), SessionState::Authenticating);
+        p.server.send(&ControlMessage::new(Body::LoginOk(Default::default()))).unwrap();
+        assert_eq!(p.server.state(), SessionState::InGame);
+        let chat = ControlMessage::new(Body::Chat(Chat { channel: 0, text: "hi".into() }));
+        p.client_send(chat.clone());
+        assert_eq!(p.events(), vec![SessionEvent::Message(chat)]);
+    }
+
+    #[test]
+    fn chat_before_login_is_a_protocol_error_with_a_kick() {
+        let mut p = Pair::new(limits());
+        p.greet();
+        p.client_send(ControlMessage::new(Body::Chat(Chat { channel: 0, text: "hi".into() })));
+        assert!(p.server.is_closing());
+        assert!(matches!(p.events()[..], [SessionEvent::Closed(CloseReason::Protocol(_))]));
+        assert_eq!(kick_reason(&p.client_received()), Some(KickReason::ProtocolError));
+    }
+
+    #[test]
+    fn wrong_protocol_version_is_refused_with_a_reason() {
+        let mut p = Pair::new(limits());
+        p.drive();
+        p.client_send(hello(99));
+        assert!(p.server.is_closing());
+        assert_eq!(kick_reason(&p.client_received()), Some(KickReason::ProtocolError));
+    }
+
+    #[test]
+    fn oversized_frame_closes_with_protocol_error() {
+        let mut p = Pair::new(limits());
+        p.greet();
+        p.client_raw(&(5000u32).to_be_bytes());
+        assert!(matches!(p.events()[..], [SessionEvent::Closed(CloseReason::Frame(_))]));
+        assert_eq!(kick_reason(&p.client_received()), Some(KickReason::ProtocolError));
+    }
+
+    #[test]
+    fn garbage_frame_closes_with_protocol_error() {
+        let mut p = Pair::new(limits());
+        p.greet();
+        p.client_raw(&[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff]);
+        assert!(matches!(p.events()[..], [SessionEvent::Closed(CloseReason::Frame(_))]));
+    }
+
+    #[test]
+    fn silent_connection_is_closed_at_the_handshake_timeout() {
+        let mut p = Pair::new(limits());
+        let deadline = p.server.next_deadline().unwrap();
+        p.server.handle_timeout(deadline - Duration::from_millis(1));
+        assert!(!p.server.is_closing());
+        p.server.handle_timeout(deadline);
+        assert_eq!(p.events(), vec![SessionEvent::Closed(CloseReason::HandshakeTimeout)]);
+    }
+
+    #[test]
+    fn idle_session_is_kicked() {
+        let mut p = Pair::new(limits());
+        p.greet();
+        let deadline = p.server.next_deadline().unwrap();
+        p.server.handle_timeout(deadline);
+        assert_eq!(p.events(), vec![SessionEvent::Closed(CloseReason::IdleTimeout)]);
+        p.drive();
+        assert_eq!(kick_reason(&p.client_received()), Some(KickReason::IdleTimeout));
+    }
+
+    #[test]
+    fn flood_drops_then_kicks() {
+        let mut p = Pair::new(limits());
+        p.greet();
+        let ping = ControlMessage::new(Body::Ping(Ping { nonce: 1, client_time_us: 0 }));
+        let mut dropped = 0;
+        for window in 0..4 {
+            for _ in 0..12 {
+                p.client_send(ping.clone());
+            }
+            dropped += p.events().iter().filter(|e| **e == SessionEvent::Dropped).count();
+            if p.server.is_closing() {
+                assert!(window >= 2, "kicked too early, at window {window}");
+                break;
+            }
+            p.now += Duration::from_millis(50);
+        }
+        assert!(dropped >= 4 * 2, "excess messages are dropped, got {dropped}");
+        assert!(p.server.is_closing(), "sustained flood is kicked");
+        p.drive();
+        assert_eq!(kick_reason(&p.client_received()), Some(KickReason::Flood));
+    }
+
+    #[test]
+    fn a_client_that_does_not_read_is_dropped_as_slow_consumer() {
+        let mut l = limits();
+        l.write_buffer_cap = 4096;
+        let mut p = Pair::new(l);
+        p.greet();
+        let chat = ControlMessage::new(Body::ChatMessage(crate::proto::ChatMessage {
+            text: "x".repeat(500),
+            ..Default::default()
+        }));
+        let mut result = Ok(());
+        for _ in 0..20 {
+            result = p.server.send(&chat);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result, Err(SendError::SlowConsumer));
+        assert!(matches!(p.events()[..], [SessionEvent::Closed(CloseReason::SlowConsumer)]));
+    }
+
+    #[test]
+    fn both_ends_export_the_same_udp_keying_material() {
+        let mut p = Pair::new(limits());
+        p.greet();
+        let s = p.server.export_keying_material(b"EXPORTER-test", b"ctx").unwrap();
+        let c = p.client.export_keying_material([0u8; 64], b"EXPORTER-test", Some(b"ctx")).unwrap();
+        assert_eq!(s, c);
+        let other = p.server.export_keying_material(b"EXPORTER-test", b"ctx2").unwrap();
+        assert_ne!(s, other, "material is bound to the context");
+    }
+}
