@@ -5,7 +5,9 @@
 //! pool. See README.md for the architecture picture.
 #![deny(unsafe_code)]
 
+pub mod client;
 pub mod config;
+pub mod db;
 pub mod logging;
 pub mod net;
 pub mod proto;
@@ -14,3 +16,4 @@ pub mod queue;
 pub mod server;
 #[allow(unsafe_code)]
 pub mod sync;
+pub mod worker;

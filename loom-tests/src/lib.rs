@@ -1,1 +1,16 @@
-//! placeholder, replaced in the same series
+//! Model checks of Realm's lock-free structures.
+//!
+//! This crate compiles the very same source files as the `realm` crate (`src/sync.rs`, `src/queue/`) without
+//! depending on `realm` itself, so that `--cfg realm_loom` does not have to build postgres, tokio and friends
+//! under loom. Run the model checks with `scripts/loom.sh`; without `--cfg realm_loom` the same test bodies run
+//! once each as plain tests, next to multi-threaded stress tests.
+#![deny(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations)]
+
+#[allow(unsafe_code)]
+#[path = "../../src/sync.rs"]
+pub mod sync;
+
+#[allow(unsafe_code)]
+#[path = "../../src/queue/mod.rs"]
+pub mod queue;

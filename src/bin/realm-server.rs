@@ -21,6 +21,8 @@ enum Command {
     Run,
     /// Validate the configuration, print the effective values (secrets redacted) and exit.
     CheckConfig,
+    /// Apply the SQL migrations in migrations/ to the primary and every shard (safe to run twice), then exit.
+    Migrate,
 }
 
 fn main() -> ExitCode {
@@ -39,6 +41,19 @@ fn main() -> ExitCode {
                 eprintln!("warning: {w}");
             }
             ExitCode::SUCCESS
+        }
+        Command::Migrate => {
+            realm::logging::init(&config.log);
+            match realm::db::migrate::run_cli(&config) {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("realm-server migrate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Run => {
             realm::logging::init(&config.log);

@@ -114,7 +114,7 @@ pub enum LogFormat {
 }
 
 /// The whole configuration. See `config/realm.toml` for every key, its default and its meaning.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Process identity and listeners.
@@ -303,23 +303,6 @@ pub struct LogConfig {
     pub level: String,
     /// `text` or `json`.
     pub format: LogFormat,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            admin: AdminConfig::default(),
-            net: NetConfig::default(),
-            tls: TlsConfig::default(),
-            game: GameConfig::default(),
-            database: DatabaseConfig::default(),
-            redis: RedisConfig::default(),
-            workers: WorkerConfig::default(),
-            security: SecurityConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
 }
 
 impl Default for ServerConfig {

@@ -3,6 +3,7 @@
 //! thread through the queue.
 
 pub mod framing;
+pub mod io;
 pub mod session;
 pub mod tls;
 pub mod udp;

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Model-checks the lock-free code (src/sync.rs, src/queue/) with loom through the realm-loom-tests crate.
+# Separate target dir: --cfg realm_loom must not invalidate the normal build cache.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-2}"
+RUSTFLAGS="--cfg realm_loom" cargo test -p realm-loom-tests --release --target-dir target/loom "$@"

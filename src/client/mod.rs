@@ -1,0 +1,280 @@
+//! A blocking game client: the TLS control channel and the UDP data channel, as `realm-client`, the tests and
+//! simple tools use them. (The load generator drives many of these from a few threads.)
+//!
+//! It speaks exactly what README's protocol section documents; nothing here is privileged.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
+
+use crate::net::framing::{encode_frame, FrameDecoder, FrameError};
+use crate::net::udp::{DataChannel, DataKeys, EXPORTER_LABEL};
+use crate::proto::{
+    control_message::Body, data_message::Body as DataBody, ControlMessage, DataMessage, Hello, HelloOk, Kick,
+    KickReason, LoginError, LoginOk, MAX_DATAGRAM_BYTES, PROTOCOL_VERSION,
+};
+
+/// What went wrong on the client side; every variant is something a player can be told.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Name resolution or TCP connect failed.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// Target.
+        addr: String,
+        /// OS error.
+        source: io::Error,
+    },
+    /// TLS failed (certificate not trusted, version refused, ...).
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The socket failed.
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+    /// The server sent something that is not a valid frame.
+    #[error("bad frame from server: {0}")]
+    Frame(#[from] FrameError),
+    /// The server closed the connection with a reason.
+    #[error("kicked by server: {reason:?}: {message}")]
+    Kicked {
+        /// Reason code.
+        reason: KickReason,
+        /// Server's text.
+        message: String,
+    },
+    /// The server closed the connection without a reason.
+    #[error("server closed the connection")]
+    Closed,
+    /// Nothing arrived in time.
+    #[error("timed out waiting for the server")]
+    Timeout,
+    /// Login or registration refused.
+    #[error("login refused: {}", .0.message)]
+    Login(LoginError),
+    /// The server answered something unexpected.
+    #[error("unexpected reply: {0}")]
+    Unexpected(&'static str),
+}
+
+impl ClientError {
+    fn from_kick(k: Kick) -> Self {
+        ClientError::Kicked { reason: KickReason::try_from(k.reason).unwrap_or(KickReason::Unspecified), message: k.message }
+    }
+}
+
+/// The control channel: TLS over TCP with length-prefixed frames.
+pub struct Connection {
+    tls: StreamOwned<ClientConnection, TcpStream>,
+    decoder: FrameDecoder,
+    max_frame: usize,
+    server: SocketAddr,
+    scratch: Vec<u8>,
+}
+
+impl Connection {
+    /// Connects and completes the TLS handshake. `server_name` is checked against the certificate.
+    pub fn connect(addr: &str, server_name: &str, tls: Arc<ClientConfig>, timeout: Duration) -> Result<Self, ClientError> {
+        let connect_err = |source| ClientError::Connect { addr: addr.to_owned(), source };
+        let target = addr
+            .to_socket_addrs()
+            .map_err(connect_err)?
+            .next()
+            .ok_or_else(|| connect_err(io::Error::new(io::ErrorKind::NotFound, "no address")))?;
+        let tcp = TcpStream::connect_timeout(&target, timeout).map_err(connect_err)?;
+        tcp.set_nodelay(true)?;
+        tcp.set_read_timeout(Some(timeout))?;
+        let name = ServerName::try_from(server_name.to_owned())
+            .map_err(|_| ClientError::Unexpected("invalid server name"))?;
+        let conn = ClientConnection::new(tls, name)?;
+        let mut tls = StreamOwned::new(conn, tcp);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).map_err(|e| match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout,
+                _ => ClientError::Io(e),
+            })?;
+        }
+        Ok(Self { tls, decoder: FrameDecoder::new(64 * 1024), max_frame: 4096, server: target, scratch: Vec::new() })
+    }
+
+    /// The server's address.
+    pub fn server_addr(&self) -> SocketAddr {
+        self.server
+    }
+
+    /// Sends Hello and waits for HelloOk.
+    pub fn hello(&mut self, client_name: &str) -> Result<HelloOk, ClientError> {
+        self.send(&ControlMessage::new(Body::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: client_name.into(),
+        })))?;
+        match self.recv()?.body {
+            Some(Body::HelloOk(ok)) => {
+                self.max_frame = ok.max_frame_bytes as usize;
+                Ok(ok)
+            }
+            _ => Err(ClientError::Unexpected("expected HelloOk")),
+        }
+    }
+
+    /// Sends a login-like request (Login, Register or TransferLogin) and waits for LoginOk/LoginError, skipping
+    /// anything else that arrives in between.
+    pub fn authenticate(&mut self, request: Body) -> Result<LoginOk, ClientError> {
+        self.send(&ControlMessage::new(request))?;
+        loop {
+            match self.recv()?.body {
+                Some(Body::LoginOk(ok)) => return Ok(ok),
+                Some(Body::LoginError(e)) => return Err(ClientError::Login(e)),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Sends one message.
+    pub fn send(&mut self, msg: &ControlMessage) -> Result<(), ClientError> {
+        self.scratch.clear();
+        encode_frame(msg, self.max_frame.max(64), &mut self.scratch)?;
+        self.tls.write_all(&self.scratch)?;
+        self.tls.flush()?;
+        Ok(())
+    }
+
+    /// Sends raw bytes inside TLS (tests of the server's framing).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.tls.write_all(bytes)?;
+        self.tls.flush()?;
+        Ok(())
+    }
+
+    /// Waits for the next message (up to the read timeout). A `Kick` becomes [`ClientError::Kicked`].
+    pub fn recv(&mut self) -> Result<ControlMessage, ClientError> {
+        loop {
+            if let Some(msg) = self.decoder.decode()? {
+                if let Some(Body::Kick(k)) = msg.body {
+                    return Err(ClientError::from_kick(k));
+                }
+                return Ok(msg);
+            }
+            let spare = self.decoder.spare();
+            match self.tls.read(spare) {
+                Ok(0) => return Err(ClientError::Closed),
+                Ok(n) => self.decoder.filled(n),
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    return Err(ClientError::Timeout)
+                }
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(ClientError::Closed),
+                Err(e) => return Err(ClientError::Io(e)),
+            }
+        }
+    }
+
+    /// Changes how long [`Connection::recv`] waits.
+    pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        self.tls.sock.set_read_timeout(Some(timeout))?;
+        Ok(())
+    }
+
+    /// The UDP keys of this TLS session for `session_id` (RFC 5705 exporter; never sent on the wire).
+    pub fn udp_keys(&self, session_id: u64) -> Result<DataKeys, ClientError> {
+        let material = self.tls.conn.export_keying_material([0u8; 64], EXPORTER_LABEL, Some(&session_id.to_be_bytes()))?;
+        Ok(DataKeys::from_keying_material(&material))
+    }
+
+    /// Sends TLS close_notify and closes.
+    pub fn close(mut self) {
+        self.tls.conn.send_close_notify();
+        let _ = self.tls.conn.complete_io(&mut self.tls.sock);
+    }
+}
+
+/// The data channel: one UDP socket, sealed datagrams.
+pub struct UdpLink {
+    socket: UdpSocket,
+    channel: DataChannel,
+    server: SocketAddr,
+    buf: Vec<u8>,
+}
+
+impl UdpLink {
+    /// Binds a local socket and completes the UdpHello/UdpWelcome exchange (resending the hello until `timeout`).
+    pub fn bind(server: SocketAddr, session_id: u64, keys: &DataKeys, timeout: Duration) -> Result<Self, ClientError> {
+        let local: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().map_err(|_| ClientError::Unexpected("addr"))?;
+        let socket = UdpSocket::bind(local)?;
+        let mut link =
+            Self { socket, channel: DataChannel::client(session_id, keys), server, buf: vec![0u8; MAX_DATAGRAM_BYTES + 64] };
+        link.hello(timeout)?;
+        Ok(link)
+    }
+
+    /// (Re)sends UdpHello until UdpWelcome arrives; used again after a NAT rebind.
+    pub fn hello(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let n = self.channel.seal_hello(&mut self.buf).map_err(|_| ClientError::Unexpected("seal"))?;
+            self.socket.send_to(&self.buf[..n], self.server)?;
+            let wait = Duration::from_millis(200).min(deadline.saturating_duration_since(Instant::now()));
+            let until = Instant::now() + wait;
+            while Instant::now() < until {
+                match self.recv(until.saturating_duration_since(Instant::now())) {
+                    Ok(DataMessage { body: Some(DataBody::UdpWelcome(_)) }) => return Ok(()),
+                    Ok(_) => continue,
+                    Err(ClientError::Timeout) => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Err(ClientError::Timeout)
+    }
+
+    /// Seals and sends one message.
+    pub fn send(&mut self, msg: &DataMessage) -> Result<(), ClientError> {
+        let n = self.channel.seal(msg, &mut self.buf).map_err(|_| ClientError::Unexpected("message too large"))?;
+        self.socket.send_to(&self.buf[..n], self.server)?;
+        Ok(())
+    }
+
+    /// Waits for the next authentic datagram from the server; forged or replayed ones are skipped.
+    pub fn recv(&mut self, timeout: Duration) -> Result<DataMessage, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::Timeout);
+            }
+            self.socket.set_read_timeout(Some(left))?;
+            match self.socket.recv_from(&mut self.buf) {
+                Ok((n, from)) if from == self.server => {
+                    if let Ok(msg) = self.channel.open(&mut self.buf[..n]) {
+                        return Ok(msg);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    return Err(ClientError::Timeout)
+                }
+                Err(e) => return Err(ClientError::Io(e)),
+            }
+        }
+    }
+
+    /// The local socket (tests send raw datagrams through it).
+    pub fn socket(&self) -> &UdpSocket {
+        &self.socket
+    }
+
+    /// Seals a message without sending it (tests: replay, spoofing).
+    pub fn seal_raw(&mut self, msg: &DataMessage) -> Result<Vec<u8>, ClientError> {
+        let n = self.channel.seal(msg, &mut self.buf).map_err(|_| ClientError::Unexpected("message too large"))?;
+        Ok(self.buf[..n].to_vec())
+    }
+
+    /// Moves the link to a fresh local socket (simulates a NAT rebinding); call [`UdpLink::hello`] afterwards.
+    pub fn rebind_socket(&mut self) -> Result<(), ClientError> {
+        self.socket = UdpSocket::bind("0.0.0.0:0")?;
+        Ok(())
+    }
+}

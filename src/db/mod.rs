@@ -1,0 +1,2 @@
+//! Data layer (in progress).
+pub mod migrate;

@@ -1,0 +1,719 @@
+//! The io threads: pinned mio event loops that own the game sockets and only move bytes.
+//!
+//! Each thread `realm-io-K` has its own `Poll`, a `SO_REUSEPORT` TCP listener and UDP socket on the game port, and
+//! the TLS connections it accepted. It reads like mio's `tcp_server` example: `match token`, handle until
+//! `WouldBlock`. Protocol decisions are made by the sans-IO cores ([`ControlSession`], [`SessionTable`]); this
+//! module feeds them bytes and instants and carries their output:
+//!
+//! * inbound — everything one poll iteration produced is linked privately and published to the simulation's
+//!   queue with one `push_chain` (one atomic swap per iteration, not per packet);
+//! * outbound — the simulation pushes [`Outbound`] items to this thread's own queue and wakes it with its
+//!   `mio::Waker` once per tick.
+//!
+//! Invariant: an io thread never blocks on anything but `Poll::poll`, and never runs game logic.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::{Events, Interest, Poll, Token, Waker};
+use parking_lot::Mutex;
+use rustls::ServerConfig;
+
+use crate::net::session::{CloseReason, ControlSession, SessionEvent, SessionLimits};
+use crate::net::udp::batch::{bind_reuseport, RecvBatch, SendBatch};
+use crate::net::udp::{self, DataKeys, SessionTable, EXPORTER_LABEL};
+use crate::proto::{control_message::Body, ControlMessage, DataMessage, KickReason};
+use crate::queue::{self, Pop, Producer};
+
+/// Identifies one client session for its whole life: the same id is used on the TLS and the UDP channel.
+pub type SessionId = u64;
+
+/// From the io threads to the simulation.
+#[derive(Debug)]
+pub enum Inbound {
+    /// TLS and Hello completed; the session may now log in.
+    Connected {
+        /// The session.
+        session: SessionId,
+        /// The io thread that owns it (where its [`Outbound`] items go).
+        io: usize,
+        /// The client's address.
+        addr: SocketAddr,
+    },
+    /// A control message allowed in the session's state.
+    Control {
+        /// The session.
+        session: SessionId,
+        /// The message (never Hello or Ping: the io layer answers those).
+        msg: ControlMessage,
+    },
+    /// An authenticated UDP message from the session's bound endpoint.
+    Data {
+        /// The session.
+        session: SessionId,
+        /// The message.
+        msg: DataMessage,
+    },
+    /// The session's UDP endpoint was bound (or rebound).
+    UdpBound {
+        /// The session.
+        session: SessionId,
+        /// The endpoint.
+        addr: SocketAddr,
+    },
+    /// The session ended; nothing more will come from it.
+    Disconnected {
+        /// The session.
+        session: SessionId,
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+/// From the simulation to one io thread.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Send a control message over TLS. Sending `LoginOk` also opens the session's UDP channel.
+    Control {
+        /// The session.
+        session: SessionId,
+        /// The message.
+        msg: ControlMessage,
+    },
+    /// Seal and send a datagram to the session's bound endpoint (dropped if none is bound yet).
+    Data {
+        /// The session.
+        session: SessionId,
+        /// The message.
+        msg: DataMessage,
+    },
+    /// Close a session with a reason.
+    Close {
+        /// The session.
+        session: SessionId,
+        /// Reason sent in the `Kick`.
+        reason: KickReason,
+        /// Human-readable text.
+        message: String,
+    },
+    /// Stop accepting, close every session with this reason, flush, and end the thread.
+    Shutdown {
+        /// Reason sent in every `Kick`.
+        reason: KickReason,
+        /// Human-readable text.
+        message: String,
+    },
+}
+
+/// The simulation's handle on one io thread.
+#[derive(Clone)]
+pub struct IoHandle {
+    tx: Producer<Outbound>,
+    waker: Arc<Waker>,
+}
+
+impl IoHandle {
+    /// Queues an item; call [`IoHandle::wake`] once after a batch.
+    pub fn send(&self, item: Outbound) {
+        self.tx.push(item);
+    }
+
+    /// Wakes the io thread to process what was queued.
+    pub fn wake(&self) {
+        if let Err(e) = self.waker.wake() {
+            log::error!("cannot wake io thread: {e}");
+        }
+    }
+}
+
+/// Counters shared by all io threads (exported as metrics).
+#[derive(Debug, Default)]
+pub struct NetStats {
+    /// TCP connections accepted.
+    pub accepted: AtomicU64,
+    /// Connections refused because `net.max_connections` was reached.
+    pub refused_max_connections: AtomicU64,
+    /// Connections refused by the per-IP rate limit.
+    pub refused_rate_limited: AtomicU64,
+    /// Sessions that completed TLS + Hello.
+    pub handshakes: AtomicU64,
+    /// Open TCP connections.
+    pub open_connections: AtomicUsize,
+    /// Inbound control messages dropped for lack of credits.
+    pub control_dropped_flood: AtomicU64,
+    /// Sessions closed, by [`CloseReason::label`] (index in [`CLOSE_LABELS`]).
+    pub closed: [AtomicU64; CLOSE_LABELS.len()],
+    /// Datagrams accepted.
+    pub udp_in: AtomicU64,
+    /// Datagrams sent.
+    pub udp_out: AtomicU64,
+    /// Datagrams not sent because the socket's buffer was full or the kernel refused them.
+    pub udp_send_dropped: AtomicU64,
+    /// Datagrams dropped, by [`udp::UdpError::reason`] (index in `UdpError::REASONS`).
+    pub udp_dropped: [AtomicU64; 32],
+}
+
+/// Labels of [`NetStats::closed`].
+pub const CLOSE_LABELS: &[&str] = &[
+    "peer_closed",
+    "tls_error",
+    "frame_error",
+    "protocol_error",
+    "handshake_timeout",
+    "idle_timeout",
+    "flood",
+    "slow_consumer",
+    "kicked",
+    "io_error",
+];
+
+impl NetStats {
+    fn count_close(&self, reason: &CloseReason) {
+        if let Some(i) = CLOSE_LABELS.iter().position(|l| *l == reason.label()) {
+            self.closed[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn count_udp_drop(&self, e: &udp::UdpError) {
+        let reason = e.reason();
+        let i = udp::UdpError::REASONS.iter().position(|r| *r == reason).unwrap_or(0);
+        if let Some(c) = self.udp_dropped.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Closed sessions for one label.
+    pub fn closed_by(&self, label: &str) -> u64 {
+        CLOSE_LABELS.iter().position(|l| *l == label).map_or(0, |i| self.closed[i].load(Ordering::Relaxed))
+    }
+
+    /// Dropped datagrams for one reason.
+    pub fn udp_dropped_by(&self, reason: &str) -> u64 {
+        udp::UdpError::REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .and_then(|i| self.udp_dropped.get(i))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+}
+
+/// Per-source-IP connection rate limit shared by all io threads (with SO_REUSEPORT one address's connections
+/// land on several threads, so a per-thread limit would multiply the budget).
+pub struct ConnectRateLimiter {
+    window: Duration,
+    max: u32,
+    seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl ConnectRateLimiter {
+    /// At most `max` connections per address per `window`.
+    pub fn new(max: u32, window: Duration) -> Self {
+        Self { window, max, seen: Mutex::new(HashMap::new()) }
+    }
+
+    /// Counts a connection attempt; false when the address is over its budget.
+    pub fn allow(&self, ip: IpAddr, now: Instant) -> bool {
+        let mut seen = self.seen.lock();
+        if seen.len() > 65_536 {
+            let window = self.window;
+            seen.retain(|_, (start, _)| now.duration_since(*start) < window);
+        }
+        let entry = seen.entry(ip).or_insert((now, 0));
+        if now.duration_since(entry.0) >= self.window {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        entry.1 <= self.max
+    }
+}
+
+/// Everything the io threads share.
+pub struct NetShared {
+    /// UDP sessions (any io thread may receive any session's datagrams).
+    pub udp: SessionTable<u32>,
+    /// Counters.
+    pub stats: NetStats,
+    /// Per-IP connection rate limit.
+    pub rate: ConnectRateLimiter,
+    /// Max simultaneous connections.
+    pub max_connections: usize,
+    /// Set when the io threads stop accepting (drain).
+    pub draining: AtomicBool,
+}
+
+impl NetShared {
+    /// Shared state from the configuration.
+    pub fn new(config: &crate::config::Config) -> Self {
+        Self {
+            udp: SessionTable::new(),
+            stats: NetStats::default(),
+            rate: ConnectRateLimiter::new(
+                config.net.connect_rate_max,
+                Duration::from_secs(config.net.connect_rate_window_secs),
+            ),
+            max_connections: config.net.max_connections,
+            draining: AtomicBool::new(false),
+        }
+    }
+}
+
+/// The running io threads.
+pub struct IoThreads {
+    /// One handle per thread, indexed by [`Inbound::Connected::io`].
+    pub handles: Vec<IoHandle>,
+    /// The game address actually bound (port resolved when configured as 0).
+    pub local_addr: SocketAddr,
+    /// Thread handles, for joining at shutdown.
+    pub joins: Vec<JoinHandle<()>>,
+}
+
+/// How many io threads to run when the configuration says 0: one per core but one (the simulation's), between 1
+/// and 4. On a 2-core machine that is one io thread and the simulation on the other core.
+pub fn default_io_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores.saturating_sub(1).clamp(1, 4)
+}
+
+/// Binds the game sockets and starts the io threads. Sockets are bound here, before any thread starts, so a
+/// bind error is returned to the caller and port 0 resolves to one port shared by every thread.
+pub fn spawn(
+    config: &crate::config::Config,
+    tls: Arc<ServerConfig>,
+    inbound: Producer<Inbound>,
+    shared: Arc<NetShared>,
+) -> io::Result<IoThreads> {
+    let threads = match config.server.io_threads {
+        0 => default_io_threads(),
+        n => n,
+    };
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut addr = SocketAddr::new(config.server.host, config.server.port);
+    let mut sockets = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        let listener = bind_listener(addr)?;
+        addr = listener.local_addr()?;
+        let udp = bind_reuseport(addr, 4 << 20)?;
+        sockets.push((listener, udp));
+    }
+    let limits = SessionLimits::from_config(config);
+    let mut handles = Vec::with_capacity(threads);
+    let mut joins = Vec::with_capacity(threads);
+    for (index, (listener, udp)) in sockets.into_iter().enumerate() {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = queue::channel::<Outbound>();
+        handles.push(IoHandle { tx, waker });
+        let core = match config.server.io_cores.get(index) {
+            Some(&c) => cores.iter().find(|id| id.id == c).copied(),
+            None => cores.get(index % cores.len().max(1)).copied(),
+        };
+        let mut thread = IoThread {
+            index,
+            poll,
+            listener,
+            udp,
+            tls: Arc::clone(&tls),
+            limits: limits.clone(),
+            conns: Vec::new(),
+            free: Vec::new(),
+            by_session: HashMap::new(),
+            outbound: rx,
+            inbound: inbound.clone(),
+            pending: Vec::with_capacity(256),
+            shared: Arc::clone(&shared),
+            next_session: 0,
+            recv: RecvBatch::new(32),
+            send: SendBatch::new(32),
+            shutting_down: None,
+        };
+        let join = std::thread::Builder::new().name(format!("realm-io-{index}")).spawn(move || {
+            if let Some(core) = core {
+                if !core_affinity::set_for_current(core) {
+                    log::warn!("realm-io-{index}: could not pin to core {}", core.id);
+                }
+            }
+            if let Err(e) = thread.run() {
+                log::error!("realm-io-{index} stopped: {e}");
+            }
+        })?;
+        joins.push(join);
+    }
+    log::info!("listening on {addr} (TLS over TCP, UDP data channel) with {threads} io thread(s)");
+    Ok(IoThreads { handles, local_addr: addr, joins })
+}
+
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+const LISTENER: Token = Token(0);
+const UDP: Token = Token(1);
+const WAKER: Token = Token(2);
+const FIRST_CONN: usize = 16;
+/// How often deadlines are checked; handshake/idle timeouts are seconds, so 100 ms resolution is plenty.
+const SWEEP: Duration = Duration::from_millis(100);
+
+struct Conn {
+    stream: TcpStream,
+    session: ControlSession,
+    id: SessionId,
+    addr: SocketAddr,
+    interest: Interest,
+    reported_disconnect: bool,
+    udp_registered: bool,
+}
+
+struct IoThread {
+    index: usize,
+    poll: Poll,
+    listener: TcpListener,
+    udp: UdpSocket,
+    tls: Arc<ServerConfig>,
+    limits: SessionLimits,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    by_session: HashMap<SessionId, usize>,
+    outbound: queue::Consumer<Outbound>,
+    inbound: Producer<Inbound>,
+    /// Inbound items of this poll iteration, published with one `push_chain`.
+    pending: Vec<Inbound>,
+    shared: Arc<NetShared>,
+    next_session: u64,
+    recv: RecvBatch,
+    send: SendBatch,
+    shutting_down: Option<Instant>,
+}
+
+impl IoThread {
+    fn run(&mut self) -> io::Result<()> {
+        self.poll.registry().register(&mut self.listener, LISTENER, Interest::READABLE)?;
+        self.poll.registry().register(&mut self.udp, UDP, Interest::READABLE)?;
+        let mut events = Events::with_capacity(1024);
+        let mut next_sweep = Instant::now() + SWEEP;
+        loop {
+            let timeout = next_sweep.saturating_duration_since(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(now),
+                    UDP => self.receive_datagrams(now),
+                    WAKER => {}
+                    Token(t) => self.conn_ready(t - FIRST_CONN, event.is_readable(), now),
+                }
+            }
+            self.drain_outbound(now);
+            if now >= next_sweep {
+                self.sweep(now);
+                next_sweep = now + SWEEP;
+            }
+            self.publish();
+            if let Some(deadline) = self.shutting_down {
+                if self.by_session.is_empty() || now >= deadline {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Publishes this iteration's inbound items with one swap.
+    fn publish(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut chain = self.inbound.chain();
+        for item in self.pending.drain(..) {
+            chain.push(item);
+        }
+        self.inbound.push_chain(chain);
+    }
+
+    fn accept(&mut self, now: Instant) {
+        loop {
+            let (mut stream, addr) = match self.listener.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: log and try again on the next readiness event.
+                    log::warn!("accept failed: {e}");
+                    return;
+                }
+            };
+            let stats = &self.shared.stats;
+            if self.shutting_down.is_some() || self.shared.draining.load(Ordering::Relaxed) {
+                continue; // dropping the stream closes it
+            }
+            if stats.open_connections.load(Ordering::Relaxed) >= self.shared.max_connections {
+                stats.refused_max_connections.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if !self.shared.rate.allow(addr.ip(), now) {
+                stats.refused_rate_limited.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let session = match ControlSession::new(Arc::clone(&self.tls), self.limits.clone(), now) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::error!("cannot create TLS session: {e}");
+                    continue;
+                }
+            };
+            let slot = self.free.pop().unwrap_or_else(|| {
+                self.conns.push(None);
+                self.conns.len() - 1
+            });
+            if let Err(e) = self.poll.registry().register(&mut stream, Token(slot + FIRST_CONN), Interest::READABLE) {
+                log::warn!("cannot register connection from {addr}: {e}");
+                self.free.push(slot);
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            // Session ids: io thread index in the top byte, a per-thread counter below. Unique per process; the
+            // UDP channel's proof is the AEAD key, not the id, so predictability is harmless.
+            self.next_session += 1;
+            let id = ((self.index as u64) << 56) | self.next_session;
+            self.by_session.insert(id, slot);
+            self.conns[slot] = Some(Conn {
+                stream,
+                session,
+                id,
+                addr,
+                interest: Interest::READABLE,
+                reported_disconnect: false,
+                udp_registered: false,
+            });
+            stats.accepted.fetch_add(1, Ordering::Relaxed);
+            stats.open_connections.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn conn_ready(&mut self, slot: usize, readable: bool, now: Instant) {
+        let Some(Some(conn)) = self.conns.get_mut(slot) else { return };
+        if readable {
+            conn.session.read_tls(&mut conn.stream, now);
+        }
+        self.after_io(slot);
+    }
+
+    /// Forwards session events, flushes, fixes the interest and removes a finished connection.
+    fn after_io(&mut self, slot: usize) {
+        let Some(Some(conn)) = self.conns.get_mut(slot) else { return };
+        while let Some(event) = conn.session.poll_event() {
+            match event {
+                SessionEvent::Greeted => {
+                    self.shared.stats.handshakes.fetch_add(1, Ordering::Relaxed);
+                    self.pending.push(Inbound::Connected { session: conn.id, io: self.index, addr: conn.addr });
+                }
+                SessionEvent::Message(msg) => {
+                    if let Some(Body::UdpRebind(_)) = msg.body {
+                        self.shared.udp.allow_rebind(conn.id);
+                    } else {
+                        self.pending.push(Inbound::Control { session: conn.id, msg });
+                    }
+                }
+                SessionEvent::Dropped => {
+                    self.shared.stats.control_dropped_flood.fetch_add(1, Ordering::Relaxed);
+                }
+                SessionEvent::Closed(reason) => {
+                    self.shared.stats.count_close(&reason);
+                    log::debug!("session {:#x} from {} closing: {reason:?}", conn.id, conn.addr);
+                    if conn.udp_registered {
+                        self.shared.udp.unregister(conn.id);
+                        conn.udp_registered = false;
+                    }
+                    conn.reported_disconnect = true;
+                    self.pending.push(Inbound::Disconnected { session: conn.id, reason });
+                }
+            }
+        }
+        let _ = conn.session.write_tls(&mut conn.stream);
+        if conn.session.is_closing() && !conn.session.wants_write() {
+            self.remove(slot);
+            return;
+        }
+        let wanted =
+            if conn.session.wants_write() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        if wanted != conn.interest {
+            conn.interest = wanted;
+            if let Err(e) = self.poll.registry().reregister(&mut conn.stream, Token(slot + FIRST_CONN), wanted) {
+                log::warn!("reregister failed: {e}");
+            }
+        }
+    }
+
+    fn remove(&mut self, slot: usize) {
+        let Some(mut conn) = self.conns.get_mut(slot).and_then(Option::take) else { return };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+        if conn.udp_registered {
+            self.shared.udp.unregister(conn.id);
+        }
+        if !conn.reported_disconnect {
+            self.pending.push(Inbound::Disconnected { session: conn.id, reason: CloseReason::PeerClosed });
+        }
+        self.by_session.remove(&conn.id);
+        self.free.push(slot);
+        self.shared.stats.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn drain_outbound(&mut self, now: Instant) {
+        let mut touched: Vec<usize> = Vec::new();
+        loop {
+            let item = match self.outbound.pop() {
+                Pop::Item(item) => item,
+                Pop::Empty => break,
+                // A producer is between its swap and its link: the item will be there on the next wake-up
+                // (the producer wakes us after pushing), so stop rather than spin on the hot loop.
+                Pop::Inconsistent => break,
+            };
+            match item {
+                Outbound::Control { session, msg } => {
+                    let Some(&slot) = self.by_session.get(&session) else { continue };
+                    let Some(Some(conn)) = self.conns.get_mut(slot) else { continue };
+                    let login_ok = matches!(msg.body, Some(Body::LoginOk(_)));
+                    if conn.session.send(&msg).is_ok() && login_ok && !conn.udp_registered {
+                        match conn.session.export_keying_material(EXPORTER_LABEL, &session.to_be_bytes()) {
+                            Ok(material) => {
+                                let keys = DataKeys::from_keying_material(&material);
+                                conn.udp_registered =
+                                    self.shared.udp.register(session, &keys, self.index as u32).is_ok();
+                            }
+                            Err(e) => log::warn!("session {session:#x}: cannot export UDP keys: {e}"),
+                        }
+                    }
+                    touched.push(slot);
+                }
+                Outbound::Data { session, msg } => {
+                    if self.send.is_full() {
+                        self.flush_datagrams();
+                    }
+                    // Sealed straight into the send slot: no copy, no allocation.
+                    let udp = &self.shared.udp;
+                    if let Err(e) = self.send.push_with(|slot| udp.seal_for(session, &msg, slot)) {
+                        self.shared.stats.count_udp_drop(&e);
+                    }
+                }
+                Outbound::Close { session, reason, message } => {
+                    let Some(&slot) = self.by_session.get(&session) else { continue };
+                    if let Some(Some(conn)) = self.conns.get_mut(slot) {
+                        conn.session.close(reason, &message, CloseReason::Kicked(reason));
+                        touched.push(slot);
+                    }
+                }
+                Outbound::Shutdown { reason, message } => {
+                    let _ = self.poll.registry().deregister(&mut self.listener);
+                    self.shutting_down = Some(now + Duration::from_secs(5));
+                    for slot in 0..self.conns.len() {
+                        if let Some(Some(conn)) = self.conns.get_mut(slot) {
+                            conn.session.close(reason, &message, CloseReason::Kicked(reason));
+                            touched.push(slot);
+                        }
+                    }
+                }
+            }
+        }
+        self.flush_datagrams();
+        touched.sort_unstable();
+        touched.dedup();
+        for slot in touched {
+            self.after_io(slot);
+        }
+    }
+
+    fn flush_datagrams(&mut self) {
+        if self.send.is_empty() {
+            return;
+        }
+        let flushed = self.send.flush(&self.udp);
+        self.shared.stats.udp_out.fetch_add(flushed.sent as u64, Ordering::Relaxed);
+        // Still queued = the kernel's send buffer is full. Datagrams are unreliable and the next snapshot
+        // supersedes this one, so drop rather than queue behind a full socket.
+        let dropped = (flushed.dropped + self.send.len()) as u64;
+        if dropped > 0 {
+            self.shared.stats.udp_send_dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+        self.send.clear();
+    }
+
+    fn receive_datagrams(&mut self, now: Instant) {
+        loop {
+            match self.recv.recv(&self.udp) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("udp receive failed: {e}");
+                    break;
+                }
+            }
+            let shared = &self.shared;
+            for (src, buf) in self.recv.iter_mut() {
+                match shared.udp.handle_datagram(src, buf, now) {
+                    Ok(udp::Inbound::Bound { session_id, reply_len, .. }) => {
+                        shared.stats.udp_in.fetch_add(1, Ordering::Relaxed);
+                        if self.send.is_full() {
+                            let flushed = self.send.flush(&self.udp);
+                            shared.stats.udp_out.fetch_add(flushed.sent as u64, Ordering::Relaxed);
+                            self.send.clear();
+                        }
+                        self.send.push(src, &buf[..reply_len]);
+                        self.pending.push(Inbound::UdpBound { session: session_id, addr: src });
+                    }
+                    Ok(udp::Inbound::Message { session_id, msg, .. }) => {
+                        shared.stats.udp_in.fetch_add(1, Ordering::Relaxed);
+                        self.pending.push(Inbound::Data { session: session_id, msg });
+                    }
+                    Err(e) => shared.stats.count_udp_drop(&e),
+                }
+            }
+        }
+        self.flush_datagrams();
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        for slot in 0..self.conns.len() {
+            let Some(Some(conn)) = self.conns.get_mut(slot) else { continue };
+            if conn.session.next_deadline().is_some_and(|d| now >= d) {
+                conn.session.handle_timeout(now);
+                self.after_io(slot);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_allows_the_budget_then_refuses_until_the_window_passes() {
+        let rl = ConnectRateLimiter::new(3, Duration::from_secs(60));
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let t0 = Instant::now();
+        assert!((0..3).all(|_| rl.allow(ip, t0)));
+        assert!(!rl.allow(ip, t0));
+        assert!(rl.allow("10.0.0.2".parse().unwrap(), t0), "other addresses are unaffected");
+        assert!(rl.allow(ip, t0 + Duration::from_secs(61)));
+    }
+}
