@@ -14,6 +14,7 @@ pub mod proto;
 #[allow(unsafe_code)]
 pub mod queue;
 pub mod server;
+pub mod sim;
 #[allow(unsafe_code)]
 pub mod sync;
 pub mod worker;

@@ -171,6 +171,8 @@ pub struct AdminConfig {
     pub host: IpAddr,
     /// Admin port. 0 picks a free port.
     pub port: u16,
+    /// /health reports the server frozen when the tick has not advanced for this long.
+    pub freeze_after_ms: u64,
 }
 
 /// `[net]`
@@ -323,7 +325,7 @@ impl Default for ServerConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { host: IpAddr::from([0, 0, 0, 0]), port: 9100 }
+        Self { host: IpAddr::from([0, 0, 0, 0]), port: 9100, freeze_after_ms: 2_000 }
     }
 }
 
@@ -476,6 +478,7 @@ impl Config {
             "must be at least twice net.max_frame_bytes",
         )?;
         check(n.inbound_credits_per_tick >= 1, "net.inbound_credits_per_tick", n.inbound_credits_per_tick, "must be >= 1")?;
+        check(self.admin.freeze_after_ms >= 100, "admin.freeze_after_ms", self.admin.freeze_after_ms, "must be >= 100")?;
         check(self.server.io_threads <= 64, "server.io_threads", self.server.io_threads, "must be 0..=64")?;
         check(!self.server.zone.is_empty(), "server.zone", "\"\"", "must not be empty")?;
         check(

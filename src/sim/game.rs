@@ -1,0 +1,953 @@
+//! The simulation proper: a pure state machine. Commands go in between ticks ([`Simulation::spawn_player`],
+//! [`Simulation::queue_input`], [`Simulation::queue_chat`], ...), [`Simulation::step`] advances one tick running the
+//! systems in a fixed order, and everything the outside world must hear comes out as [`Output`]s. No I/O, no
+//! clocks, no threads: the same seed and the same commands at the same ticks give the same world, bit for bit
+//! ([`Simulation::world_hash`]).
+//!
+//! System order (never reorder without updating the replay tests): respawns, inputs, NPC AI, movement, combat,
+//! chat, portals, AOI + snapshots.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::aoi::Grid;
+use super::rng::Pcg32;
+use super::world::{EntityId, Health, Kind, NpcData, NpcState, PlayerData, Vec2, World};
+use super::zone::Zone;
+use crate::net::io::SessionId;
+use crate::proto::{
+    self, control_message::Body, ChatChannel, CombatEvent, CombatEventKind, ControlMessage, EntityKind, EntityState,
+    Input, PlayerStats, Snapshot,
+};
+
+/// The systems, in the order they run (labels of the per-phase timing metric).
+pub const PHASES: [&str; 8] = ["respawns", "inputs", "npc_ai", "movement", "combat", "chat", "portals", "snapshots"];
+
+/// Inputs applied per player per tick; more would let a client move faster than its speed.
+pub const MAX_INPUTS_PER_TICK: usize = 2;
+/// Inputs a player may have queued; beyond this the oldest are discarded (counted as speed violations).
+pub const MAX_PENDING_INPUTS: usize = 6;
+/// Bytes available for the encoded `DataMessage` in one datagram (1200 minus header and AEAD tag).
+pub const SNAPSHOT_BUDGET: usize = proto::MAX_DATAGRAM_BYTES - 17 - 16;
+/// Say-chat radius.
+pub const SAY_RADIUS: f32 = 30.0;
+/// Longest chat text, in bytes.
+pub const MAX_CHAT_BYTES: usize = 256;
+/// AOI hysteresis: entities stay visible until 10% beyond the view radius.
+pub const HYSTERESIS: f32 = 1.1;
+
+/// One player ability.
+#[derive(Debug, Clone, Copy)]
+pub struct Ability {
+    /// Id on the wire (`Input.ability`).
+    pub id: u32,
+    /// Reach; 0 = self.
+    pub range: f32,
+    /// Seconds until usable again.
+    pub cooldown_secs: f32,
+    /// Damage (or healing, for range 0) range.
+    pub amount: [i32; 2],
+}
+
+/// The abilities every player has.
+pub const ABILITIES: [Ability; 3] = [
+    Ability { id: 1, range: 3.0, cooldown_secs: 0.8, amount: [8, 14] },   // strike
+    Ability { id: 2, range: 25.0, cooldown_secs: 2.5, amount: [18, 28] }, // firebolt
+    Ability { id: 3, range: 0.0, cooldown_secs: 8.0, amount: [25, 25] },  // heal self
+];
+
+const NPC_ATTACK_RANGE: f32 = 2.5;
+const NPC_ATTACK_SECS: f32 = 1.5;
+const PLAYER_RESPAWN_SECS: u32 = 5;
+
+/// Something the outside world must act on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// A reliable message for one session.
+    Control {
+        /// Recipient.
+        session: SessionId,
+        /// Message.
+        msg: ControlMessage,
+    },
+    /// This tick's snapshot for one session.
+    Snapshot {
+        /// Recipient.
+        session: SessionId,
+        /// Snapshot (fits one datagram).
+        snapshot: Snapshot,
+    },
+    /// The player walked into a portal; movement is frozen until it is transferred or released.
+    PortalEntered {
+        /// Session.
+        session: SessionId,
+        /// Index into the zone's portals.
+        portal: usize,
+    },
+}
+
+/// Why an input or chat was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Rejected {
+    /// No player for this session.
+    #[error("no player for this session")]
+    UnknownSession,
+    /// Sequence not newer than one already received.
+    #[error("stale input sequence")]
+    Stale,
+    /// Direction not finite or longer than 1.
+    #[error("invalid movement")]
+    InvalidMove,
+    /// Chat text empty, too long or with control characters.
+    #[error("invalid chat text")]
+    InvalidChat,
+}
+
+/// Counters (exported as metrics).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Inputs applied.
+    pub inputs_applied: u64,
+    /// Inputs discarded because too many arrived (speed check).
+    pub inputs_rejected_speed: u64,
+    /// Inputs with an invalid direction.
+    pub inputs_rejected_invalid: u64,
+    /// Inputs older than the last one.
+    pub inputs_rejected_stale: u64,
+    /// Hits landed.
+    pub combat_hits: u64,
+    /// Kills.
+    pub kills: u64,
+    /// Chat messages delivered (per sender).
+    pub chats: u64,
+    /// Snapshots built.
+    pub snapshots: u64,
+    /// Entities cut from snapshots by the datagram budget.
+    pub snapshot_truncated_entities: u64,
+}
+
+/// Player state to persist (on logout, transfer, save).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlayerRecord {
+    /// Account id.
+    pub player_id: u64,
+    /// Position.
+    pub pos: Vec2,
+    /// Level.
+    pub level: u32,
+    /// Experience.
+    pub xp: u64,
+    /// Hit points.
+    pub hp: i32,
+}
+
+/// What is needed to put a player in the world.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlayerSpawn {
+    /// Account id.
+    pub player_id: u64,
+    /// Display name.
+    pub name: String,
+    /// Saved position; `None` = a spawn point.
+    pub pos: Option<Vec2>,
+    /// Level.
+    pub level: u32,
+    /// Experience.
+    pub xp: u64,
+    /// Hit points; `None` = full.
+    pub hp: Option<i32>,
+}
+
+struct AbilityUse {
+    slot: usize,
+    ability: u32,
+    target: EntityId,
+}
+
+/// The world of one zone and its rules.
+pub struct Simulation {
+    /// Entities and components.
+    pub world: World,
+    grid: Grid,
+    zone: Zone,
+    rng: Pcg32,
+    tick: u64,
+    tick_rate: u32,
+    dt: f32,
+    enter_r: f32,
+    leave_r: f32,
+    sessions: BTreeMap<SessionId, EntityId>,
+    ability_uses: Vec<AbilityUse>,
+    chats: Vec<(usize, ChatChannel, String)>,
+    stats_changed: Vec<usize>,
+    stats: SimStats,
+    scratch: Vec<(f32, u32)>,
+    scratch_ids: Vec<EntityId>,
+}
+
+fn secs_to_ticks(secs: f32, rate: u32) -> u64 {
+    (secs * rate as f32).ceil().max(1.0) as u64
+}
+
+/// Experience needed to go from `level` to the next.
+pub fn xp_to_next(level: u32) -> u64 {
+    100 * u64::from(level) * u64::from(level)
+}
+
+fn player_max_hp(level: u32) -> i32 {
+    100 + 10 * (level.max(1) as i32 - 1)
+}
+
+impl Simulation {
+    /// A world for `zone`, populated with its NPCs, deterministic for `seed`.
+    pub fn new(zone: Zone, tick_rate: u32, seed: u64) -> Self {
+        let enter_r = zone.view_radius;
+        let leave_r = zone.view_radius * HYSTERESIS;
+        let mut sim = Self {
+            world: World::default(),
+            grid: Grid::new(zone.size, leave_r),
+            rng: Pcg32::new(seed, 0x5151),
+            tick: 0,
+            tick_rate: tick_rate.max(1),
+            dt: 1.0 / tick_rate.max(1) as f32,
+            enter_r,
+            leave_r,
+            sessions: BTreeMap::new(),
+            ability_uses: Vec::new(),
+            chats: Vec::new(),
+            stats_changed: Vec::new(),
+            stats: SimStats::default(),
+            scratch: Vec::new(),
+            scratch_ids: Vec::new(),
+            zone,
+        };
+        for (spawn_index, spawn) in sim.zone.npc_spawns.clone().iter().enumerate() {
+            for _ in 0..spawn.count {
+                let angle = sim.rng.range(0.0, std::f32::consts::TAU);
+                let dist = spawn.radius * sim.rng.unit().sqrt();
+                let home = sim.clamp(Vec2::new(spawn.center[0] + dist * angle.cos(), spawn.center[1] + dist * angle.sin()));
+                let id = sim.world.spawn(Kind::Npc, home, spawn.max_hp, spawn.level);
+                let slot = sim.world.slot(id).expect("just spawned");
+                let next_think = u64::from(sim.rng.below(sim.tick_rate));
+                sim.world.npc[slot] =
+                    Some(NpcData { spawn_index, home, state: NpcState::Idle, next_think, attack_ready: 0 });
+                sim.grid.insert(slot as u32, home);
+            }
+        }
+        sim
+    }
+
+    /// The current tick.
+    pub fn tick(&self) -> u64 {
+        self.tick
+    }
+
+    /// The zone.
+    pub fn zone(&self) -> &Zone {
+        &self.zone
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &SimStats {
+        &self.stats
+    }
+
+    /// Players in the world.
+    pub fn players(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The entity of a session's player.
+    pub fn player_entity(&self, session: SessionId) -> Option<EntityId> {
+        self.sessions.get(&session).copied()
+    }
+
+    fn clamp(&self, p: Vec2) -> Vec2 {
+        let max = self.zone.size - 0.01;
+        Vec2::new(p.x.clamp(0.0, max), p.y.clamp(0.0, max))
+    }
+
+    /// Puts a player in the world for `session`; replaces an existing player of that session.
+    pub fn spawn_player(&mut self, session: SessionId, spawn: PlayerSpawn) -> EntityId {
+        self.despawn_player(session);
+        let pos = match spawn.pos {
+            Some(p) if p.x.is_finite() && p.y.is_finite() => self.clamp(p),
+            _ => {
+                let sp = self.zone.spawn_points[(spawn.player_id % self.zone.spawn_points.len() as u64) as usize];
+                Vec2::new(sp[0], sp[1])
+            }
+        };
+        let level = spawn.level.max(1);
+        let max_hp = player_max_hp(level);
+        let id = self.world.spawn(Kind::Player, pos, max_hp, level);
+        let slot = self.world.slot(id).expect("just spawned");
+        self.world.xp[slot] = spawn.xp;
+        self.world.health[slot].hp = spawn.hp.map_or(max_hp, |hp| hp.clamp(1, max_hp));
+        self.world.player[slot] = Some(PlayerData {
+            session,
+            player_id: spawn.player_id,
+            name: spawn.name,
+            pending: Default::default(),
+            last_input: 0,
+            last_input_time_us: 0,
+            cooldown_until: [0; 4],
+            visible: Vec::new(),
+            dirty: false,
+            transferring: false,
+        });
+        self.grid.insert(slot as u32, pos);
+        self.sessions.insert(session, id);
+        self.stats_changed.push(slot);
+        id
+    }
+
+    /// Removes a session's player and returns what must be saved.
+    pub fn despawn_player(&mut self, session: SessionId) -> Option<PlayerRecord> {
+        let id = self.sessions.remove(&session)?;
+        let slot = self.world.slot(id)?;
+        let record = self.record(slot);
+        self.grid.remove(slot as u32);
+        self.world.despawn(id);
+        record
+    }
+
+    fn record(&self, slot: usize) -> Option<PlayerRecord> {
+        let p = self.world.player[slot].as_ref()?;
+        Some(PlayerRecord {
+            player_id: p.player_id,
+            pos: self.world.pos[slot],
+            level: self.world.level[slot],
+            xp: self.world.xp[slot],
+            hp: self.world.health[slot].hp.max(1),
+        })
+    }
+
+    /// A session's current state, for saving.
+    pub fn player_record(&self, session: SessionId) -> Option<PlayerRecord> {
+        self.record(self.world.slot(*self.sessions.get(&session)?)?)
+    }
+
+    /// Records of players changed since the last call, clearing their dirty flag (periodic saves).
+    pub fn take_dirty(&mut self) -> Vec<(SessionId, PlayerRecord)> {
+        let mut out = Vec::new();
+        for (&session, &id) in &self.sessions {
+            let Some(slot) = self.world.slot(id) else { continue };
+            if self.world.player[slot].as_ref().is_some_and(|p| p.dirty) {
+                if let Some(r) = self.record(slot) {
+                    out.push((session, r));
+                }
+                if let Some(p) = self.world.player[slot].as_mut() {
+                    p.dirty = false;
+                }
+            }
+        }
+        out
+    }
+
+    /// Lets a player who entered a portal move again (the transfer was refused).
+    pub fn release_transfer(&mut self, session: SessionId) {
+        if let Some(slot) = self.sessions.get(&session).and_then(|&id| self.world.slot(id)) {
+            if let Some(p) = self.world.player[slot].as_mut() {
+                p.transferring = false;
+            }
+        }
+    }
+
+    /// Queues an input for the next tick. Older or repeated sequence numbers are refused.
+    pub fn queue_input(&mut self, session: SessionId, input: Input) -> Result<(), Rejected> {
+        let slot = self.sessions.get(&session).and_then(|&id| self.world.slot(id)).ok_or(Rejected::UnknownSession)?;
+        let player = self.world.player[slot].as_mut().ok_or(Rejected::UnknownSession)?;
+        let newest = player.pending.back().map_or(player.last_input, |i| i.sequence);
+        if input.sequence <= newest {
+            self.stats.inputs_rejected_stale += 1;
+            return Err(Rejected::Stale);
+        }
+        let dir = input.move_dir.unwrap_or_default();
+        if !dir.x.is_finite() || !dir.y.is_finite() || dir.x * dir.x + dir.y * dir.y > 1.0001 {
+            self.stats.inputs_rejected_invalid += 1;
+            return Err(Rejected::InvalidMove);
+        }
+        if player.pending.len() >= MAX_PENDING_INPUTS {
+            player.pending.pop_front();
+            self.stats.inputs_rejected_speed += 1;
+        }
+        player.pending.push_back(input);
+        Ok(())
+    }
+
+    /// Queues a chat line for this tick's chat system.
+    pub fn queue_chat(&mut self, session: SessionId, channel: ChatChannel, text: String) -> Result<(), Rejected> {
+        let slot = self.sessions.get(&session).and_then(|&id| self.world.slot(id)).ok_or(Rejected::UnknownSession)?;
+        let text = text.trim().to_owned();
+        if text.is_empty() || text.len() > MAX_CHAT_BYTES || text.chars().any(char::is_control) {
+            return Err(Rejected::InvalidChat);
+        }
+        self.chats.push((slot, channel, text));
+        Ok(())
+    }
+
+    /// Advances one tick.
+    pub fn step(&mut self, out: &mut Vec<Output>) {
+        self.step_timed(out, None);
+    }
+
+    /// Advances one tick, adding each phase's duration to `timings` (indexed like [`PHASES`]).
+    pub fn step_timed(&mut self, out: &mut Vec<Output>, mut timings: Option<&mut [Duration; PHASES.len()]>) {
+        self.tick += 1;
+        let mut mark = Instant::now();
+        let mut lap = |i: usize, timings: &mut Option<&mut [Duration; PHASES.len()]>| {
+            if let Some(t) = timings.as_deref_mut() {
+                let now = Instant::now();
+                t[i] += now - mark;
+                mark = now;
+            }
+        };
+        self.respawns();
+        lap(0, &mut timings);
+        self.apply_inputs();
+        lap(1, &mut timings);
+        self.npc_ai();
+        lap(2, &mut timings);
+        self.movement();
+        lap(3, &mut timings);
+        self.combat(out);
+        lap(4, &mut timings);
+        self.chat(out);
+        lap(5, &mut timings);
+        self.portals(out);
+        lap(6, &mut timings);
+        self.snapshots(out);
+        lap(7, &mut timings);
+    }
+
+    fn respawns(&mut self) {
+        for slot in 0..self.world.slots() {
+            if !self.world.alive[slot] || self.world.health[slot].respawn_at == 0 {
+                continue;
+            }
+            if self.tick < self.world.health[slot].respawn_at {
+                continue;
+            }
+            let max_hp = self.world.health[slot].max_hp;
+            self.world.health[slot] = Health { hp: max_hp, max_hp, respawn_at: 0 };
+            let pos = match (&self.world.player[slot], &mut self.world.npc[slot]) {
+                (Some(p), _) => {
+                    let sp = self.zone.spawn_points[(p.player_id % self.zone.spawn_points.len() as u64) as usize];
+                    Vec2::new(sp[0], sp[1])
+                }
+                (None, Some(n)) => {
+                    n.state = NpcState::Idle;
+                    n.home
+                }
+                _ => self.world.pos[slot],
+            };
+            self.world.pos[slot] = pos;
+            self.grid.update(slot as u32, pos);
+            if self.world.player[slot].is_some() {
+                self.stats_changed.push(slot);
+            }
+        }
+    }
+
+    fn apply_inputs(&mut self) {
+        let speed = self.zone.player_speed;
+        for slot in 0..self.world.slots() {
+            if !self.world.alive[slot] {
+                continue;
+            }
+            let dead = self.world.health[slot].is_dead();
+            let Some(p) = self.world.player[slot].as_mut() else { continue };
+            let mut moved = false;
+            let mut dir = Vec2::default();
+            for _ in 0..MAX_INPUTS_PER_TICK {
+                let Some(input) = p.pending.pop_front() else { break };
+                p.last_input = input.sequence;
+                p.last_input_time_us = input.client_time_us;
+                self.stats.inputs_applied += 1;
+                if dead || p.transferring {
+                    continue;
+                }
+                let d = input.move_dir.unwrap_or_default();
+                dir = Vec2::new(d.x, d.y);
+                moved = true;
+                if input.ability != 0 {
+                    self.ability_uses.push(AbilityUse { slot, ability: input.ability, target: input.target_entity });
+                }
+            }
+            if dead || p.transferring {
+                self.world.vel[slot] = Vec2::default();
+            } else if moved {
+                self.world.vel[slot] = dir.scale(speed);
+            } else if p.pending.is_empty() {
+                // No input this tick: keep the last velocity for one tick of jitter tolerance is a client
+                // concern; the server stops the player so a disconnected client does not drift.
+                self.world.vel[slot] = Vec2::default();
+            }
+        }
+    }
+
+    fn npc_ai(&mut self) {
+        let think_every = u64::from((self.tick_rate / 2).max(1));
+        for slot in 0..self.world.slots() {
+            if !self.world.alive[slot] || self.world.health[slot].is_dead() {
+                continue;
+            }
+            let Some(npc) = self.world.npc[slot].as_ref() else { continue };
+            let spawn = &self.zone.npc_spawns[npc.spawn_index];
+            let (speed, aggro, leash) = (spawn.speed, spawn.aggro_radius, spawn.leash_radius);
+            let pos = self.world.pos[slot];
+            let home = npc.home;
+            let mut state = npc.state;
+            if self.tick >= npc.next_think {
+                state = match state {
+                    NpcState::Idle | NpcState::Wander(_) => {
+                        match self.nearest_player(pos, aggro) {
+                            Some(target) => NpcState::Chase(target),
+                            None if matches!(state, NpcState::Idle) && self.rng.below(5) == 0 => {
+                                let p = Vec2::new(home.x + self.rng.range(-8.0, 8.0), home.y + self.rng.range(-8.0, 8.0));
+                                NpcState::Wander(self.clamp(p))
+                            }
+                            None => state,
+                        }
+                    }
+                    other => other,
+                };
+            }
+            // Chase validity is checked every tick: a dead or vanished target, or the leash, ends it.
+            if let NpcState::Chase(t) = state {
+                let valid = self.world.slot(t).is_some_and(|ts| {
+                    !self.world.health[ts].is_dead() && self.world.player[ts].as_ref().is_some_and(|p| !p.transferring)
+                });
+                if !valid || pos.dist2(home) > leash * leash {
+                    state = NpcState::Return;
+                }
+            }
+            let vel = match state {
+                NpcState::Idle => Vec2::default(),
+                NpcState::Wander(to) => {
+                    if pos.dist2(to) < 0.25 {
+                        state = NpcState::Idle;
+                        Vec2::default()
+                    } else {
+                        to.sub(pos).normalized().scale(speed * 0.5)
+                    }
+                }
+                NpcState::Chase(t) => {
+                    let tp = self.world.slot(t).map_or(pos, |ts| self.world.pos[ts]);
+                    if pos.dist2(tp) <= (NPC_ATTACK_RANGE * 0.8).powi(2) {
+                        Vec2::default()
+                    } else {
+                        tp.sub(pos).normalized().scale(speed)
+                    }
+                }
+                NpcState::Return => {
+                    if pos.dist2(home) < 1.0 {
+                        state = NpcState::Idle;
+                        let max = self.world.health[slot].max_hp;
+                        self.world.health[slot].hp = max;
+                        Vec2::default()
+                    } else {
+                        home.sub(pos).normalized().scale(speed * 1.5)
+                    }
+                }
+            };
+            self.world.vel[slot] = vel;
+            if let Some(npc) = self.world.npc[slot].as_mut() {
+                if self.tick >= npc.next_think {
+                    npc.next_think = self.tick + think_every;
+                }
+                npc.state = state;
+            }
+        }
+    }
+
+    fn nearest_player(&mut self, pos: Vec2, radius: f32) -> Option<EntityId> {
+        let mut best: Option<(f32, usize)> = None;
+        let r2 = radius * radius;
+        let world = &self.world;
+        self.grid.for_each_candidate(pos, radius, |s| {
+            let s = s as usize;
+            if let Some(p) = world.player[s].as_ref() {
+                if p.transferring || world.health[s].is_dead() {
+                    return;
+                }
+                let d2 = world.pos[s].dist2(pos);
+                if d2 <= r2 && best.is_none_or(|(bd, bs)| d2 < bd || (d2 == bd && s < bs)) {
+                    best = Some((d2, s));
+                }
+            }
+        });
+        best.map(|(_, s)| self.world.id(s))
+    }
+
+    fn movement(&mut self) {
+        let max = self.zone.size - 0.01;
+        for slot in 0..self.world.slots() {
+            if !self.world.alive[slot] {
+                continue;
+            }
+            let v = self.world.vel[slot];
+            if v.x == 0.0 && v.y == 0.0 {
+                continue;
+            }
+            let p = self.world.pos[slot].add(v.scale(self.dt));
+            let p = Vec2::new(p.x.clamp(0.0, max), p.y.clamp(0.0, max));
+            self.world.pos[slot] = p;
+            self.grid.update(slot as u32, p);
+            if let Some(pd) = self.world.player[slot].as_mut() {
+                pd.dirty = true;
+            }
+        }
+    }
+
+    fn roll(&mut self, range: [i32; 2]) -> i32 {
+        range[0] + self.rng.below((range[1] - range[0] + 1).max(1) as u32) as i32
+    }
+
+    fn combat(&mut self, out: &mut Vec<Output>) {
+        // Player abilities, in the order the inputs were applied (slot order): deterministic.
+        let uses = std::mem::take(&mut self.ability_uses);
+        for u in &uses {
+            let Some(ability) = ABILITIES.iter().find(|a| a.id == u.ability).copied() else { continue };
+            let idx = ability.id as usize;
+            let ready = self.world.player[u.slot].as_ref().is_some_and(|p| p.cooldown_until[idx] <= self.tick);
+            if !ready || self.world.health[u.slot].is_dead() {
+                continue;
+            }
+            if ability.range == 0.0 {
+                let amount = self.roll(ability.amount);
+                let h = &mut self.world.health[u.slot];
+                h.hp = (h.hp + amount).min(h.max_hp);
+                self.set_cooldown(u.slot, ability);
+                self.stats_changed.push(u.slot);
+                continue;
+            }
+            let Some(ts) = self.world.slot(u.target) else { continue };
+            if ts == u.slot || self.world.health[ts].is_dead() || self.world.kind[ts] != Kind::Npc {
+                continue; // no player-versus-player in this zone
+            }
+            if self.world.pos[u.slot].dist2(self.world.pos[ts]) > ability.range * ability.range {
+                self.event(out, u.slot, CombatEventKind::CombatEventMiss, u.slot, ts, ability.id, 0);
+                continue;
+            }
+            self.set_cooldown(u.slot, ability);
+            let damage = self.roll(ability.amount);
+            self.hit(out, u.slot, ts, ability.id, damage);
+        }
+        self.ability_uses = uses;
+        self.ability_uses.clear();
+
+        // NPC attacks.
+        let attack_ticks = secs_to_ticks(NPC_ATTACK_SECS, self.tick_rate);
+        for slot in 0..self.world.slots() {
+            if !self.world.alive[slot] || self.world.health[slot].is_dead() {
+                continue;
+            }
+            let Some(npc) = self.world.npc[slot].as_ref() else { continue };
+            let NpcState::Chase(target) = npc.state else { continue };
+            if npc.attack_ready > self.tick {
+                continue;
+            }
+            let Some(ts) = self.world.slot(target) else { continue };
+            if self.world.pos[slot].dist2(self.world.pos[ts]) > NPC_ATTACK_RANGE * NPC_ATTACK_RANGE {
+                continue;
+            }
+            let range = self.zone.npc_spawns[npc.spawn_index].damage;
+            if let Some(n) = self.world.npc[slot].as_mut() {
+                n.attack_ready = self.tick + attack_ticks;
+            }
+            let damage = self.roll(range);
+            self.hit(out, slot, ts, 0, damage);
+        }
+
+        for slot in std::mem::take(&mut self.stats_changed) {
+            self.send_stats(out, slot);
+        }
+    }
+
+    fn set_cooldown(&mut self, slot: usize, ability: Ability) {
+        let until = self.tick + secs_to_ticks(ability.cooldown_secs, self.tick_rate);
+        if let Some(p) = self.world.player[slot].as_mut() {
+            p.cooldown_until[ability.id as usize] = until;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn event(&self, out: &mut Vec<Output>, to: usize, kind: CombatEventKind, src: usize, dst: usize, ability: u32, amount: i32) {
+        if let Some(p) = self.world.player[to].as_ref() {
+            let ev = CombatEvent {
+                kind: kind as i32,
+                source_entity: self.world.id(src),
+                target_entity: self.world.id(dst),
+                ability,
+                amount,
+                tick: self.tick,
+            };
+            out.push(Output::Control { session: p.session, msg: ControlMessage::new(Body::CombatEvent(ev)) });
+        }
+    }
+
+    fn hit(&mut self, out: &mut Vec<Output>, src: usize, dst: usize, ability: u32, damage: i32) {
+        self.stats.combat_hits += 1;
+        let combat_until = self.tick + secs_to_ticks(5.0, self.tick_rate);
+        self.world.in_combat_until[src] = combat_until;
+        self.world.in_combat_until[dst] = combat_until;
+        let h = &mut self.world.health[dst];
+        h.hp = (h.hp - damage).max(0);
+        let killed = h.hp == 0;
+        self.event(out, src, CombatEventKind::CombatEventHit, src, dst, ability, damage);
+        self.event(out, dst, CombatEventKind::CombatEventHit, src, dst, ability, damage);
+        if self.world.player[dst].is_some() {
+            self.stats_changed.push(dst);
+            if let Some(p) = self.world.player[dst].as_mut() {
+                p.dirty = true;
+            }
+        }
+        if !killed {
+            // A player hitting an idle NPC pulls it into the fight.
+            let attacker = self.world.player[src].is_some().then(|| self.world.id(src));
+            if let (Some(n), Some(attacker)) = (self.world.npc[dst].as_mut(), attacker) {
+                if matches!(n.state, NpcState::Idle | NpcState::Wander(_)) {
+                    n.state = NpcState::Chase(attacker);
+                }
+            }
+            return;
+        }
+        self.stats.kills += 1;
+        let respawn_secs = match &self.world.npc[dst] {
+            Some(n) => self.zone.npc_spawns[n.spawn_index].respawn_secs,
+            None => PLAYER_RESPAWN_SECS,
+        };
+        self.world.health[dst].respawn_at = self.tick + secs_to_ticks(respawn_secs as f32, self.tick_rate);
+        self.world.vel[dst] = Vec2::default();
+        self.event(out, src, CombatEventKind::CombatEventKill, src, dst, ability, 0);
+        self.event(out, dst, CombatEventKind::CombatEventKill, src, dst, ability, 0);
+        if self.world.player[src].is_some() && self.world.npc[dst].is_some() {
+            let gained = 10 * u64::from(self.world.level[dst]);
+            self.world.xp[src] += gained;
+            self.event(out, src, CombatEventKind::CombatEventXp, src, dst, 0, gained as i32);
+            while self.world.xp[src] >= xp_to_next(self.world.level[src]) {
+                self.world.xp[src] -= xp_to_next(self.world.level[src]);
+                self.world.level[src] += 1;
+                let max_hp = player_max_hp(self.world.level[src]);
+                self.world.health[src] = Health { hp: max_hp, max_hp, respawn_at: 0 };
+                let level = self.world.level[src] as i32;
+                self.event(out, src, CombatEventKind::CombatEventLevelUp, src, src, 0, level);
+            }
+            if let Some(p) = self.world.player[src].as_mut() {
+                p.dirty = true;
+            }
+            self.stats_changed.push(src);
+        }
+    }
+
+    fn send_stats(&self, out: &mut Vec<Output>, slot: usize) {
+        let Some(p) = self.world.player.get(slot).and_then(Option::as_ref) else { return };
+        if !self.world.alive[slot] {
+            return;
+        }
+        let h = self.world.health[slot];
+        let stats = PlayerStats {
+            hp: h.hp,
+            max_hp: h.max_hp,
+            level: self.world.level[slot],
+            xp: self.world.xp[slot],
+            xp_to_next: xp_to_next(self.world.level[slot]),
+        };
+        out.push(Output::Control { session: p.session, msg: ControlMessage::new(Body::PlayerStats(stats)) });
+    }
+
+    fn chat(&mut self, out: &mut Vec<Output>) {
+        let chats = std::mem::take(&mut self.chats);
+        for (slot, channel, text) in chats {
+            let Some(sender) = self.world.player.get(slot).and_then(Option::as_ref) else { continue };
+            let msg = crate::proto::ChatMessage {
+                channel: channel as i32,
+                from_entity: self.world.id(slot),
+                from_name: sender.name.clone(),
+                text,
+            };
+            self.stats.chats += 1;
+            match channel {
+                ChatChannel::Zone => {
+                    for (&session, _) in &self.sessions {
+                        out.push(Output::Control { session, msg: ControlMessage::new(Body::ChatMessage(msg.clone())) });
+                    }
+                }
+                ChatChannel::Say => {
+                    let mut near = std::mem::take(&mut self.scratch);
+                    self.grid.within(&self.world.pos, self.world.pos[slot], SAY_RADIUS, &mut near);
+                    for &(_, s) in &near {
+                        if let Some(p) = self.world.player[s as usize].as_ref() {
+                            let m = ControlMessage::new(Body::ChatMessage(msg.clone()));
+                            out.push(Output::Control { session: p.session, msg: m });
+                        }
+                    }
+                    self.scratch = near;
+                }
+            }
+        }
+    }
+
+    fn portals(&mut self, out: &mut Vec<Output>) {
+        if self.zone.portals.is_empty() {
+            return;
+        }
+        for (&session, &id) in &self.sessions {
+            let Some(slot) = self.world.slot(id) else { continue };
+            let Some(p) = self.world.player[slot].as_mut() else { continue };
+            if p.transferring || self.world.health[slot].is_dead() {
+                continue;
+            }
+            let pos = self.world.pos[slot];
+            if let Some(portal) = self.zone.portals.iter().position(|pt| pt.contains(pos.x, pos.y)) {
+                p.transferring = true;
+                p.dirty = true;
+                out.push(Output::PortalEntered { session, portal });
+            }
+        }
+    }
+
+    fn snapshots(&mut self, out: &mut Vec<Output>) {
+        let mut visible = std::mem::take(&mut self.scratch);
+        let mut ids = std::mem::take(&mut self.scratch_ids);
+        for (&session, &id) in &self.sessions {
+            let Some(slot) = self.world.slot(id) else { continue };
+            let Some(player) = self.world.player[slot].as_ref() else { continue };
+            let world = &self.world;
+            let prev = &player.visible;
+            self.grid.visible(
+                &world.pos,
+                world.pos[slot],
+                self.enter_r,
+                self.leave_r,
+                |s| prev.binary_search(&world.id(s as usize)).is_ok(),
+                &mut visible,
+            );
+            let mut snapshot = Snapshot {
+                tick: self.tick,
+                last_processed_input: player.last_input,
+                input_client_time_us: player.last_input_time_us,
+                entities: Vec::with_capacity(visible.len().min(32)),
+                total_visible: visible.len() as u32,
+            };
+            // Budget: the snapshot inside its DataMessage envelope must fit one datagram. Entities are added
+            // nearest first (the player itself is at distance 0) until the next one would not fit.
+            let envelope = proto::DataMessage::new(proto::data_message::Body::Snapshot(snapshot.clone()));
+            // +2: the envelope's length prefix for the snapshot grows from one to (at most) two bytes.
+            let mut used = prost::Message::encoded_len(&envelope) + 2;
+            ids.clear();
+            for &(_, s) in &visible {
+                let s = s as usize;
+                let state = self.entity_state(s);
+                let len = prost::Message::encoded_len(&state);
+                let cost = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
+                if used + cost > SNAPSHOT_BUDGET {
+                    self.stats.snapshot_truncated_entities += (visible.len() - snapshot.entities.len()) as u64;
+                    break;
+                }
+                used += cost;
+                ids.push(state.id);
+                snapshot.entities.push(state);
+            }
+            ids.sort_unstable();
+            if let Some(p) = self.world.player[slot].as_mut() {
+                std::mem::swap(&mut p.visible, &mut ids);
+            }
+            self.stats.snapshots += 1;
+            out.push(Output::Snapshot { session, snapshot });
+        }
+        self.scratch = visible;
+        self.scratch_ids = ids;
+    }
+
+    fn entity_state(&self, slot: usize) -> EntityState {
+        let w = &self.world;
+        let h = w.health[slot];
+        let mut flags = 0;
+        if h.is_dead() {
+            flags |= 1;
+        }
+        if w.in_combat_until[slot] > self.tick {
+            flags |= 2;
+        }
+        EntityState {
+            id: w.id(slot),
+            kind: match w.kind[slot] {
+                Kind::Player => EntityKind::Player as i32,
+                Kind::Npc => EntityKind::Npc as i32,
+            },
+            position: Some(proto::Vec2 { x: w.pos[slot].x, y: w.pos[slot].y }),
+            velocity: Some(proto::Vec2 { x: w.vel[slot].x, y: w.vel[slot].y }),
+            hp: h.hp,
+            max_hp: h.max_hp,
+            level: w.level[slot],
+            flags,
+        }
+    }
+
+    /// Re-files a slot in the AOI grid after a test moved it by hand.
+    #[cfg(test)]
+    pub(crate) fn grid_update_for_tests(&mut self, slot: usize) {
+        self.grid.update(slot as u32, self.world.pos[slot]);
+    }
+
+    /// A hash of the whole world state (FNV-1a over every live entity in slot order). Equal hashes after the same
+    /// commands are the determinism guarantee the replay tests check.
+    pub fn world_hash(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut mix = |v: u64| {
+            for b in v.to_le_bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        mix(self.tick);
+        let w = &self.world;
+        for slot in 0..w.slots() {
+            if !w.alive[slot] {
+                continue;
+            }
+            mix(w.id(slot));
+            mix(u64::from(w.pos[slot].x.to_bits()) << 32 | u64::from(w.pos[slot].y.to_bits()));
+            mix(w.health[slot].hp as u64 ^ (w.health[slot].respawn_at << 20));
+            mix(u64::from(w.level[slot]) << 40 ^ w.xp[slot]);
+            if let Some(n) = &w.npc[slot] {
+                mix(match n.state {
+                    NpcState::Idle => 1,
+                    NpcState::Wander(_) => 2,
+                    NpcState::Chase(t) => 3 ^ (t << 2),
+                    NpcState::Return => 4,
+                });
+            }
+        }
+        h
+    }
+
+    /// Checks invariants (tests, debug tooling): every live entity is in the right AOI cell exactly once, no hit
+    /// points below zero or above the maximum, everything inside the zone.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.grid.check(&self.world.pos)?;
+        for slot in 0..self.world.slots() {
+            if !self.world.alive[slot] {
+                if self.grid.cell_of_slot(slot as u32).is_some() {
+                    return Err(format!("dead slot {slot} still in the grid"));
+                }
+                continue;
+            }
+            if self.grid.cell_of_slot(slot as u32).is_none() {
+                return Err(format!("live slot {slot} missing from the grid"));
+            }
+            let h = self.world.health[slot];
+            if h.hp < 0 || h.hp > h.max_hp {
+                return Err(format!("slot {slot} has hp {} of {}", h.hp, h.max_hp));
+            }
+            let p = self.world.pos[slot];
+            if !(0.0..self.zone.size).contains(&p.x) || !(0.0..self.zone.size).contains(&p.y) {
+                return Err(format!("slot {slot} outside the zone at {p:?}"));
+            }
+        }
+        Ok(())
+    }
+}
