@@ -5,6 +5,7 @@
 //! pool. See README.md for the architecture picture.
 #![deny(unsafe_code)]
 
+pub mod account;
 pub mod client;
 pub mod config;
 pub mod db;

@@ -1,10 +1,29 @@
-//! Process lifecycle: build every part from the [`Config`], run until SIGTERM/SIGINT, shut down in order.
+//! Process lifecycle: build every part from the [`Config`], run until SIGTERM/SIGINT, drain in order.
+//!
+//! Start order: TLS config, the inbound queue, the worker pool (with the backends), the io threads (sockets bound
+//! before any thread starts), then the pinned simulation thread. Stop order: the sim thread drains (no new
+//! logins, every player saved and its lock released, within the grace period), then tells the io threads to kick
+//! everyone with `SERVER_SHUTDOWN` and close TLS, then the workers finish their queue. A second signal exits at
+//! once.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::account::login::{LoginPolicy, LoginService};
+use crate::account::memory::{LocalLocks, MemoryAccounts, MemoryPlayers};
+use crate::account::password::PasswordHasher;
 use crate::config::Config;
+use crate::net::io::{self, NetShared};
+use crate::net::tls;
+use crate::queue;
+use crate::sim::runner::{Backend, RunnerConfig, SimEvent, SimRunner, SimStatus};
+use crate::sim::tick::TickCounters;
+use crate::sim::zone::Zone;
+use crate::sim::Simulation;
+use crate::worker::WorkerPool;
 
 /// Why the server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -13,23 +32,173 @@ pub enum ServerError {
     /// Installing the signal handlers failed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The TLS configuration is unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The zone file is unusable.
+    #[error(transparent)]
+    Zone(#[from] crate::sim::zone::ZoneError),
+    /// Binding sockets or starting threads failed.
+    #[error("cannot start: {0}")]
+    Io(#[from] std::io::Error),
+    /// A backend could not be set up.
+    #[error("backend: {0}")]
+    Backend(String),
+    /// A thread panicked.
+    #[error("the {0} thread panicked")]
+    Panicked(&'static str),
 }
 
-/// Runs the zone server until SIGTERM or SIGINT.
-pub fn run(config: Config) -> Result<(), ServerError> {
+/// A started server (tests start one in-process; the binary uses [`run`]).
+pub struct RunningServer {
+    /// Game address (TLS on TCP and UDP).
+    pub game_addr: SocketAddr,
+    /// Live simulation status.
+    pub status: Arc<SimStatus>,
+    /// Network counters.
+    pub net: Arc<NetShared>,
+    /// Where the development certificate was written, if one was generated.
+    pub dev_cert_path: Option<std::path::PathBuf>,
+    stop: Arc<AtomicBool>,
+    sim: JoinHandle<TickCounters>,
+    io: Vec<JoinHandle<()>>,
+    workers: WorkerPool,
+}
+
+/// Builds and starts every part.
+pub fn start(config: Config) -> Result<RunningServer, ServerError> {
     let config = Arc::new(config);
+    let zone = Zone::load(&config.game.zone_file)?;
+    let server_tls = tls::server_config(&config.tls, &std::env::temp_dir())?;
+    if let Some(path) = &server_tls.dev_cert_path {
+        log::warn!(
+            "USING A SELF-SIGNED DEVELOPMENT CERTIFICATE (written to {}); clients cannot verify this server. \
+             Set tls.cert_path and tls.key_path (TLS_CERT/TLS_KEY) for anything but development.",
+            path.display()
+        );
+    }
+    let backend = build_backend(&config)?;
+    let (tx, rx) = queue::channel::<SimEvent>();
+    let (workers, jobs) = WorkerPool::start(config.workers.threads, config.workers.queue_depth, Arc::new(backend), tx.clone())?;
+    let net = Arc::new(NetShared::new(&config));
+    let io = io::spawn(&config, Arc::clone(&server_tls.config), tx, Arc::clone(&net))?;
+    let game_addr = io.local_addr;
+
+    let sim = Simulation::new(zone, config.game.tick_rate, config.game.seed);
+    log::info!("zone {} loaded: {} NPCs, {} m square", sim.zone().name, sim.world.len(), sim.zone().size);
+    let status = Arc::new(SimStatus::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let runner = SimRunner::new(
+        sim,
+        rx,
+        io.handles.clone(),
+        jobs,
+        RunnerConfig {
+            tick_rate: config.game.tick_rate,
+            zone: config.server.zone.clone(),
+            udp_port: game_addr.port(),
+            save_interval: Duration::from_secs(config.game.save_interval_secs),
+            renew_interval: Duration::from_millis(config.redis.lock_ttl_ms / 3),
+            max_players: config.game.max_players,
+            grace: Duration::from_secs(config.server.shutdown_grace_secs),
+        },
+        Arc::clone(&status),
+        Arc::clone(&stop),
+    );
+    let sim_core = sim_core(&config);
+    let sim = std::thread::Builder::new().name("realm-sim".into()).spawn(move || {
+        if let Some(core) = sim_core {
+            if !core_affinity::set_for_current(core) {
+                log::warn!("realm-sim: could not pin to core {}", core.id);
+            }
+        }
+        runner.run()
+    })?;
+    Ok(RunningServer {
+        game_addr,
+        status,
+        net,
+        dev_cert_path: server_tls.dev_cert_path,
+        stop,
+        sim,
+        io: io.joins,
+        workers,
+    })
+}
+
+/// The core for the simulation thread: configured, or the last core (io threads start from the first).
+fn sim_core(config: &Config) -> Option<core_affinity::CoreId> {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    if config.server.sim_core >= 0 {
+        return cores.iter().find(|c| c.id as i64 == config.server.sim_core).copied();
+    }
+    cores.last().copied()
+}
+
+fn build_backend(config: &Config) -> Result<Backend, ServerError> {
+    if !config.uses_embedded_store() || !config.redis.url.is_empty() {
+        return Err(ServerError::Backend(
+            "PostgreSQL/Redis backends are configured but this build only wires the embedded store; \
+             unset database.url/database.host/redis.url to run embedded"
+                .into(),
+        ));
+    }
+    let hasher = PasswordHasher::new(config.security.max_concurrent_hashes).map_err(|e| ServerError::Backend(e.to_string()))?;
+    let login = LoginService::new(
+        Arc::new(MemoryAccounts::default()),
+        Arc::new(MemoryPlayers::default()),
+        Arc::new(LocalLocks::default()),
+        hasher,
+        LoginPolicy::from_config(config),
+    );
+    Ok(Backend { login })
+}
+
+impl RunningServer {
+    /// Asks for a graceful stop (what SIGTERM does).
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// The stop flag, for signal handlers.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stop)
+    }
+
+    /// Waits for the drain and every thread; returns the simulation's tick counters.
+    pub fn join(self) -> Result<TickCounters, ServerError> {
+        let counters = self.sim.join().map_err(|_| ServerError::Panicked("simulation"))?;
+        for j in self.io {
+            j.join().map_err(|_| ServerError::Panicked("io"))?;
+        }
+        // The sim thread dropped its job sender when it returned; the io threads dropped theirs: workers end.
+        self.workers.join();
+        Ok(counters)
+    }
+}
+
+/// Runs the zone server until SIGTERM or SIGINT, then drains and returns.
+pub fn run(config: Config) -> Result<(), ServerError> {
     log::info!("realm-server {} starting; effective configuration:\n{}", env!("CARGO_PKG_VERSION"), config.redacted_toml());
     for w in config.warnings() {
         log::warn!("{w}");
     }
-    let stop = Arc::new(AtomicBool::new(false));
+    let grace = config.server.shutdown_grace_secs;
+    let server = start(config)?;
+    let stop = server.stop_flag();
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        // A second signal while draining exits at once (exit code 1).
+        signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop)).map_err(ServerError::Signals)?;
         signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(ServerError::Signals)?;
     }
-    log::info!("zone {} running; SIGTERM or SIGINT stops it", config.server.zone);
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    log::info!("signal received, stopping");
+    log::info!("ready: game on {} (TLS + UDP); SIGTERM or SIGINT stops gracefully within {grace} s", server.game_addr);
+    let counters = server.join()?;
+    log::info!(
+        "stopped after {} ticks ({} overruns, {} late, {} dropped)",
+        counters.ticks,
+        counters.overruns,
+        counters.late,
+        counters.dropped
+    );
     Ok(())
 }

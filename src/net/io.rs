@@ -282,10 +282,12 @@ pub fn default_io_threads() -> usize {
 
 /// Binds the game sockets and starts the io threads. Sockets are bound here, before any thread starts, so a
 /// bind error is returned to the caller and port 0 resolves to one port shared by every thread.
-pub fn spawn(
+///
+/// Inbound items are converted into the consumer's event type `E`, so io threads and workers can feed one queue.
+pub fn spawn<E: From<Inbound> + Send + 'static>(
     config: &crate::config::Config,
     tls: Arc<ServerConfig>,
-    inbound: Producer<Inbound>,
+    inbound: Producer<E>,
     shared: Arc<NetShared>,
 ) -> io::Result<IoThreads> {
     let threads = match config.server.io_threads {
@@ -377,7 +379,7 @@ struct Conn {
     udp_registered: bool,
 }
 
-struct IoThread {
+struct IoThread<E> {
     index: usize,
     poll: Poll,
     listener: TcpListener,
@@ -388,7 +390,7 @@ struct IoThread {
     free: Vec<usize>,
     by_session: HashMap<SessionId, usize>,
     outbound: queue::Consumer<Outbound>,
-    inbound: Producer<Inbound>,
+    inbound: Producer<E>,
     /// Inbound items of this poll iteration, published with one `push_chain`.
     pending: Vec<Inbound>,
     shared: Arc<NetShared>,
@@ -398,7 +400,7 @@ struct IoThread {
     shutting_down: Option<Instant>,
 }
 
-impl IoThread {
+impl<E: From<Inbound>> IoThread<E> {
     fn run(&mut self) -> io::Result<()> {
         self.poll.registry().register(&mut self.listener, LISTENER, Interest::READABLE)?;
         self.poll.registry().register(&mut self.udp, UDP, Interest::READABLE)?;
@@ -442,7 +444,7 @@ impl IoThread {
         }
         let mut chain = self.inbound.chain();
         for item in self.pending.drain(..) {
-            chain.push(item);
+            chain.push(E::from(item));
         }
         self.inbound.push_chain(chain);
     }

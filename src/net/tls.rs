@@ -63,7 +63,10 @@ fn provider() -> Arc<CryptoProvider> {
 pub fn server_config(tls: &TlsConfig, dev_cert_dir: &Path) -> Result<ServerTls, TlsError> {
     let (certs, key, dev_cert_path) = if tls.cert_path.is_empty() {
         let (certs, key, pem) = generate_dev_cert()?;
-        let path = dev_cert_dir.join(format!("realm-dev-cert-{}.pem", std::process::id()));
+        // Unique per server instance: tests run several servers in one process.
+        static INSTANCE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dev_cert_dir.join(format!("realm-dev-cert-{}-{n}.pem", std::process::id()));
         std::fs::write(&path, pem).map_err(|source| TlsError::Read { path: path.clone(), source })?;
         (certs, key, Some(path))
     } else {

@@ -8,6 +8,7 @@
 pub mod aoi;
 pub mod game;
 pub mod rng;
+pub mod runner;
 pub mod tick;
 pub mod world;
 pub mod zone;

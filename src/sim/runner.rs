@@ -1,0 +1,644 @@
+//! The simulation thread (`realm-sim`): paces [`Simulation`] at the tick rate, turns io events into commands,
+//! routes outputs back to the io threads, and hands everything that blocks (logins, saves, lock renewals) to the
+//! worker pool as jobs whose results come back through the same inbound queue.
+//!
+//! Invariant: this thread holds no database, Redis or socket handle — only a [`JobSender`] and [`IoHandle`]s — so
+//! nothing it does can block; the only wait is the sleep until the next tick.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::game::{Output, PlayerRecord, PlayerSpawn, Simulation, PHASES};
+use super::tick::{TickClock, TickCounters};
+use super::world::Vec2;
+use crate::account::login::{LoginGrant, LoginService, Refusal};
+use crate::account::{Progress, SaveOutcome, SaveRow, StoreError};
+use crate::net::io::{Inbound, IoHandle, Outbound, SessionId};
+use crate::proto::{
+    self, control_message::Body, data_message::Body as DataBody, ChatChannel, ControlMessage, DataMessage, KickReason,
+    LoginError, LoginErrorReason, LoginOk, Pong,
+};
+use crate::queue::{Consumer, Pop};
+use crate::worker::{JobSender, WorkerError};
+
+/// What the worker side offers the simulation (the worker context).
+pub struct Backend {
+    /// Accounts, ownership and persistence.
+    pub login: LoginService,
+}
+
+/// Why a save was made (decides what happens after it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveReason {
+    /// Periodic save of dirty players.
+    Periodic,
+    /// The player left (logout, disconnect, shutdown): release the lock after saving.
+    Final,
+}
+
+/// Everything that reaches the simulation thread.
+#[derive(Debug)]
+pub enum SimEvent {
+    /// From an io thread.
+    Net(Inbound),
+    /// A login or registration finished.
+    Login {
+        /// Session that asked.
+        session: SessionId,
+        /// Outcome.
+        result: Result<LoginGrant, Refusal>,
+    },
+    /// A save batch finished.
+    Saved {
+        /// Why it was made.
+        reason: SaveReason,
+        /// Per player: id and outcome.
+        outcomes: Vec<(u64, SaveOutcome)>,
+    },
+    /// A save batch failed as a whole (backend unavailable).
+    SaveFailed {
+        /// Why it was made.
+        reason: SaveReason,
+        /// The rows, to retry.
+        rows: Vec<SaveRow>,
+        /// Tries so far.
+        attempt: u32,
+        /// Lock tokens of `Final` rows, released after a successful retry.
+        locks: Vec<(u64, String)>,
+    },
+    /// Lock renewal finished; these players' locks were lost.
+    LocksLost(Vec<u64>),
+}
+
+impl From<Inbound> for SimEvent {
+    fn from(i: Inbound) -> Self {
+        SimEvent::Net(i)
+    }
+}
+
+/// Save attempts before the players of a failing batch are kicked rather than played on unsaved.
+pub const SAVE_ATTEMPTS: u32 = 3;
+
+/// Live status for health checks and metrics (atomics: read from any thread, never blocks the tick).
+#[derive(Debug, Default)]
+pub struct SimStatus {
+    /// Current tick.
+    pub tick: AtomicU64,
+    /// Players in the world.
+    pub players_online: AtomicU64,
+    /// Duration of the last tick, nanoseconds.
+    pub last_tick_nanos: AtomicU64,
+    /// Ticks that overran the period.
+    pub overruns: AtomicU64,
+    /// Ticks started late.
+    pub late: AtomicU64,
+    /// Ticks dropped when re-anchoring.
+    pub dropped: AtomicU64,
+    /// Saves written.
+    pub saves: AtomicU64,
+    /// Save batches that failed.
+    pub save_failures: AtomicU64,
+    /// Sessions dropped because another zone owns the player now.
+    pub ownership_lost: AtomicU64,
+    /// Inbound events handled.
+    pub events: AtomicU64,
+    /// Logins that succeeded.
+    pub logins: AtomicU64,
+    /// Logins refused.
+    pub login_refusals: AtomicU64,
+    /// Set when the drain after a stop request completed.
+    pub drained: AtomicBool,
+}
+
+enum SessionState {
+    Greeted,
+    Authenticating,
+    InGame(Owned),
+    Closed,
+}
+
+struct Owned {
+    player_id: u64,
+    epoch: u64,
+    lock_token: String,
+}
+
+struct SessionCtx {
+    io: usize,
+    addr: SocketAddr,
+    state: SessionState,
+}
+
+/// Settings the runner needs.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Ticks per second.
+    pub tick_rate: u32,
+    /// Zone name.
+    pub zone: String,
+    /// UDP port told to clients.
+    pub udp_port: u16,
+    /// Periodic save interval.
+    pub save_interval: Duration,
+    /// Lock renewal interval (a third of the TTL).
+    pub renew_interval: Duration,
+    /// Most players online.
+    pub max_players: usize,
+    /// How long the drain may take.
+    pub grace: Duration,
+}
+
+/// The simulation thread's state.
+pub struct SimRunner {
+    sim: Simulation,
+    rx: Consumer<SimEvent>,
+    io: Vec<IoHandle>,
+    io_dirty: Vec<bool>,
+    jobs: JobSender<Backend, SimEvent>,
+    config: RunnerConfig,
+    sessions: HashMap<SessionId, SessionCtx>,
+    online: HashMap<u64, SessionId>,
+    status: Arc<SimStatus>,
+    stop: Arc<AtomicBool>,
+    out: Vec<Output>,
+    phase_times: [Duration; PHASES.len()],
+    /// Final saves still in flight during a drain.
+    pending_final: usize,
+}
+
+impl SimRunner {
+    /// A runner; call [`SimRunner::run`] on the sim thread.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        sim: Simulation,
+        rx: Consumer<SimEvent>,
+        io: Vec<IoHandle>,
+        jobs: JobSender<Backend, SimEvent>,
+        config: RunnerConfig,
+        status: Arc<SimStatus>,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        let n = io.len();
+        Self {
+            sim,
+            rx,
+            io,
+            io_dirty: vec![false; n],
+            jobs,
+            config,
+            sessions: HashMap::new(),
+            online: HashMap::new(),
+            status,
+            stop,
+            out: Vec::new(),
+            phase_times: [Duration::ZERO; PHASES.len()],
+            pending_final: 0,
+        }
+    }
+
+    /// Accumulated time per phase since start (indexed like [`PHASES`]).
+    pub fn phase_times(&self) -> &[Duration; PHASES.len()] {
+        &self.phase_times
+    }
+
+    /// Runs until a stop is requested and the drain finishes (every player saved, or the grace period over).
+    pub fn run(mut self) -> TickCounters {
+        let mut clock = TickClock::new(self.config.tick_rate, Instant::now());
+        let save_every = (self.config.save_interval.as_secs_f64() * f64::from(self.config.tick_rate)).max(1.0) as u64;
+        let renew_every = (self.config.renew_interval.as_secs_f64() * f64::from(self.config.tick_rate)).max(1.0) as u64;
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            let due = clock.next_due();
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            let started = Instant::now();
+            clock.start(started);
+            self.drain_events();
+            self.sim.step_timed(&mut self.out, Some(&mut self.phase_times));
+            self.route_outputs();
+            let tick = self.sim.tick();
+            if drain_deadline.is_none() {
+                if tick % save_every == 0 {
+                    self.save_dirty();
+                }
+                if tick % renew_every == 0 {
+                    self.renew_locks();
+                }
+            }
+            if drain_deadline.is_none() && self.stop.load(Ordering::Relaxed) {
+                log::info!("draining: saving {} players", self.online.len());
+                drain_deadline = Some(started + self.config.grace);
+                self.begin_drain();
+            }
+            self.wake_io();
+            let took = started.elapsed();
+            clock.finish(took);
+            self.publish_status(&clock, took);
+            if let Some(deadline) = drain_deadline {
+                if self.pending_final == 0 || Instant::now() >= deadline {
+                    if self.pending_final > 0 {
+                        log::error!("grace period over with {} saves still pending", self.pending_final);
+                    }
+                    for h in &self.io {
+                        h.send(Outbound::Shutdown { reason: KickReason::ServerShutdown, message: "server shutting down".into() });
+                        h.wake();
+                    }
+                    self.status.drained.store(true, Ordering::Release);
+                    return clock.counters();
+                }
+            }
+        }
+    }
+
+    fn publish_status(&self, clock: &TickClock, took: Duration) {
+        let c = clock.counters();
+        let s = &self.status;
+        s.tick.store(self.sim.tick(), Ordering::Relaxed);
+        s.players_online.store(self.sim.players() as u64, Ordering::Relaxed);
+        s.last_tick_nanos.store(took.as_nanos() as u64, Ordering::Relaxed);
+        s.overruns.store(c.overruns, Ordering::Relaxed);
+        s.late.store(c.late, Ordering::Relaxed);
+        s.dropped.store(c.dropped, Ordering::Relaxed);
+    }
+
+    fn drain_events(&mut self) {
+        // Bounded so a flood cannot stretch one tick forever; what is left waits for the next tick.
+        for _ in 0..100_000 {
+            match self.rx.pop() {
+                Pop::Item(event) => {
+                    self.status.events.fetch_add(1, Ordering::Relaxed);
+                    self.handle(event);
+                }
+                Pop::Empty => break,
+                // A producer is mid-push; its item is picked up next tick rather than spinning here.
+                Pop::Inconsistent => break,
+            }
+        }
+    }
+
+    fn send_control(&mut self, session: SessionId, msg: ControlMessage) {
+        if let Some(ctx) = self.sessions.get(&session) {
+            self.io[ctx.io].send(Outbound::Control { session, msg });
+            self.io_dirty[ctx.io] = true;
+        }
+    }
+
+    fn kick(&mut self, session: SessionId, reason: KickReason, message: &str) {
+        if let Some(ctx) = self.sessions.get(&session) {
+            self.io[ctx.io].send(Outbound::Close { session, reason, message: message.into() });
+            self.io_dirty[ctx.io] = true;
+        }
+    }
+
+    fn wake_io(&mut self) {
+        for (i, dirty) in self.io_dirty.iter_mut().enumerate() {
+            if std::mem::take(dirty) {
+                self.io[i].wake();
+            }
+        }
+    }
+
+    fn login_error(&mut self, session: SessionId, reason: LoginErrorReason, message: &str, retry_after: Duration) {
+        let e = LoginError { reason: reason as i32, message: message.into(), retry_after_ms: retry_after.as_millis() as u32 };
+        self.send_control(session, ControlMessage::new(Body::LoginError(e)));
+        if let Some(ctx) = self.sessions.get_mut(&session) {
+            if matches!(ctx.state, SessionState::Authenticating) {
+                ctx.state = SessionState::Greeted;
+            }
+        }
+    }
+
+    fn handle(&mut self, event: SimEvent) {
+        match event {
+            SimEvent::Net(Inbound::Connected { session, io, addr }) => {
+                self.sessions.insert(session, SessionCtx { io, addr, state: SessionState::Greeted });
+            }
+            SimEvent::Net(Inbound::Control { session, msg }) => self.on_control(session, msg),
+            SimEvent::Net(Inbound::Data { session, msg }) => self.on_data(session, msg),
+            SimEvent::Net(Inbound::UdpBound { .. }) => {}
+            SimEvent::Net(Inbound::Disconnected { session, .. }) => self.leave(session),
+            SimEvent::Login { session, result } => self.on_login(session, result),
+            SimEvent::Saved { reason, outcomes } => self.on_saved(reason, outcomes),
+            SimEvent::SaveFailed { reason, rows, attempt, locks } => self.on_save_failed(reason, rows, attempt, locks),
+            SimEvent::LocksLost(players) => {
+                for player_id in players {
+                    if let Some(&session) = self.online.get(&player_id) {
+                        log::warn!("lost the ownership lock of player {player_id}: dropping the session unsaved");
+                        self.status.ownership_lost.fetch_add(1, Ordering::Relaxed);
+                        self.drop_unsaved(session);
+                        self.kick(session, KickReason::OwnershipLost, "this character is now played in another zone");
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_control(&mut self, session: SessionId, msg: ControlMessage) {
+        let Some(ctx) = self.sessions.get(&session) else { return };
+        let ip = ctx.addr.ip();
+        match msg.body {
+            Some(Body::Login(l)) => self.start_login(session, ip, move |b| b.login.login(&l.username, &l.password, ip)),
+            Some(Body::Register(r)) => {
+                self.start_login(session, ip, move |b| b.login.register(&r.username, &r.password, ip))
+            }
+            Some(Body::TransferLogin(_)) => self.login_error(
+                session,
+                LoginErrorReason::LoginErrorInvalidTransfer,
+                "this zone does not accept transfers (no shared database configured)",
+                Duration::ZERO,
+            ),
+            Some(Body::Chat(c)) => {
+                let channel = ChatChannel::try_from(c.channel).unwrap_or(ChatChannel::Say);
+                if let Err(e) = self.sim.queue_chat(session, channel, c.text) {
+                    self.send_control(session, ControlMessage::new(Body::Error(proto::ErrorNotice { message: e.to_string() })));
+                }
+            }
+            Some(Body::Logout(_)) => {
+                // Queue the goodbye first: `leave` forgets the session's io thread.
+                self.kick(session, KickReason::Unspecified, "logged out");
+                self.leave(session);
+            }
+            _ => {}
+        }
+    }
+
+    fn start_login(
+        &mut self,
+        session: SessionId,
+        _ip: IpAddr,
+        job: impl FnOnce(&Backend) -> Result<LoginGrant, Refusal> + Send + 'static,
+    ) {
+        if self.online.len() >= self.config.max_players || self.stop.load(Ordering::Relaxed) {
+            self.login_error(session, LoginErrorReason::LoginErrorServerFull, "the zone is full", Duration::from_secs(10));
+            return;
+        }
+        if let Some(ctx) = self.sessions.get_mut(&session) {
+            ctx.state = SessionState::Authenticating;
+        }
+        let submitted = self.jobs.submit("login", move |b: &Backend| Some(SimEvent::Login { session, result: job(b) }));
+        if let Err(WorkerError::QueueFull(_) | WorkerError::Stopped) = submitted {
+            self.login_error(session, LoginErrorReason::LoginErrorServerBusy, "server busy", Duration::from_secs(2));
+        }
+    }
+
+    fn on_login(&mut self, session: SessionId, result: Result<LoginGrant, Refusal>) {
+        let alive = self.sessions.get(&session).is_some_and(|c| matches!(c.state, SessionState::Authenticating));
+        let grant = match result {
+            Err(refusal) => {
+                self.status.login_refusals.fetch_add(1, Ordering::Relaxed);
+                self.login_error(session, refusal.reason, &refusal.message, refusal.retry_after);
+                return;
+            }
+            Ok(grant) => grant,
+        };
+        if !alive || self.online.contains_key(&grant.player_id) {
+            // The client left while we were claiming (or a duplicate slipped through): give the player back.
+            let (player_id, token) = (grant.player_id, grant.lock_token);
+            let _ = self.jobs.submit("release", move |b: &Backend| {
+                let _ = b.login.locks.release(player_id, &token);
+                None
+            });
+            if alive {
+                self.login_error(session, LoginErrorReason::LoginErrorAlreadyOnline, "already online", Duration::ZERO);
+            }
+            return;
+        }
+        self.status.logins.fetch_add(1, Ordering::Relaxed);
+        let spawn = PlayerSpawn {
+            player_id: grant.player_id,
+            name: grant.username.clone(),
+            pos: grant.progress.as_ref().filter(|p| p.zone == self.config.zone).map(|p| Vec2::new(p.pos.0, p.pos.1)),
+            level: grant.progress.as_ref().map_or(1, |p| p.level),
+            xp: grant.progress.as_ref().map_or(0, |p| p.xp),
+            hp: grant.progress.as_ref().map(|p| p.hp),
+        };
+        let entity = self.sim.spawn_player(session, spawn);
+        let pos = self.sim.player_record(session).map(|r| r.pos).unwrap_or_default();
+        self.online.insert(grant.player_id, session);
+        if let Some(ctx) = self.sessions.get_mut(&session) {
+            ctx.state = SessionState::InGame(Owned { player_id: grant.player_id, epoch: grant.epoch, lock_token: grant.lock_token });
+        }
+        let ok = LoginOk {
+            session_id: session,
+            player_id: grant.player_id,
+            zone: self.config.zone.clone(),
+            tick_rate_hz: self.config.tick_rate,
+            udp_port: u32::from(self.config.udp_port),
+            entity_id: entity,
+            session_token: grant.session_token.to_vec(),
+            position: Some(proto::Vec2 { x: pos.x, y: pos.y }),
+        };
+        self.send_control(session, ControlMessage::new(Body::LoginOk(ok)));
+    }
+
+    fn on_data(&mut self, session: SessionId, msg: DataMessage) {
+        match msg.body {
+            Some(DataBody::Input(input)) => {
+                let _ = self.sim.queue_input(session, input);
+            }
+            Some(DataBody::Ping(p)) => {
+                if let Some(ctx) = self.sessions.get(&session) {
+                    let pong = Pong { nonce: p.nonce, client_time_us: p.client_time_us, server_tick: self.sim.tick() };
+                    self.io[ctx.io].send(Outbound::Data { session, msg: DataMessage::new(DataBody::Pong(pong)) });
+                    self.io_dirty[ctx.io] = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn route_outputs(&mut self) {
+        let outputs = std::mem::take(&mut self.out);
+        for output in &outputs {
+            match output {
+                Output::Control { session, msg } => self.send_control(*session, msg.clone()),
+                Output::Snapshot { session, snapshot } => {
+                    if let Some(ctx) = self.sessions.get(session) {
+                        let msg = DataMessage::new(DataBody::Snapshot(snapshot.clone()));
+                        self.io[ctx.io].send(Outbound::Data { session: *session, msg });
+                        self.io_dirty[ctx.io] = true;
+                    }
+                }
+                Output::PortalEntered { session, portal } => {
+                    let name = self.sim.zone().portals[*portal].target_zone.clone();
+                    let text = format!("the road to {name} is closed: this zone runs without a shared database");
+                    self.send_control(*session, ControlMessage::new(Body::Error(proto::ErrorNotice { message: text })));
+                    self.sim.release_transfer(*session);
+                }
+            }
+        }
+        self.out = outputs;
+        self.out.clear();
+    }
+
+    fn progress(&self, record: &PlayerRecord) -> Progress {
+        Progress { zone: self.config.zone.clone(), pos: (record.pos.x, record.pos.y), level: record.level, xp: record.xp, hp: record.hp }
+    }
+
+    /// The player leaves the world (logout, disconnect, shutdown): final save, then lock release.
+    fn leave(&mut self, session: SessionId) {
+        let Some(ctx) = self.sessions.get_mut(&session) else { return };
+        let state = std::mem::replace(&mut ctx.state, SessionState::Closed);
+        if let SessionState::InGame(owned) = state {
+            self.online.remove(&owned.player_id);
+            if let Some(record) = self.sim.despawn_player(session) {
+                let row = SaveRow { player_id: owned.player_id, epoch: owned.epoch, progress: self.progress(&record) };
+                self.submit_save(SaveReason::Final, vec![row], 1, vec![(owned.player_id, owned.lock_token)]);
+            }
+        }
+        self.sessions.remove(&session);
+    }
+
+    /// Drops a player without saving (ownership lost: the newer owner's data must win).
+    fn drop_unsaved(&mut self, session: SessionId) {
+        if let Some(ctx) = self.sessions.get_mut(&session) {
+            if let SessionState::InGame(owned) = std::mem::replace(&mut ctx.state, SessionState::Closed) {
+                self.online.remove(&owned.player_id);
+                self.sim.despawn_player(session);
+            }
+        }
+    }
+
+    fn save_dirty(&mut self) {
+        let dirty = self.sim.take_dirty();
+        if dirty.is_empty() {
+            return;
+        }
+        let mut rows = Vec::with_capacity(dirty.len());
+        for (session, record) in dirty {
+            if let Some(SessionCtx { state: SessionState::InGame(owned), .. }) = self.sessions.get(&session) {
+                rows.push(SaveRow { player_id: owned.player_id, epoch: owned.epoch, progress: self.progress(&record) });
+            }
+        }
+        self.submit_save(SaveReason::Periodic, rows, 1, Vec::new());
+    }
+
+    fn submit_save(&mut self, reason: SaveReason, rows: Vec<SaveRow>, attempt: u32, locks: Vec<(u64, String)>) {
+        if rows.is_empty() {
+            return;
+        }
+        if reason == SaveReason::Final {
+            self.pending_final += 1;
+        }
+        let result = self.jobs.submit("save", move |b: &Backend| {
+            Some(match b.login.players.save(&rows) {
+                Ok(outcomes) => {
+                    for (player_id, token) in &locks {
+                        let _ = b.login.locks.release(*player_id, token);
+                    }
+                    SimEvent::Saved { reason, outcomes: rows.iter().map(|r| r.player_id).zip(outcomes).collect() }
+                }
+                Err(e) => {
+                    log::warn!("save batch of {} failed (attempt {attempt}): {e}", rows.len());
+                    SimEvent::SaveFailed { reason, rows, attempt, locks }
+                }
+            })
+        });
+        if let Err(e) = result {
+            // The queue is full: count it as a failed attempt; the rows stay dirty for the next periodic save.
+            log::warn!("save not submitted: {e}");
+            self.status.save_failures.fetch_add(1, Ordering::Relaxed);
+            if reason == SaveReason::Final {
+                self.pending_final -= 1;
+            }
+        }
+    }
+
+    fn on_saved(&mut self, reason: SaveReason, outcomes: Vec<(u64, SaveOutcome)>) {
+        if reason == SaveReason::Final {
+            self.pending_final = self.pending_final.saturating_sub(1);
+        }
+        for (player_id, outcome) in outcomes {
+            match outcome {
+                SaveOutcome::Saved => {
+                    self.status.saves.fetch_add(1, Ordering::Relaxed);
+                }
+                SaveOutcome::OwnershipLost => {
+                    self.status.ownership_lost.fetch_add(1, Ordering::Relaxed);
+                    log::warn!("save of player {player_id} fenced off: another zone owns it now; dropping the session");
+                    if let Some(&session) = self.online.get(&player_id) {
+                        self.drop_unsaved(session);
+                        self.kick(session, KickReason::OwnershipLost, "this character is now played in another zone");
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_save_failed(&mut self, reason: SaveReason, rows: Vec<SaveRow>, attempt: u32, locks: Vec<(u64, String)>) {
+        self.status.save_failures.fetch_add(1, Ordering::Relaxed);
+        if reason == SaveReason::Final {
+            self.pending_final = self.pending_final.saturating_sub(1);
+        }
+        if attempt < SAVE_ATTEMPTS {
+            self.submit_save(reason, rows, attempt + 1, locks);
+            return;
+        }
+        log::error!("giving up on saving {} players after {attempt} attempts: kicking them", rows.len());
+        for row in rows {
+            if let Some(&session) = self.online.get(&row.player_id) {
+                self.leave_without_save(session);
+                self.kick(session, KickReason::SaveFailed, "your progress could not be saved; please reconnect later");
+            }
+        }
+    }
+
+    fn leave_without_save(&mut self, session: SessionId) {
+        self.drop_unsaved(session);
+    }
+
+    fn renew_locks(&mut self) {
+        let held: Vec<(u64, String)> = self
+            .sessions
+            .values()
+            .filter_map(|c| match &c.state {
+                SessionState::InGame(o) => Some((o.player_id, o.lock_token.clone())),
+                _ => None,
+            })
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        let ttl = self.config.renew_interval * 3;
+        let _ = self.jobs.submit("renew_locks", move |b: &Backend| {
+            let mut lost = Vec::new();
+            for (player_id, token) in held {
+                match b.login.locks.extend(player_id, &token, ttl) {
+                    Ok(true) => {}
+                    Ok(false) => lost.push(player_id),
+                    // Backend down: keep playing; the epoch fence still protects the data.
+                    Err(StoreError::Unavailable(e)) => log::warn!("lock renewal failed: {e}"),
+                    Err(e) => log::warn!("lock renewal failed: {e}"),
+                }
+            }
+            (!lost.is_empty()).then_some(SimEvent::LocksLost(lost))
+        });
+    }
+
+    fn begin_drain(&mut self) {
+        let sessions: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for session in sessions {
+            let in_game = matches!(self.sessions.get(&session).map(|c| &c.state), Some(SessionState::InGame(_)));
+            if in_game {
+                self.leave(session);
+            }
+        }
+    }
+}
+
+/// Everything a status reader needs, as plain numbers (health endpoint, logs).
+pub fn status_line(s: &SimStatus) -> String {
+    format!(
+        "tick {} players {} overruns {} saves {} save_failures {}",
+        s.tick.load(Ordering::Relaxed),
+        s.players_online.load(Ordering::Relaxed),
+        s.overruns.load(Ordering::Relaxed),
+        s.saves.load(Ordering::Relaxed),
+        s.save_failures.load(Ordering::Relaxed)
+    )
+}
