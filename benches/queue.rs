@@ -2,9 +2,9 @@
 //!
 //! 1, 2 and 4 producers, one consumer, `QUEUE_BENCH_MESSAGES` (default 5,000,000) one-word messages in total,
 //! split evenly between producers. Each configuration runs `QUEUE_BENCH_RUNS` (default 5) times on a fresh channel;
-//! the median is reported. Ours is measured with per-message `push` and with 16-message `push_chain`. Crossbeam is
-//! measured with a blocking `recv()` consumer and with a `try_recv()` + backoff consumer (the same polling style as
-//! ours); the ratio uses the better of the two. Writes target/bench-results/queue.json.
+//! runs are interleaved round-robin across variants and the median is reported. Ours is measured with per-message
+//! `push` and with 16-message `push_chain`. Crossbeam is measured with a blocking `recv()` consumer and with a
+//! `try_recv()` + backoff consumer (the same polling style as ours); the ratio uses the better of the two. Writes target/bench-results/queue.json.
 //!
 //! Run: `cargo bench --bench queue` (smoke: `QUEUE_BENCH_MESSAGES=200000 QUEUE_BENCH_RUNS=1 cargo bench --bench queue`
 //! or `cargo bench --bench queue -- --messages 200000`).
@@ -221,24 +221,33 @@ fn main() {
     let mut rows = Vec::new();
     for &producers in &producer_counts {
         let mut medians = std::collections::BTreeMap::new();
-        for variant in Variant::ALL {
-            if only.as_ref().is_some_and(|o| !o.iter().any(|k| k == variant.key())) {
-                continue;
-            }
-            // Warm-up run (page faults, allocator arenas, CPU frequency), not recorded.
+        let variants: Vec<Variant> = Variant::ALL
+            .into_iter()
+            .filter(|v| match &only {
+                None => true,
+                Some(o) => o.iter().any(|k| k == v.key()),
+            })
+            .collect();
+        // Warm-up run of each (page faults, allocator arenas, CPU frequency), not recorded.
+        for &variant in &variants {
             run_once(variant, producers, (total / 10).max(1_000));
-            let rates: Vec<f64> = (0..runs)
-                .map(|_| {
-                    let elapsed = run_once(variant, producers, total);
-                    total as f64 / elapsed.as_secs_f64()
-                })
-                .collect();
-            let m = median(rates.clone());
+        }
+        // Runs are interleaved round-robin across variants, so load from other processes on this shared machine
+        // hits every variant alike instead of whichever happened to run during a busy spell.
+        let mut rates: Vec<Vec<f64>> = vec![Vec::with_capacity(runs); variants.len()];
+        for _ in 0..runs {
+            for (k, &variant) in variants.iter().enumerate() {
+                let elapsed = run_once(variant, producers, total);
+                rates[k].push(total as f64 / elapsed.as_secs_f64());
+            }
+        }
+        for (k, &variant) in variants.iter().enumerate() {
+            let m = median(rates[k].clone());
             println!(
                 "  {producers}P {:<32} {:>8.2} M msg/s  (runs: {:?})",
                 variant.name(),
                 m / 1e6,
-                rates.iter().map(|r| format!("{:.1}", r / 1e6)).collect::<Vec<_>>()
+                rates[k].iter().map(|r| format!("{:.1}", r / 1e6)).collect::<Vec<_>>()
             );
             medians.insert(variant.key(), m);
         }

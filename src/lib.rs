@@ -6,10 +6,13 @@
 #![deny(unsafe_code)]
 
 pub mod account;
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod db;
+pub mod lock;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod proto;
 #[allow(unsafe_code)]

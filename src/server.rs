@@ -15,11 +15,13 @@ use std::time::Duration;
 use crate::account::login::{LoginPolicy, LoginService};
 use crate::account::memory::{LocalLocks, MemoryAccounts, MemoryPlayers};
 use crate::account::password::PasswordHasher;
+use crate::admin::{self, AdminServer, AdminState, BackendState, Phase};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::net::io::{self, NetShared};
 use crate::net::tls;
 use crate::queue;
-use crate::sim::runner::{Backend, RunnerConfig, SimEvent, SimRunner, SimStatus};
+use crate::sim::runner::{Backend, RunnerConfig, SimEvent, SimRunner, SimStatus, Telemetry};
 use crate::sim::tick::TickCounters;
 use crate::sim::zone::Zone;
 use crate::sim::Simulation;
@@ -59,6 +61,13 @@ pub struct RunningServer {
     pub net: Arc<NetShared>,
     /// Where the development certificate was written, if one was generated.
     pub dev_cert_path: Option<std::path::PathBuf>,
+    /// Admin HTTP address (/metrics, /health, /ready).
+    pub admin_addr: SocketAddr,
+    /// Health and readiness state.
+    pub admin_state: Arc<AdminState>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    admin: AdminServer,
     stop: Arc<AtomicBool>,
     sim: JoinHandle<TickCounters>,
     io: Vec<JoinHandle<()>>,
@@ -68,6 +77,17 @@ pub struct RunningServer {
 /// Builds and starts every part.
 pub fn start(config: Config) -> Result<RunningServer, ServerError> {
     let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new(&config.server.zone));
+    let admin_state = Arc::new(AdminState::from_config(&config, &metrics));
+    admin_state.set_phase(Phase::Starting);
+    if config.uses_embedded_store() {
+        admin_state.set_database(BackendState::Embedded);
+    }
+    if config.redis.url.is_empty() {
+        admin_state.set_redis(BackendState::Embedded);
+    }
+    // The admin listener comes up first so probes see "starting" rather than a refused connection.
+    let admin = admin::spawn(&config, Arc::clone(&admin_state), Arc::clone(&metrics))?;
     let zone = Zone::load(&config.game.zone_file)?;
     let server_tls = tls::server_config(&config.tls, &std::env::temp_dir())?;
     if let Some(path) = &server_tls.dev_cert_path {
@@ -79,8 +99,11 @@ pub fn start(config: Config) -> Result<RunningServer, ServerError> {
     }
     let backend = build_backend(&config)?;
     let (tx, rx) = queue::channel::<SimEvent>();
-    let (workers, jobs) = WorkerPool::start(config.workers.threads, config.workers.queue_depth, Arc::new(backend), tx.clone())?;
+    let (workers, jobs) =
+        WorkerPool::start(config.workers.threads, config.workers.queue_depth, Arc::new(backend), tx.clone())?;
     let net = Arc::new(NetShared::new(&config));
+    let _ = metrics.attach_workers(Arc::clone(workers.stats()));
+    let _ = metrics.attach_net(Arc::clone(&net));
     let io = io::spawn(&config, Arc::clone(&server_tls.config), tx, Arc::clone(&net))?;
     let game_addr = io.local_addr;
 
@@ -104,7 +127,8 @@ pub fn start(config: Config) -> Result<RunningServer, ServerError> {
         },
         Arc::clone(&status),
         Arc::clone(&stop),
-    );
+    )
+    .with_telemetry(Telemetry { metrics: Arc::clone(&metrics), admin: Arc::clone(&admin_state) });
     let sim_core = sim_core(&config);
     let sim = std::thread::Builder::new().name("realm-sim".into()).spawn(move || {
         if let Some(core) = sim_core {
@@ -114,7 +138,12 @@ pub fn start(config: Config) -> Result<RunningServer, ServerError> {
         }
         runner.run()
     })?;
+    admin_state.set_phase(Phase::Ready);
     Ok(RunningServer {
+        admin_addr: admin.local_addr(),
+        admin_state,
+        metrics,
+        admin,
         game_addr,
         status,
         net,
@@ -143,7 +172,8 @@ fn build_backend(config: &Config) -> Result<Backend, ServerError> {
                 .into(),
         ));
     }
-    let hasher = PasswordHasher::new(config.security.max_concurrent_hashes).map_err(|e| ServerError::Backend(e.to_string()))?;
+    let hasher =
+        PasswordHasher::new(config.security.max_concurrent_hashes).map_err(|e| ServerError::Backend(e.to_string()))?;
     let login = LoginService::new(
         Arc::new(MemoryAccounts::default()),
         Arc::new(MemoryPlayers::default()),
@@ -173,13 +203,18 @@ impl RunningServer {
         }
         // The sim thread dropped its job sender when it returned; the io threads dropped theirs: workers end.
         self.workers.join();
+        self.admin.shutdown();
         Ok(counters)
     }
 }
 
 /// Runs the zone server until SIGTERM or SIGINT, then drains and returns.
 pub fn run(config: Config) -> Result<(), ServerError> {
-    log::info!("realm-server {} starting; effective configuration:\n{}", env!("CARGO_PKG_VERSION"), config.redacted_toml());
+    log::info!(
+        "realm-server {} starting; effective configuration:\n{}",
+        env!("CARGO_PKG_VERSION"),
+        config.redacted_toml()
+    );
     for w in config.warnings() {
         log::warn!("{w}");
     }
@@ -191,7 +226,12 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop)).map_err(ServerError::Signals)?;
         signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(ServerError::Signals)?;
     }
-    log::info!("ready: game on {} (TLS + UDP); SIGTERM or SIGINT stops gracefully within {grace} s", server.game_addr);
+    log::info!(
+        "ready: game on {} (TLS + UDP), admin on http://{} (/metrics /health /ready); SIGTERM or SIGINT stops \
+         gracefully within {grace} s",
+        server.game_addr,
+        server.admin_addr
+    );
     let counters = server.join()?;
     log::info!(
         "stopped after {} ticks ({} overruns, {} late, {} dropped)",

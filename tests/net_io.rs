@@ -63,8 +63,14 @@ impl Harness {
                         Inbound::Control { session, msg } => {
                             let Some(&io) = owner.get(&session) else { continue };
                             if let Some(Body::Login(_)) = msg.body {
-                                let ok = LoginOk { session_id: session, player_id: 1, tick_rate_hz: 20, ..Default::default() };
-                                handles[io].send(Outbound::Control { session, msg: ControlMessage::new(Body::LoginOk(ok)) });
+                                let ok = LoginOk {
+                                    session_id: session,
+                                    player_id: 1,
+                                    tick_rate_hz: 20,
+                                    ..Default::default()
+                                };
+                                handles[io]
+                                    .send(Outbound::Control { session, msg: ControlMessage::new(Body::LoginOk(ok)) });
                                 handles[io].wake();
                             }
                         }
@@ -72,8 +78,10 @@ impl Harness {
                             data_received.fetch_add(1, Ordering::Relaxed);
                             let Some(&io) = owner.get(&session) else { continue };
                             if let Some(DataBody::Input(input)) = msg.body {
-                                let snap = Snapshot { tick: 1, last_processed_input: input.sequence, ..Default::default() };
-                                handles[io].send(Outbound::Data { session, msg: DataMessage::new(DataBody::Snapshot(snap)) });
+                                let snap =
+                                    Snapshot { tick: 1, last_processed_input: input.sequence, ..Default::default() };
+                                handles[io]
+                                    .send(Outbound::Data { session, msg: DataMessage::new(DataBody::Snapshot(snap)) });
                                 handles[io].wake();
                             }
                         }
@@ -125,7 +133,11 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 fn input(seq: u32) -> DataMessage {
-    DataMessage::new(DataBody::Input(Input { sequence: seq, move_dir: Some(Vec2 { x: 1.0, y: 0.0 }), ..Default::default() }))
+    DataMessage::new(DataBody::Input(Input {
+        sequence: seq,
+        move_dir: Some(Vec2 { x: 1.0, y: 0.0 }),
+        ..Default::default()
+    }))
 }
 
 #[test]
@@ -333,7 +345,9 @@ fn per_ip_connection_rate_is_limited() {
     let h = Harness::start(|c| c.net.connect_rate_max = 3);
     let cfg = tls::client_config(&ServerTrust::InsecureAcceptAny).unwrap();
     let results: Vec<bool> = (0..5)
-        .map(|_| Connection::connect(&h.addr.to_string(), "localhost", Arc::clone(&cfg), Duration::from_secs(2)).is_ok())
+        .map(|_| {
+            Connection::connect(&h.addr.to_string(), "localhost", Arc::clone(&cfg), Duration::from_secs(2)).is_ok()
+        })
         .collect();
     assert_eq!(results, vec![true, true, true, false, false]);
     assert_eq!(h.shared.stats.refused_rate_limited.load(Ordering::Relaxed), 2);
@@ -355,7 +369,8 @@ fn a_thousand_concurrent_tls_clients_connect_and_are_served() {
             std::thread::spawn(move || {
                 let mut conns = Vec::new();
                 for _ in 0..CLIENTS / 8 {
-                    let mut c = Connection::connect(&addr, "localhost", Arc::clone(&cfg), Duration::from_secs(20)).unwrap();
+                    let mut c =
+                        Connection::connect(&addr, "localhost", Arc::clone(&cfg), Duration::from_secs(20)).unwrap();
                     c.hello("load").unwrap();
                     conns.push(c);
                 }

@@ -16,10 +16,22 @@ fn start() -> RunningServer {
     let mut c = Config::default();
     c.server.host = "127.0.0.1".parse().unwrap();
     c.server.port = 0;
+    c.admin.host = "127.0.0.1".parse().unwrap();
+    c.admin.port = 0;
     c.server.io_threads = 1;
     c.game.tick_rate = 20;
     // Cheap hashing is not configurable on purpose; OWASP parameters cost ~50 ms per login here.
     server::start(c).unwrap()
+}
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = stream.read_to_string(&mut out);
+    out
 }
 
 fn connect(s: &RunningServer) -> Connection {
@@ -52,7 +64,8 @@ fn a_player_registers_binds_udp_moves_and_sees_itself_move() {
     assert_ne!(ok.entity_id, 0);
     let keys = c.udp_keys(ok.session_id).unwrap();
     let mut link = UdpLink::bind(s.game_addr, ok.session_id, &keys, Duration::from_secs(5)).unwrap();
-    let me = |snap: &realm::proto::Snapshot| snap.entities.iter().find(|e| e.id == ok.entity_id).and_then(|e| e.position);
+    let me =
+        |snap: &realm::proto::Snapshot| snap.entities.iter().find(|e| e.id == ok.entity_id).and_then(|e| e.position);
     let start_pos = me(&next_snapshot(&mut link)).expect("the player sees itself");
     for seq in 1..=20u32 {
         let input = Input { sequence: seq, move_dir: Some(Vec2 { x: 1.0, y: 0.0 }), ..Default::default() };
@@ -78,6 +91,20 @@ fn a_player_registers_binds_udp_moves_and_sees_itself_move() {
             break;
         }
     }
+    // Operators see the player and the ticks.
+    let health = http_get(s.admin_addr, "/health");
+    assert!(health.starts_with("HTTP/1.1 200") && health.contains("\"players_online\":1"), "{health}");
+    assert!(http_get(s.admin_addr, "/ready").starts_with("HTTP/1.1 200"));
+    let metrics = http_get(s.admin_addr, "/metrics");
+    assert!(metrics.contains("game_server_players_online 1"), "players gauge");
+    let ticks = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("game_server_tick_duration_seconds_count "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(ticks > 10.0, "tick histogram moves: {ticks}");
+    assert!(metrics.contains("game_server_network_packets_total{channel=\"udp\",direction=\"in\"}"));
+
     s.request_stop();
     // Graceful stop: the client is told why.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -102,13 +129,16 @@ fn the_same_account_cannot_be_online_twice_and_bad_credentials_are_refused() {
     let mut first = connect(&s);
     register(&mut first, "twice").unwrap();
     let mut second = connect(&s);
-    let err = second.authenticate(Body::Login(realm::proto::Login { username: "twice".into(), password: "password123".into() }));
+    let err = second
+        .authenticate(Body::Login(realm::proto::Login { username: "twice".into(), password: "password123".into() }));
     match err {
         Err(ClientError::Login(e)) => assert_eq!(e.reason, LoginErrorReason::LoginErrorAlreadyOnline as i32),
         other => panic!("expected AlreadyOnline, got {other:?}"),
     }
-    let wrong = second.authenticate(Body::Login(realm::proto::Login { username: "twice".into(), password: "nope-nope".into() }));
-    let unknown = second.authenticate(Body::Login(realm::proto::Login { username: "nobody".into(), password: "nope-nope".into() }));
+    let wrong = second
+        .authenticate(Body::Login(realm::proto::Login { username: "twice".into(), password: "nope-nope".into() }));
+    let unknown = second
+        .authenticate(Body::Login(realm::proto::Login { username: "nobody".into(), password: "nope-nope".into() }));
     match (wrong, unknown) {
         (Err(ClientError::Login(a)), Err(ClientError::Login(b))) => {
             assert_eq!(a.reason, LoginErrorReason::LoginErrorInvalidCredentials as i32);
@@ -120,7 +150,10 @@ fn the_same_account_cannot_be_online_twice_and_bad_credentials_are_refused() {
     first.send(&ControlMessage::new(Body::Logout(Default::default()))).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let again = second.authenticate(Body::Login(realm::proto::Login { username: "twice".into(), password: "password123".into() }));
+        let again = second.authenticate(Body::Login(realm::proto::Login {
+            username: "twice".into(),
+            password: "password123".into(),
+        }));
         match again {
             Ok(_) => break,
             Err(ClientError::Login(e)) if e.reason == LoginErrorReason::LoginErrorAlreadyOnline as i32 => {

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn primary_replica_and_shards_are_real_and_replication_flows() {
-    let (Some(primary), Some(replica), Some(shards)) = (common::pg_url(), common::pg_replica_url(), common::pg_shard_urls())
+    let (Some(primary), Some(replica), Some(shards)) =
+        (common::pg_url(), common::pg_replica_url(), common::pg_shard_urls())
     else {
         return;
     };

@@ -35,7 +35,9 @@ pub fn accounts(store: &dyn AccountStore, name: &str) -> Result<(), String> {
         return Err("success did not clear the lock".into());
     }
     let (_, hash) = super::password::new_token();
-    store.insert_session(id, hash, std::time::SystemTime::now() + Duration::from_secs(60), "127.0.0.1").map_err(|e| e.to_string())?;
+    store
+        .insert_session(id, hash, std::time::SystemTime::now() + Duration::from_secs(60), "127.0.0.1")
+        .map_err(|e| e.to_string())?;
     if !store.session_valid(id, hash).map_err(|e| e.to_string())? {
         return Err("stored session not found".into());
     }
@@ -53,7 +55,8 @@ pub fn players(store: &dyn PlayerStore, player_id: u64) -> Result<(), String> {
     if first.progress.is_some() {
         return Err("a new player has saved progress".into());
     }
-    let saved = store.save(&[SaveRow { player_id, epoch: first.epoch, progress: progress(2) }]).map_err(|e| e.to_string())?;
+    let saved =
+        store.save(&[SaveRow { player_id, epoch: first.epoch, progress: progress(2) }]).map_err(|e| e.to_string())?;
     if saved != vec![SaveOutcome::Saved] {
         return Err(format!("owner's save refused: {saved:?}"));
     }

@@ -62,7 +62,11 @@ impl Refusal {
 
     fn busy(e: &StoreError) -> Self {
         log::warn!("login backend error: {e}");
-        Self { reason: LoginErrorReason::LoginErrorServerBusy, message: "try again shortly".into(), retry_after: Duration::from_secs(2) }
+        Self {
+            reason: LoginErrorReason::LoginErrorServerBusy,
+            message: "try again shortly".into(),
+            retry_after: Duration::from_secs(2),
+        }
     }
 
     fn invalid() -> Self {
@@ -149,9 +153,13 @@ impl LoginService {
     /// Logs in with a password.
     pub fn login(&self, username: &str, password: &str, ip: IpAddr) -> Result<LoginGrant, Refusal> {
         if let Some(left) = self.ip_locked(ip) {
-            return Err(Refusal { retry_after: left, ..Refusal::new(LoginErrorReason::LoginErrorLockedOut, "too many failed logins from this address") });
+            return Err(Refusal {
+                retry_after: left,
+                ..Refusal::new(LoginErrorReason::LoginErrorLockedOut, "too many failed logins from this address")
+            });
         }
-        let account = if valid_username(username) { self.accounts.find(username).map_err(|e| Refusal::busy(&e))? } else { None };
+        let account =
+            if valid_username(username) { self.accounts.find(username).map_err(|e| Refusal::busy(&e))? } else { None };
         let ok = self.hasher.verify(password, account.as_ref().map(|a| a.password_hash.as_str()));
         let Some(account) = account.filter(|_| ok) else {
             self.ip_failed(ip);
@@ -163,7 +171,10 @@ impl LoginService {
         let now = SystemTime::now();
         if let Some(until) = account.locked_until.filter(|u| *u > now) {
             let left = until.duration_since(now).unwrap_or_default();
-            return Err(Refusal { retry_after: left, ..Refusal::new(LoginErrorReason::LoginErrorLockedOut, "account temporarily locked") });
+            return Err(Refusal {
+                retry_after: left,
+                ..Refusal::new(LoginErrorReason::LoginErrorLockedOut, "account temporarily locked")
+            });
         }
         if account.is_banned(now) {
             return Err(Refusal::new(LoginErrorReason::LoginErrorBanned, "this account is banned"));
@@ -175,7 +186,10 @@ impl LoginService {
     /// Creates an account and logs in with it.
     pub fn register(&self, username: &str, password: &str, ip: IpAddr) -> Result<LoginGrant, Refusal> {
         if !valid_username(username) {
-            return Err(Refusal::new(LoginErrorReason::LoginErrorInvalidUsername, "3 to 32 characters: letters, digits, _ and -"));
+            return Err(Refusal::new(
+                LoginErrorReason::LoginErrorInvalidUsername,
+                "3 to 32 characters: letters, digits, _ and -",
+            ));
         }
         if !(8..=128).contains(&password.len()) {
             return Err(Refusal::new(LoginErrorReason::LoginErrorWeakPassword, "passwords are 8 to 128 bytes"));
@@ -200,7 +214,10 @@ impl LoginService {
         match self.locks.acquire(player_id, &lock_token, self.policy.lock_ttl) {
             Ok(true) => {}
             Ok(false) => {
-                return Err(Refusal::new(LoginErrorReason::LoginErrorAlreadyOnline, "this character is online in another zone or session"))
+                return Err(Refusal::new(
+                    LoginErrorReason::LoginErrorAlreadyOnline,
+                    "this character is online in another zone or session",
+                ))
             }
             Err(e) => return Err(Refusal::busy(&e)),
         }
@@ -212,7 +229,12 @@ impl LoginService {
             }
         };
         let (token, token_hash) = new_token();
-        if let Err(e) = self.accounts.insert_session(player_id, token_hash, SystemTime::now() + self.policy.session_ttl, &ip.to_string()) {
+        if let Err(e) = self.accounts.insert_session(
+            player_id,
+            token_hash,
+            SystemTime::now() + self.policy.session_ttl,
+            &ip.to_string(),
+        ) {
             log::warn!("could not record the session of player {player_id}: {e}");
         }
         Ok(LoginGrant {
@@ -261,12 +283,21 @@ mod tests {
     #[test]
     fn register_validates_and_refuses_taken_names() {
         let s = service(Arc::default());
-        assert_eq!(s.register("a", "password1", ip(1)).unwrap_err().reason, LoginErrorReason::LoginErrorInvalidUsername);
-        assert_eq!(s.register("al ice", "password1", ip(1)).unwrap_err().reason, LoginErrorReason::LoginErrorInvalidUsername);
+        assert_eq!(
+            s.register("a", "password1", ip(1)).unwrap_err().reason,
+            LoginErrorReason::LoginErrorInvalidUsername
+        );
+        assert_eq!(
+            s.register("al ice", "password1", ip(1)).unwrap_err().reason,
+            LoginErrorReason::LoginErrorInvalidUsername
+        );
         assert_eq!(s.register("alice", "short", ip(1)).unwrap_err().reason, LoginErrorReason::LoginErrorWeakPassword);
         let grant = s.register("alice", "password1", ip(1)).unwrap();
         assert_eq!(grant.epoch, 1);
-        assert_eq!(s.register("ALICE", "password2", ip(1)).unwrap_err().reason, LoginErrorReason::LoginErrorUsernameTaken);
+        assert_eq!(
+            s.register("ALICE", "password2", ip(1)).unwrap_err().reason,
+            LoginErrorReason::LoginErrorUsernameTaken
+        );
     }
 
     #[test]
@@ -292,7 +323,10 @@ mod tests {
             s.login("mallory", "whatever1", ip(30)).unwrap_err();
         }
         assert_eq!(s.login("mallory", "whatever1", ip(30)).unwrap_err().reason, LoginErrorReason::LoginErrorLockedOut);
-        assert_eq!(s.login("mallory", "whatever1", ip(31)).unwrap_err().reason, LoginErrorReason::LoginErrorInvalidCredentials);
+        assert_eq!(
+            s.login("mallory", "whatever1", ip(31)).unwrap_err().reason,
+            LoginErrorReason::LoginErrorInvalidCredentials
+        );
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
-use super::{AccountRecord, AccountStore, Claim, OwnershipLocks, PlayerStore, Progress, SaveOutcome, SaveRow, StoreError};
+use super::{
+    AccountRecord, AccountStore, Claim, OwnershipLocks, PlayerStore, Progress, SaveOutcome, SaveRow, StoreError,
+};
 
 /// Accounts and sessions in memory.
 #[derive(Default)]
@@ -82,7 +84,13 @@ impl AccountStore for MemoryAccounts {
         Ok(())
     }
 
-    fn insert_session(&self, player_id: u64, token_hash: [u8; 32], expires: SystemTime, _ip: &str) -> Result<(), StoreError> {
+    fn insert_session(
+        &self,
+        player_id: u64,
+        token_hash: [u8; 32],
+        expires: SystemTime,
+        _ip: &str,
+    ) -> Result<(), StoreError> {
         let mut inner = self.inner.lock();
         let now = SystemTime::now();
         inner.sessions.retain(|s| s.2 > now);

@@ -80,7 +80,13 @@ pub trait AccountStore: Send + Sync {
     /// Clears failures after a successful login.
     fn record_success(&self, id: u64) -> Result<(), StoreError>;
     /// Stores a login session: only the SHA-256 of its token.
-    fn insert_session(&self, player_id: u64, token_hash: [u8; 32], expires: SystemTime, ip: &str) -> Result<(), StoreError>;
+    fn insert_session(
+        &self,
+        player_id: u64,
+        token_hash: [u8; 32],
+        expires: SystemTime,
+        ip: &str,
+    ) -> Result<(), StoreError>;
     /// Whether a session with this token hash exists and has not expired (compared in constant time).
     fn session_valid(&self, player_id: u64, token_hash: [u8; 32]) -> Result<bool, StoreError>;
 }

@@ -53,7 +53,10 @@ impl PasswordHasher {
     pub fn hash(&self, password: &str) -> Result<String, HashError> {
         let _permit = self.permit();
         let salt = SaltString::generate(&mut OsRng);
-        self.argon.hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| HashError(e.to_string()))
+        self.argon
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| HashError(e.to_string()))
     }
 
     /// Whether `password` matches `stored` (a PHC string); `None` verifies against a dummy hash and returns false

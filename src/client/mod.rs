@@ -63,7 +63,10 @@ pub enum ClientError {
 
 impl ClientError {
     fn from_kick(k: Kick) -> Self {
-        ClientError::Kicked { reason: KickReason::try_from(k.reason).unwrap_or(KickReason::Unspecified), message: k.message }
+        ClientError::Kicked {
+            reason: KickReason::try_from(k.reason).unwrap_or(KickReason::Unspecified),
+            message: k.message,
+        }
     }
 }
 
@@ -78,7 +81,12 @@ pub struct Connection {
 
 impl Connection {
     /// Connects and completes the TLS handshake. `server_name` is checked against the certificate.
-    pub fn connect(addr: &str, server_name: &str, tls: Arc<ClientConfig>, timeout: Duration) -> Result<Self, ClientError> {
+    pub fn connect(
+        addr: &str,
+        server_name: &str,
+        tls: Arc<ClientConfig>,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
         let connect_err = |source| ClientError::Connect { addr: addr.to_owned(), source };
         let target = addr
             .to_socket_addrs()
@@ -88,8 +96,8 @@ impl Connection {
         let tcp = TcpStream::connect_timeout(&target, timeout).map_err(connect_err)?;
         tcp.set_nodelay(true)?;
         tcp.set_read_timeout(Some(timeout))?;
-        let name = ServerName::try_from(server_name.to_owned())
-            .map_err(|_| ClientError::Unexpected("invalid server name"))?;
+        let name =
+            ServerName::try_from(server_name.to_owned()).map_err(|_| ClientError::Unexpected("invalid server name"))?;
         let conn = ClientConnection::new(tls, name)?;
         let mut tls = StreamOwned::new(conn, tcp);
         while tls.conn.is_handshaking() {
@@ -180,7 +188,8 @@ impl Connection {
 
     /// The UDP keys of this TLS session for `session_id` (RFC 5705 exporter; never sent on the wire).
     pub fn udp_keys(&self, session_id: u64) -> Result<DataKeys, ClientError> {
-        let material = self.tls.conn.export_keying_material([0u8; 64], EXPORTER_LABEL, Some(&session_id.to_be_bytes()))?;
+        let material =
+            self.tls.conn.export_keying_material([0u8; 64], EXPORTER_LABEL, Some(&session_id.to_be_bytes()))?;
         Ok(DataKeys::from_keying_material(&material))
     }
 
@@ -202,10 +211,16 @@ pub struct UdpLink {
 impl UdpLink {
     /// Binds a local socket and completes the UdpHello/UdpWelcome exchange (resending the hello until `timeout`).
     pub fn bind(server: SocketAddr, session_id: u64, keys: &DataKeys, timeout: Duration) -> Result<Self, ClientError> {
-        let local: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().map_err(|_| ClientError::Unexpected("addr"))?;
+        let local: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+            .parse()
+            .map_err(|_| ClientError::Unexpected("addr"))?;
         let socket = UdpSocket::bind(local)?;
-        let mut link =
-            Self { socket, channel: DataChannel::client(session_id, keys), server, buf: vec![0u8; MAX_DATAGRAM_BYTES + 64] };
+        let mut link = Self {
+            socket,
+            channel: DataChannel::client(session_id, keys),
+            server,
+            buf: vec![0u8; MAX_DATAGRAM_BYTES + 64],
+        };
         link.hello(timeout)?;
         Ok(link)
     }
@@ -248,8 +263,15 @@ impl UdpLink {
             self.socket.set_read_timeout(Some(left))?;
             match self.socket.recv_from(&mut self.buf) {
                 Ok((n, from)) if from == self.server => {
-                    if let Ok(msg) = self.channel.open(&mut self.buf[..n]) {
-                        return Ok(msg);
+                    match self.channel.open(&mut self.buf[..n]) {
+                        // The server measures round-trip time with pings; answering is part of the protocol.
+                        Ok(DataMessage { body: Some(DataBody::Ping(p)) }) => {
+                            let pong =
+                                crate::proto::Pong { nonce: p.nonce, client_time_us: p.client_time_us, server_tick: 0 };
+                            self.send(&DataMessage::new(DataBody::Pong(pong)))?;
+                        }
+                        Ok(msg) => return Ok(msg),
+                        Err(_) => {}
                     }
                 }
                 Ok(_) => {}

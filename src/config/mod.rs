@@ -426,8 +426,8 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let mut tree = to_tree(&Config::default());
         if let Some(path) = path {
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
             let file: toml::Table = toml::from_str(&text)
                 .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.message().to_owned() })?;
             merge(&mut tree, file);
@@ -443,7 +443,12 @@ impl Config {
 
     /// Range and consistency checks; each error names the key and value.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn check(ok: bool, key: &'static str, value: impl fmt::Display, reason: &'static str) -> Result<(), ConfigError> {
+        fn check(
+            ok: bool,
+            key: &'static str,
+            value: impl fmt::Display,
+            reason: &'static str,
+        ) -> Result<(), ConfigError> {
             if ok {
                 Ok(())
             } else {
@@ -470,15 +475,30 @@ impl Config {
             "must be >= net.handshake_timeout_ms",
         )?;
         check(n.max_connections >= 1, "net.max_connections", n.max_connections, "must be at least 1")?;
-        check(n.connect_rate_window_secs >= 1, "net.connect_rate_window_secs", n.connect_rate_window_secs, "must be >= 1")?;
+        check(
+            n.connect_rate_window_secs >= 1,
+            "net.connect_rate_window_secs",
+            n.connect_rate_window_secs,
+            "must be >= 1",
+        )?;
         check(
             n.write_buffer_cap_bytes >= 2 * n.max_frame_bytes,
             "net.write_buffer_cap_bytes",
             n.write_buffer_cap_bytes,
             "must be at least twice net.max_frame_bytes",
         )?;
-        check(n.inbound_credits_per_tick >= 1, "net.inbound_credits_per_tick", n.inbound_credits_per_tick, "must be >= 1")?;
-        check(self.admin.freeze_after_ms >= 100, "admin.freeze_after_ms", self.admin.freeze_after_ms, "must be >= 100")?;
+        check(
+            n.inbound_credits_per_tick >= 1,
+            "net.inbound_credits_per_tick",
+            n.inbound_credits_per_tick,
+            "must be >= 1",
+        )?;
+        check(
+            self.admin.freeze_after_ms >= 100,
+            "admin.freeze_after_ms",
+            self.admin.freeze_after_ms,
+            "must be >= 100",
+        )?;
         check(self.server.io_threads <= 64, "server.io_threads", self.server.io_threads, "must be 0..=64")?;
         check(!self.server.zone.is_empty(), "server.zone", "\"\"", "must not be empty")?;
         check(
@@ -652,10 +672,8 @@ fn apply_env(tree: &mut toml::Table, env: impl IntoIterator<Item = (String, Stri
             set_key(tree, legacy, key, value)?;
         }
     }
-    let sections: Vec<(String, Vec<String>)> = tree
-        .iter()
-        .filter_map(|(s, v)| v.as_table().map(|t| (s.clone(), t.keys().cloned().collect())))
-        .collect();
+    let sections: Vec<(String, Vec<String>)> =
+        tree.iter().filter_map(|(s, v)| v.as_table().map(|t| (s.clone(), t.keys().cloned().collect()))).collect();
     for (section, keys) in sections {
         for key in keys {
             let var = format!("REALM_{}_{}", section.to_ascii_uppercase(), key.to_ascii_uppercase());
@@ -724,7 +742,12 @@ mod tests {
     fn legacy_and_realm_env_names_override_with_realm_winning() {
         let c = Config::load_with_env(
             None,
-            env(&[("SERVER_PORT", "8000"), ("GAME_TICK_RATE", "30"), ("REALM_GAME_TICK_RATE", "60"), ("LOG_FORMAT", "json")]),
+            env(&[
+                ("SERVER_PORT", "8000"),
+                ("GAME_TICK_RATE", "30"),
+                ("REALM_GAME_TICK_RATE", "60"),
+                ("LOG_FORMAT", "json"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.server.port, 8000);

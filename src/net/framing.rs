@@ -265,9 +265,8 @@ mod tests {
     fn a_max_size_frame_fits_after_partial_consumption() {
         // A small frame, then a frame of exactly max size: the decoder must compact rather than stall.
         let max = 200;
-        let hello = |pad: usize| {
-            ControlMessage::new(Body::Hello(Hello { protocol_version: 1, client_name: "a".repeat(pad) }))
-        };
+        let hello =
+            |pad: usize| ControlMessage::new(Body::Hello(Hello { protocol_version: 1, client_name: "a".repeat(pad) }));
         let pad = (0..max).rev().find(|&pad| hello(pad).encoded_len() == max).unwrap();
         let big = hello(pad);
         assert_eq!(big.encoded_len(), max);

@@ -153,6 +153,18 @@ pub struct NetStats {
     pub udp_in: AtomicU64,
     /// Datagrams sent.
     pub udp_out: AtomicU64,
+    /// Control frames received.
+    pub tcp_frames_in: AtomicU64,
+    /// Control frames sent.
+    pub tcp_frames_out: AtomicU64,
+    /// TLS bytes received.
+    pub tcp_bytes_in: AtomicU64,
+    /// TLS bytes sent.
+    pub tcp_bytes_out: AtomicU64,
+    /// UDP payload bytes received (accepted or not).
+    pub udp_bytes_in: AtomicU64,
+    /// UDP payload bytes sent.
+    pub udp_bytes_out: AtomicU64,
     /// Datagrams not sent because the socket's buffer was full or the kernel refused them.
     pub udp_send_dropped: AtomicU64,
     /// Datagrams dropped, by [`udp::UdpError::reason`] (index in `UdpError::REASONS`).
@@ -549,6 +561,14 @@ impl<E: From<Inbound>> IoThread<E> {
             }
         }
         let _ = conn.session.write_tls(&mut conn.stream);
+        let t = conn.session.take_traffic();
+        let stats = &self.shared.stats;
+        if t != Default::default() {
+            stats.tcp_frames_in.fetch_add(t.frames_in, Ordering::Relaxed);
+            stats.tcp_frames_out.fetch_add(t.frames_out, Ordering::Relaxed);
+            stats.tcp_bytes_in.fetch_add(t.bytes_in, Ordering::Relaxed);
+            stats.tcp_bytes_out.fetch_add(t.bytes_out, Ordering::Relaxed);
+        }
         if conn.session.is_closing() && !conn.session.wants_write() {
             self.remove(slot);
             return;
@@ -611,8 +631,17 @@ impl<E: From<Inbound>> IoThread<E> {
                     }
                     // Sealed straight into the send slot: no copy, no allocation.
                     let udp = &self.shared.udp;
-                    if let Err(e) = self.send.push_with(|slot| udp.seal_for(session, &msg, slot)) {
-                        self.shared.stats.count_udp_drop(&e);
+                    let mut sealed = 0;
+                    let pushed = self.send.push_with(|slot| {
+                        let (len, dst) = udp.seal_for(session, &msg, slot)?;
+                        sealed = len;
+                        Ok((len, dst))
+                    });
+                    match pushed {
+                        Ok(_) => {
+                            self.shared.stats.udp_bytes_out.fetch_add(sealed as u64, Ordering::Relaxed);
+                        }
+                        Err(e) => self.shared.stats.count_udp_drop(&e),
                     }
                 }
                 Outbound::Close { session, reason, message } => {
@@ -671,6 +700,7 @@ impl<E: From<Inbound>> IoThread<E> {
             }
             let shared = &self.shared;
             for (src, buf) in self.recv.iter_mut() {
+                shared.stats.udp_bytes_in.fetch_add(buf.len() as u64, Ordering::Relaxed);
                 match shared.udp.handle_datagram(src, buf, now) {
                     Ok(udp::Inbound::Bound { session_id, reply_len, .. }) => {
                         shared.stats.udp_in.fetch_add(1, Ordering::Relaxed);

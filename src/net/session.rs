@@ -146,8 +146,22 @@ pub enum SendError {
     SlowConsumer,
 }
 
+/// Frames and bytes moved since the last [`ControlSession::take_traffic`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Control frames decoded.
+    pub frames_in: u64,
+    /// Control frames queued for sending.
+    pub frames_out: u64,
+    /// Ciphertext bytes read from the socket.
+    pub bytes_in: u64,
+    /// Ciphertext bytes written to the socket.
+    pub bytes_out: u64,
+}
+
 /// One client's control channel.
 pub struct ControlSession {
+    traffic: Traffic,
     tls: ServerConnection,
     decoder: FrameDecoder,
     state: SessionState,
@@ -168,6 +182,7 @@ impl ControlSession {
         // rustls refuses to buffer past this; a short write means the client is not reading (see `send`).
         tls.set_buffer_limit(Some(limits.write_buffer_cap));
         Ok(Self {
+            traffic: Traffic::default(),
             tls,
             decoder: FrameDecoder::new(limits.max_frame),
             state: SessionState::Handshaking,
@@ -197,6 +212,11 @@ impl ControlSession {
         self.tls.wants_write()
     }
 
+    /// Traffic since the last call (the io thread adds it to its counters).
+    pub fn take_traffic(&mut self) -> Traffic {
+        std::mem::take(&mut self.traffic)
+    }
+
     /// Next event for the io layer.
     pub fn poll_event(&mut self) -> Option<SessionEvent> {
         self.events.pop_front()
@@ -215,7 +235,8 @@ impl ControlSession {
                     eof = true;
                     break;
                 }
-                Ok(_) => {
+                Ok(n) => {
+                    self.traffic.bytes_in += n as u64;
                     self.last_activity = now;
                     self.process(now);
                 }
@@ -243,7 +264,7 @@ impl ControlSession {
     pub fn write_tls(&mut self, wr: &mut dyn Write) -> io::Result<()> {
         while self.tls.wants_write() {
             match self.tls.write_tls(wr) {
-                Ok(_) => {}
+                Ok(n) => self.traffic.bytes_out += n as u64,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -338,7 +359,10 @@ impl ControlSession {
         self.scratch.clear();
         encode_frame(msg, self.limits.max_frame, &mut self.scratch).map_err(|_| SendError::TooLarge)?;
         match self.tls.writer().write(&self.scratch) {
-            Ok(n) if n == self.scratch.len() => Ok(()),
+            Ok(n) if n == self.scratch.len() => {
+                self.traffic.frames_out += 1;
+                Ok(())
+            }
             _ => {
                 // A partial frame may be in the buffer now; the stream is unusable, so the session ends.
                 self.close_without_kick(CloseReason::SlowConsumer);
@@ -401,6 +425,7 @@ impl ControlSession {
     }
 
     fn on_message(&mut self, msg: ControlMessage, now: Instant) {
+        self.traffic.frames_in += 1;
         if !self.take_credit(now) {
             return;
         }
@@ -507,12 +532,13 @@ mod tests {
     impl Pair {
         fn new(limits: SessionLimits) -> Self {
             let (certs, key, _) = generate_dev_cert().unwrap();
-            let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_protocol_versions(crate::net::tls::VERSIONS)
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(certs, key)
-                .unwrap();
+            let config =
+                rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                    .with_protocol_versions(crate::net::tls::VERSIONS)
+                    .unwrap()
+                    .with_no_client_auth()
+                    .with_single_cert(certs, key)
+                    .unwrap();
             let now = Instant::now();
             let server = ControlSession::new(Arc::new(config), limits, now).unwrap();
             let cc = client_config(&ServerTrust::InsecureAcceptAny).unwrap();

@@ -17,15 +17,18 @@
 //! A push first swaps the queue's tail, then links the previous tail to the new node. Between the two a consumer
 //! sees the tail moved but nothing linked. [`Consumer::pop`] reports that as [`Pop::Inconsistent`], distinct from
 //! [`Pop::Empty`]: a message *is* coming (and the newest already-linked message is held back with it, because a
-//! node is handed out only once its successor is linked). Callers must not treat it as empty-and-done; they retry with backoff ([`Consumer::pop_spin`] does that) or come back later (the simulation
-//! thread simply picks the message up on its next drain). The window is a few instructions long unless the
+//! node is handed out only once its successor is linked). Callers must not treat it as empty-and-done; they retry
+//! with backoff ([`Consumer::pop_spin`] does that) or come back later (the simulation thread simply picks the
+//! message up on its next drain). The window is a few instructions long unless the
 //! producer is preempted inside it, which is why nothing here spins unboundedly on the producer side.
 //!
 //! # Node recycling (why steady state allocates nothing)
 //!
 //! Every producer handle owns a *pool*: slabs of nodes plus a *return queue*, itself an instance of the same
-//! intrusive MPSC queue, consumed only by the pool's owner. Every node records its origin pool. The consumer, after
-//! moving a value out, returns the empty node to its origin (batched per origin: up to [`RETURN_BATCH`] nodes go
+//! intrusive MPSC queue, consumed only by the pool's owner. Every node knows its origin pool: slabs are 64 KiB
+//! blocks aligned to their size with a header naming the pool, so masking a node's address finds it and a
+//! one-word message travels in a 16-byte node (see `slab`). The consumer, after moving a value out, returns the
+//! empty node to its origin (batched per origin: up to [`RETURN_BATCH`] nodes go
 //! back with one `push_chain`, and everything pending is flushed whenever a pop finds the queue empty or
 //! inconsistent). A producer takes nodes from its return queue and only allocates a new slab when that is empty.
 //! Why this scheme: the message node is the only per-message memory, and it goes back to the very thread that
@@ -60,6 +63,7 @@
 //! All atomics and `UnsafeCell`s come from [`crate::sync`] so that `realm-loom-tests` model-checks this very file.
 
 mod raw;
+mod slab;
 
 use core::cell::Cell;
 use core::fmt;
@@ -70,6 +74,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::sync::{Arc, AtomicBool, AtomicUsize, Backoff, Mutex, Ordering, UnsafeCell};
 use raw::{Node, RawPop, RawQueue};
+use slab::Slab;
 
 /// How many empty nodes the consumer collects for one origin pool before returning them with one `push_chain`.
 #[cfg(not(realm_loom))]
@@ -78,16 +83,6 @@ pub const RETURN_BATCH: usize = 32;
 /// (small under loom so models exercise the batch-full path).
 #[cfg(realm_loom)]
 pub const RETURN_BATCH: usize = 2;
-
-/// Nodes in a pool's first slab; later slabs double up to `MAX_SLAB`.
-#[cfg(not(realm_loom))]
-const FIRST_SLAB: usize = 32;
-#[cfg(realm_loom)]
-const FIRST_SLAB: usize = 1;
-#[cfg(not(realm_loom))]
-const MAX_SLAB: usize = 4096;
-#[cfg(realm_loom)]
-const MAX_SLAB: usize = 2;
 
 /// Direct-mapped slots of the consumer's pending returns (one origin pool per slot).
 const PENDING_SLOTS: usize = 8;
@@ -123,15 +118,15 @@ pub(crate) struct Pool<T> {
     /// popped only by the current owner.
     returns: RawQueue<T>,
     /// Owner-written state, on its own cache line (the consumer writes `returns`' tail line).
-    owner: CachePadded<OwnerState<T>>,
-    /// Creation rank in the registry; picks the consumer's pending-return slot. Deterministic (unlike the
-    /// address), which loom requires of the control flow.
+    owner: CachePadded<OwnerState>,
+    /// Creation rank in the registry; picks the consumer's pending-return slot (copied into each slab header).
+    /// Deterministic, unlike the address, which loom requires of the control flow.
     id: usize,
 }
 
-struct OwnerState<T> {
+struct OwnerState {
     /// Slabs as (first node, length), from `Box<[Node<T>]>`. Written by the owner only, freed in `Shared::drop`.
-    slabs: UnsafeCell<Vec<(NonNull<Node<T>>, usize)>>,
+    slabs: UnsafeCell<Vec<NonNull<u8>>>,
     /// Nodes allocated by this pool (single writer: the owner; read for metrics).
     capacity: AtomicUsize,
     /// Messages pushed through this pool (single writer: the owner; read by `approx_len`).
@@ -180,10 +175,11 @@ impl<T> Drop for Shared<T> {
             pool.owner.slabs.with_mut(|slabs| {
                 // SAFETY: exclusive access to the pool being freed.
                 let slabs = unsafe { &mut *slabs };
-                for (first, len) in slabs.drain(..) {
-                    // SAFETY: each slab came from `Box<[Node<T>]>::into_raw` with this length and is freed once.
-                    // No node value is live any more (drained above; return queues and pending batches hold none).
-                    drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(first.as_ptr(), len)) });
+                for base in slabs.drain(..) {
+                    // SAFETY: each slab came from `Slab::alloc` for this pool and is freed once. No node value is
+                    // live any more (drained above; return queues and pending batches hold none), and no queue
+                    // will touch a node again (no handle is alive; the pool's return queue is dropped with it).
+                    unsafe { Slab::<T>::free(base) };
                 }
             });
         }
@@ -321,8 +317,8 @@ impl<T> Producer<T> {
             // SAFETY: this handle owns the pool, so it is the only thread popping its return queue (`!Sync`).
             match unsafe { pool.returns.pop() } {
                 RawPop::Node(node) => {
-                    // SAFETY: a node popped from our return queue is ours, empty, from our pool.
-                    debug_assert!(ptr::eq(unsafe { node.as_ref() }.origin, pool));
+                    // SAFETY: a node popped from our return queue is ours, empty, from one of our pool's slabs.
+                    debug_assert!(ptr::eq(unsafe { Slab::header(node) }.pool, pool));
                     return node;
                 }
                 RawPop::Empty => return self.grow(),
@@ -344,18 +340,10 @@ impl<T> Producer<T> {
     fn grow(&self) -> NonNull<Node<T>> {
         let pool = self.pool();
         let owner = &pool.owner;
-        let origin: *const Pool<T> = pool;
-        let len = owner.slabs.with(|slabs| {
-            // SAFETY: only the owner (us) touches `slabs` while the pool is owned.
-            let count = unsafe { (*slabs).len() };
-            FIRST_SLAB.checked_shl(count.min(31) as u32).unwrap_or(MAX_SLAB).min(MAX_SLAB)
-        });
-        let slab: Box<[Node<T>]> = (0..len).map(|_| Node::new(origin)).collect();
-        let first = Box::into_raw(slab) as *mut Node<T>;
-        // SAFETY: `Box::into_raw` never returns null.
-        let first = unsafe { NonNull::new_unchecked(first) };
-        // SAFETY: owner-only access, as above.
-        owner.slabs.with_mut(|slabs| unsafe { (*slabs).push((first, len)) });
+        let len = Slab::<T>::NODES;
+        let (base, first) = Slab::alloc(pool, pool.id % PENDING_SLOTS);
+        // SAFETY: only the owner (us) touches `slabs` while the pool is owned.
+        owner.slabs.with_mut(|slabs| unsafe { (*slabs).push(base) });
         if len > 1 {
             // SAFETY: all `len` nodes are in bounds of the slab we just allocated and not shared yet.
             unsafe {
@@ -585,22 +573,25 @@ impl<T> Consumer<T> {
     /// Queues an emptied node for return to its origin pool; returns a full batch at once.
     #[inline]
     fn recycle(&mut self, node: NonNull<Node<T>>) {
-        // SAFETY: the node is ours (popped); `origin` is immutable after creation.
-        let origin = unsafe { node.as_ref() }.origin;
-        debug_assert!(!origin.is_null(), "the stub is never handed out");
-        // SAFETY: pools live as long as `Shared`, which we keep alive; `id` is immutable.
-        let index = unsafe { (*origin).id } % PENDING_SLOTS;
+        // SAFETY: the node is ours (popped), not a stub (pop never hands out the stub), so it lives in a slab,
+        // and slabs live as long as `Shared`, which we keep alive. The header is immutable.
+        let header = unsafe { Slab::header(node) };
+        let (origin, index) = (header.pool, header.slot);
+        debug_assert!(index < PENDING_SLOTS);
         if self.pending[index].len != 0 && self.pending[index].pool != origin {
             self.flush_slot(index);
         }
         let slot = &mut self.pending[index];
         slot.pool = origin;
-        // SAFETY: the node is ours and private; Relaxed because `push_chain`'s Release publishes the links.
-        unsafe { node.as_ref() }.next.store(slot.first, Ordering::Relaxed);
+        // Append (FIFO), so the producer reuses nodes in the order they were consumed: mostly ascending addresses,
+        // which the hardware prefetcher follows (measured: ~20% more throughput than prepending).
         if slot.len == 0 {
-            slot.last = node.as_ptr();
+            slot.first = node.as_ptr();
+        } else {
+            // SAFETY: `last` is a node of this private batch. Relaxed: `push_chain`'s Release publishes the links.
+            unsafe { &*slot.last }.next.store(node.as_ptr(), Ordering::Relaxed);
         }
-        slot.first = node.as_ptr();
+        slot.last = node.as_ptr();
         slot.len += 1;
         if slot.len >= RETURN_BATCH {
             self.flush_slot(index);

@@ -15,19 +15,17 @@ use core::ptr::{self, NonNull};
 use crate::sync::{AtomicPtr, Ordering, UnsafeCell};
 
 /// A queue node. `value` is initialised exactly while the node sits in the message queue (or in a producer's
-/// private `Chain`); `origin` names the pool whose memory the node lives in and never changes.
+/// private `Chain`). The pool a node belongs to is found from its address (see `slab`).
 pub(crate) struct Node<T> {
     /// Next node towards the producers' end; null while this node is the newest one.
     pub(crate) next: AtomicPtr<Node<T>>,
     /// The message; see the parent module for who may touch it when.
     pub(crate) value: UnsafeCell<core::mem::MaybeUninit<T>>,
-    /// The pool this node belongs to (null for stubs). Written once before the node is shared.
-    pub(crate) origin: *const super::Pool<T>,
 }
 
 impl<T> Node<T> {
-    pub(crate) fn new(origin: *const super::Pool<T>) -> Self {
-        Self { next: AtomicPtr::new(ptr::null_mut()), value: UnsafeCell::new(core::mem::MaybeUninit::uninit()), origin }
+    pub(crate) fn new() -> Self {
+        Self { next: AtomicPtr::new(ptr::null_mut()), value: UnsafeCell::new(core::mem::MaybeUninit::uninit()) }
     }
 }
 
@@ -59,7 +57,7 @@ pub(crate) struct RawQueue<T> {
 impl<T> RawQueue<T> {
     /// An empty queue (allocates its stub).
     pub(crate) fn new() -> Self {
-        let stub = NonNull::from(Box::leak(Box::new(Node::new(ptr::null()))));
+        let stub = NonNull::from(Box::leak(Box::new(Node::new())));
         Self {
             tail: crossbeam_utils::CachePadded::new(AtomicPtr::new(stub.as_ptr())),
             head: crossbeam_utils::CachePadded::new(UnsafeCell::new(stub.as_ptr())),
@@ -96,7 +94,7 @@ impl<T> RawQueue<T> {
         // AcqRel. Release: the next swapper gets `last` back and will write `last.next`; it must not be overwritten
         // by our null store above, so that store must happen-before its link. Acquire: symmetrically, we are about
         // to write `prev.next`, and the null store of whoever published `prev` must happen-before our link.
-        let prev = self.tail.swap(last.as_ptr(), Ordering::Release);
+        let prev = self.tail.swap(last.as_ptr(), Ordering::AcqRel);
         debug_assert!(!prev.is_null(), "queue tail is never null (stub)");
         // SAFETY: the tail is never null: it starts at the stub and only ever receives non-null nodes.
         unsafe { NonNull::new_unchecked(prev) }

@@ -182,7 +182,7 @@ fn steady_state_reuses_nodes() {
             assert_eq!(rx.pop(), Pop::Item(round * 10 + i));
         }
         assert_eq!(rx.pop(), Pop::Empty); // flushes the pending returns
-        assert_eq!(tx.pool_capacity(), FIRST_SLAB, "round {round} allocated");
+        assert_eq!(tx.pool_capacity(), Slab::<u64>::NODES, "round {round} allocated");
     }
 }
 
@@ -247,6 +247,20 @@ fn pop_batch_stops_at_max() {
     assert_eq!(got, (0..7).collect::<Vec<_>>());
     assert_eq!(rx.pop_batch(7, |v| got.push(v)), 3);
     assert_eq!(got, (0..10).collect::<Vec<_>>());
+}
+
+#[test]
+fn one_word_messages_travel_in_sixteen_byte_nodes() {
+    assert_eq!(core::mem::size_of::<Node<u64>>(), 16);
+    assert_eq!(Slab::<u64>::BYTES, 64 * 1024);
+    assert_eq!(Slab::<u64>::NODES, (64 * 1024 - 128) / 16);
+}
+
+#[test]
+fn large_messages_still_get_a_useful_slab() {
+    let (mtu_sized, huge) = (Slab::<[u8; 1500]>::NODES, Slab::<[u8; 100_000]>::NODES);
+    assert!(mtu_sized >= 32, "{mtu_sized}");
+    assert!(huge >= 32, "{huge}");
 }
 
 #[test]

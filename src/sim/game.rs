@@ -51,9 +51,9 @@ pub struct Ability {
 
 /// The abilities every player has.
 pub const ABILITIES: [Ability; 3] = [
-    Ability { id: 1, range: 3.0, cooldown_secs: 0.8, amount: [8, 14] },   // strike
+    Ability { id: 1, range: 3.0, cooldown_secs: 0.8, amount: [8, 14] }, // strike
     Ability { id: 2, range: 25.0, cooldown_secs: 2.5, amount: [18, 28] }, // firebolt
-    Ability { id: 3, range: 0.0, cooldown_secs: 8.0, amount: [25, 25] },  // heal self
+    Ability { id: 3, range: 0.0, cooldown_secs: 8.0, amount: [25, 25] }, // heal self
 ];
 
 const NPC_ATTACK_RANGE: f32 = 2.5;
@@ -226,7 +226,8 @@ impl Simulation {
             for _ in 0..spawn.count {
                 let angle = sim.rng.range(0.0, std::f32::consts::TAU);
                 let dist = spawn.radius * sim.rng.unit().sqrt();
-                let home = sim.clamp(Vec2::new(spawn.center[0] + dist * angle.cos(), spawn.center[1] + dist * angle.sin()));
+                let home =
+                    sim.clamp(Vec2::new(spawn.center[0] + dist * angle.cos(), spawn.center[1] + dist * angle.sin()));
                 let id = sim.world.spawn(Kind::Npc, home, spawn.max_hp, spawn.level);
                 let slot = sim.world.slot(id).expect("just spawned");
                 let next_think = u64::from(sim.rng.below(sim.tick_rate));
@@ -501,16 +502,14 @@ impl Simulation {
             let mut state = npc.state;
             if self.tick >= npc.next_think {
                 state = match state {
-                    NpcState::Idle | NpcState::Wander(_) => {
-                        match self.nearest_player(pos, aggro) {
-                            Some(target) => NpcState::Chase(target),
-                            None if matches!(state, NpcState::Idle) && self.rng.below(5) == 0 => {
-                                let p = Vec2::new(home.x + self.rng.range(-8.0, 8.0), home.y + self.rng.range(-8.0, 8.0));
-                                NpcState::Wander(self.clamp(p))
-                            }
-                            None => state,
+                    NpcState::Idle | NpcState::Wander(_) => match self.nearest_player(pos, aggro) {
+                        Some(target) => NpcState::Chase(target),
+                        None if matches!(state, NpcState::Idle) && self.rng.below(5) == 0 => {
+                            let p = Vec2::new(home.x + self.rng.range(-8.0, 8.0), home.y + self.rng.range(-8.0, 8.0));
+                            NpcState::Wander(self.clamp(p))
                         }
-                    }
+                        None => state,
+                    },
                     other => other,
                 };
             }
@@ -530,7 +529,7 @@ impl Simulation {
                         state = NpcState::Idle;
                         Vec2::default()
                     } else {
-                        to.sub(pos).normalized().scale(speed * 0.5)
+                        to.minus(pos).normalized().scale(speed * 0.5)
                     }
                 }
                 NpcState::Chase(t) => {
@@ -538,7 +537,7 @@ impl Simulation {
                     if pos.dist2(tp) <= (NPC_ATTACK_RANGE * 0.8).powi(2) {
                         Vec2::default()
                     } else {
-                        tp.sub(pos).normalized().scale(speed)
+                        tp.minus(pos).normalized().scale(speed)
                     }
                 }
                 NpcState::Return => {
@@ -548,7 +547,7 @@ impl Simulation {
                         self.world.health[slot].hp = max;
                         Vec2::default()
                     } else {
-                        home.sub(pos).normalized().scale(speed * 1.5)
+                        home.minus(pos).normalized().scale(speed * 1.5)
                     }
                 }
             };
@@ -591,7 +590,7 @@ impl Simulation {
             if v.x == 0.0 && v.y == 0.0 {
                 continue;
             }
-            let p = self.world.pos[slot].add(v.scale(self.dt));
+            let p = self.world.pos[slot].plus(v.scale(self.dt));
             let p = Vec2::new(p.x.clamp(0.0, max), p.y.clamp(0.0, max));
             self.world.pos[slot] = p;
             self.grid.update(slot as u32, p);
@@ -674,7 +673,16 @@ impl Simulation {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn event(&self, out: &mut Vec<Output>, to: usize, kind: CombatEventKind, src: usize, dst: usize, ability: u32, amount: i32) {
+    fn event(
+        &self,
+        out: &mut Vec<Output>,
+        to: usize,
+        kind: CombatEventKind,
+        src: usize,
+        dst: usize,
+        ability: u32,
+        amount: i32,
+    ) {
         if let Some(p) = self.world.player[to].as_ref() {
             let ev = CombatEvent {
                 kind: kind as i32,
@@ -771,7 +779,7 @@ impl Simulation {
             self.stats.chats += 1;
             match channel {
                 ChatChannel::Zone => {
-                    for (&session, _) in &self.sessions {
+                    for &session in self.sessions.keys() {
                         out.push(Output::Control { session, msg: ControlMessage::new(Body::ChatMessage(msg.clone())) });
                     }
                 }

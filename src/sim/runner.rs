@@ -16,6 +16,8 @@ use super::tick::{TickClock, TickCounters};
 use super::world::Vec2;
 use crate::account::login::{LoginGrant, LoginService, Refusal};
 use crate::account::{Progress, SaveOutcome, SaveRow, StoreError};
+use crate::admin::AdminState;
+use crate::metrics::{Metrics, SimTotals, TickPhase};
 use crate::net::io::{Inbound, IoHandle, Outbound, SessionId};
 use crate::proto::{
     self, control_message::Body, data_message::Body as DataBody, ChatChannel, ControlMessage, DataMessage, KickReason,
@@ -151,8 +153,21 @@ pub struct RunnerConfig {
     pub grace: Duration,
 }
 
+/// Where the sim thread reports: Prometheus metrics and the admin state behind /health and /ready.
+pub struct Telemetry {
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Health and readiness.
+    pub admin: Arc<AdminState>,
+}
+
+/// How often (in ticks) the server pings each client over UDP to measure round-trip time.
+const PING_EVERY_SECS: u32 = 2;
+
 /// The simulation thread's state.
 pub struct SimRunner {
+    telemetry: Option<Telemetry>,
+    epoch: Instant,
     sim: Simulation,
     rx: Consumer<SimEvent>,
     io: Vec<IoHandle>,
@@ -183,6 +198,8 @@ impl SimRunner {
     ) -> Self {
         let n = io.len();
         Self {
+            telemetry: None,
+            epoch: Instant::now(),
             sim,
             rx,
             io,
@@ -197,6 +214,12 @@ impl SimRunner {
             phase_times: [Duration::ZERO; PHASES.len()],
             pending_final: 0,
         }
+    }
+
+    /// Reports ticks, phases and counters to `telemetry`.
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = Some(telemetry);
+        self
     }
 
     /// Accumulated time per phase since start (indexed like [`PHASES`]).
@@ -217,11 +240,17 @@ impl SimRunner {
                 std::thread::sleep(due - now);
             }
             let started = Instant::now();
-            clock.start(started);
+            let lateness = clock.start(started);
             self.drain_events();
-            self.sim.step_timed(&mut self.out, Some(&mut self.phase_times));
+            let drained = Instant::now();
+            let mut phases = [Duration::ZERO; PHASES.len()];
+            self.sim.step_timed(&mut self.out, Some(&mut phases));
+            let stepped = Instant::now();
             self.route_outputs();
             let tick = self.sim.tick();
+            if tick % u64::from(PING_EVERY_SECS * self.config.tick_rate) == 0 {
+                self.ping_all();
+            }
             if drain_deadline.is_none() {
                 if tick % save_every == 0 {
                     self.save_dirty();
@@ -232,25 +261,100 @@ impl SimRunner {
             }
             if drain_deadline.is_none() && self.stop.load(Ordering::Relaxed) {
                 log::info!("draining: saving {} players", self.online.len());
+                if let Some(t) = &self.telemetry {
+                    t.admin.set_phase(crate::admin::Phase::Draining);
+                }
                 drain_deadline = Some(started + self.config.grace);
                 self.begin_drain();
             }
             self.wake_io();
             let took = started.elapsed();
-            clock.finish(took);
+            let overrun = clock.finish(took);
             self.publish_status(&clock, took);
+            for (total, p) in self.phase_times.iter_mut().zip(phases) {
+                *total += p;
+            }
+            self.report(took, overrun, lateness, drained - started, &phases, Instant::now() - stepped);
             if let Some(deadline) = drain_deadline {
                 if self.pending_final == 0 || Instant::now() >= deadline {
                     if self.pending_final > 0 {
                         log::error!("grace period over with {} saves still pending", self.pending_final);
                     }
                     for h in &self.io {
-                        h.send(Outbound::Shutdown { reason: KickReason::ServerShutdown, message: "server shutting down".into() });
+                        h.send(Outbound::Shutdown {
+                            reason: KickReason::ServerShutdown,
+                            message: "server shutting down".into(),
+                        });
                         h.wake();
                     }
                     self.status.drained.store(true, Ordering::Release);
                     return clock.counters();
                 }
+            }
+        }
+    }
+
+    fn report(
+        &self,
+        took: Duration,
+        overrun: bool,
+        lateness: Duration,
+        drain: Duration,
+        phases: &[Duration; PHASES.len()],
+        send: Duration,
+    ) {
+        let Some(t) = &self.telemetry else { return };
+        let m = &t.metrics;
+        m.tick.observe(took.as_secs_f64());
+        if overrun {
+            m.tick_overruns.inc();
+        }
+        if lateness > Duration::from_millis(1) {
+            m.late_ticks.inc();
+        }
+        m.tick_phases.observe(TickPhase::Drain, drain.as_secs_f64());
+        m.tick_phases.observe(TickPhase::Send, send.as_secs_f64());
+        // PHASES: respawns, inputs, npc_ai, movement, combat, chat, portals, snapshots. Respawns count as combat.
+        let map = [
+            TickPhase::Combat,
+            TickPhase::Inputs,
+            TickPhase::NpcAi,
+            TickPhase::Movement,
+            TickPhase::Combat,
+            TickPhase::Chat,
+            TickPhase::Portals,
+            TickPhase::Snapshots,
+        ];
+        for (phase, d) in map.iter().zip(phases) {
+            m.tick_phases.observe(*phase, d.as_secs_f64());
+        }
+        let players = self.sim.players() as i64;
+        m.population.players.set(players);
+        m.population.npcs.set(self.sim.world.len() as i64 - players);
+        m.set_queue_depth("inbound", self.rx.approx_len() as i64);
+        let s = self.sim.stats();
+        m.set_sim_totals(&SimTotals {
+            inputs_applied: s.inputs_applied,
+            inputs_rejected_speed: s.inputs_rejected_speed,
+            inputs_rejected_invalid: s.inputs_rejected_invalid,
+            inputs_rejected_stale: s.inputs_rejected_stale,
+            combat_hits: s.combat_hits,
+            kills: s.kills,
+            chats: s.chats,
+            snapshots: s.snapshots,
+            snapshot_truncated_entities: s.snapshot_truncated_entities,
+        });
+        t.admin.record_tick(self.sim.tick(), players as u64);
+    }
+
+    /// Pings every in-game session over UDP; the nonce is the send time, so the Pong gives the round trip.
+    fn ping_all(&mut self) {
+        let nonce = self.epoch.elapsed().as_micros() as u64;
+        for (&session, ctx) in &self.sessions {
+            if matches!(ctx.state, SessionState::InGame(_)) {
+                let ping = proto::Ping { nonce, client_time_us: 0 };
+                self.io[ctx.io].send(Outbound::Data { session, msg: DataMessage::new(DataBody::Ping(ping)) });
+                self.io_dirty[ctx.io] = true;
             }
         }
     }
@@ -304,7 +408,11 @@ impl SimRunner {
     }
 
     fn login_error(&mut self, session: SessionId, reason: LoginErrorReason, message: &str, retry_after: Duration) {
-        let e = LoginError { reason: reason as i32, message: message.into(), retry_after_ms: retry_after.as_millis() as u32 };
+        let e = LoginError {
+            reason: reason as i32,
+            message: message.into(),
+            retry_after_ms: retry_after.as_millis() as u32,
+        };
         self.send_control(session, ControlMessage::new(Body::LoginError(e)));
         if let Some(ctx) = self.sessions.get_mut(&session) {
             if matches!(ctx.state, SessionState::Authenticating) {
@@ -327,6 +435,9 @@ impl SimRunner {
             SimEvent::SaveFailed { reason, rows, attempt, locks } => self.on_save_failed(reason, rows, attempt, locks),
             SimEvent::LocksLost(players) => {
                 for player_id in players {
+                    if let Some(t) = &self.telemetry {
+                        t.metrics.locks.losses.inc();
+                    }
                     if let Some(&session) = self.online.get(&player_id) {
                         log::warn!("lost the ownership lock of player {player_id}: dropping the session unsaved");
                         self.status.ownership_lost.fetch_add(1, Ordering::Relaxed);
@@ -355,7 +466,10 @@ impl SimRunner {
             Some(Body::Chat(c)) => {
                 let channel = ChatChannel::try_from(c.channel).unwrap_or(ChatChannel::Say);
                 if let Err(e) = self.sim.queue_chat(session, channel, c.text) {
-                    self.send_control(session, ControlMessage::new(Body::Error(proto::ErrorNotice { message: e.to_string() })));
+                    self.send_control(
+                        session,
+                        ControlMessage::new(Body::Error(proto::ErrorNotice { message: e.to_string() })),
+                    );
                 }
             }
             Some(Body::Logout(_)) => {
@@ -374,7 +488,12 @@ impl SimRunner {
         job: impl FnOnce(&Backend) -> Result<LoginGrant, Refusal> + Send + 'static,
     ) {
         if self.online.len() >= self.config.max_players || self.stop.load(Ordering::Relaxed) {
-            self.login_error(session, LoginErrorReason::LoginErrorServerFull, "the zone is full", Duration::from_secs(10));
+            self.login_error(
+                session,
+                LoginErrorReason::LoginErrorServerFull,
+                "the zone is full",
+                Duration::from_secs(10),
+            );
             return;
         }
         if let Some(ctx) = self.sessions.get_mut(&session) {
@@ -421,7 +540,11 @@ impl SimRunner {
         let pos = self.sim.player_record(session).map(|r| r.pos).unwrap_or_default();
         self.online.insert(grant.player_id, session);
         if let Some(ctx) = self.sessions.get_mut(&session) {
-            ctx.state = SessionState::InGame(Owned { player_id: grant.player_id, epoch: grant.epoch, lock_token: grant.lock_token });
+            ctx.state = SessionState::InGame(Owned {
+                player_id: grant.player_id,
+                epoch: grant.epoch,
+                lock_token: grant.lock_token,
+            });
         }
         let ok = LoginOk {
             session_id: session,
@@ -440,6 +563,15 @@ impl SimRunner {
         match msg.body {
             Some(DataBody::Input(input)) => {
                 let _ = self.sim.queue_input(session, input);
+            }
+            Some(DataBody::Pong(p)) => {
+                let now = self.epoch.elapsed().as_micros() as u64;
+                if let (Some(t), Some(rtt)) = (&self.telemetry, now.checked_sub(p.nonce)) {
+                    // Ignore absurd values (a forged or very late pong): pings go out every few seconds.
+                    if rtt < 10_000_000 {
+                        t.metrics.network_latency.observe(rtt as f64 / 1e6);
+                    }
+                }
             }
             Some(DataBody::Ping(p)) => {
                 if let Some(ctx) = self.sessions.get(&session) {
@@ -477,7 +609,13 @@ impl SimRunner {
     }
 
     fn progress(&self, record: &PlayerRecord) -> Progress {
-        Progress { zone: self.config.zone.clone(), pos: (record.pos.x, record.pos.y), level: record.level, xp: record.xp, hp: record.hp }
+        Progress {
+            zone: self.config.zone.clone(),
+            pos: (record.pos.x, record.pos.y),
+            level: record.level,
+            xp: record.xp,
+            hp: record.hp,
+        }
     }
 
     /// The player leaves the world (logout, disconnect, shutdown): final save, then lock release.
@@ -557,6 +695,9 @@ impl SimRunner {
             match outcome {
                 SaveOutcome::Saved => {
                     self.status.saves.fetch_add(1, Ordering::Relaxed);
+                    if let Some(t) = &self.telemetry {
+                        t.metrics.saves.inc();
+                    }
                 }
                 SaveOutcome::OwnershipLost => {
                     self.status.ownership_lost.fetch_add(1, Ordering::Relaxed);
@@ -572,6 +713,9 @@ impl SimRunner {
 
     fn on_save_failed(&mut self, reason: SaveReason, rows: Vec<SaveRow>, attempt: u32, locks: Vec<(u64, String)>) {
         self.status.save_failures.fetch_add(1, Ordering::Relaxed);
+        if let Some(t) = &self.telemetry {
+            t.metrics.save_failures.inc();
+        }
         if reason == SaveReason::Final {
             self.pending_final = self.pending_final.saturating_sub(1);
         }

@@ -70,8 +70,10 @@ fn pos(sim: &Simulation, id: u64) -> Vec2 {
 fn events(out: &[Output], kind: CombatEventKind) -> Vec<proto::CombatEvent> {
     out.iter()
         .filter_map(|o| match o {
-            Output::Control { msg: proto::ControlMessage { body: Some(Body::CombatEvent(e)) }, .. } if e.kind == kind as i32 => {
-                Some(e.clone())
+            Output::Control { msg: proto::ControlMessage { body: Some(Body::CombatEvent(e)) }, .. }
+                if e.kind == kind as i32 =>
+            {
+                Some(*e)
             }
             _ => None,
         })
@@ -176,7 +178,10 @@ fn strikes_damage_respect_cooldown_and_range_and_kills_give_xp() {
 fn enough_xp_levels_up_and_raises_max_hp() {
     let mut sim = Simulation::new(zone(&npc_block(1, [100.0, 100.0], 0.0)), RATE, 7);
     let npc = sim.world.id(0);
-    let me = sim.spawn_player(1, PlayerSpawn { player_id: 1, name: "a".into(), pos: Some(Vec2::new(101.0, 100.0)), level: 1, xp: 95, hp: None });
+    let me = sim.spawn_player(
+        1,
+        PlayerSpawn { player_id: 1, name: "a".into(), pos: Some(Vec2::new(101.0, 100.0)), level: 1, xp: 95, hp: None },
+    );
     let mut out = Vec::new();
     let mut seq = 0;
     let mut levelled = false;
@@ -241,7 +246,8 @@ fn snapshots_fit_one_datagram_nearest_first_even_in_a_crowd() {
         .unwrap();
     let me = sim.player_entity(1).unwrap();
     assert_eq!(snap.entities[0].id, me, "the player itself comes first");
-    let encoded = prost::Message::encoded_len(&proto::DataMessage::new(proto::data_message::Body::Snapshot(snap.clone())));
+    let encoded =
+        prost::Message::encoded_len(&proto::DataMessage::new(proto::data_message::Body::Snapshot(snap.clone())));
     assert!(encoded <= SNAPSHOT_BUDGET, "{encoded} bytes");
     assert!(snap.total_visible as usize > snap.entities.len(), "the crowd was cut to fit");
     let d = |e: &proto::EntityState| {
@@ -259,7 +265,9 @@ fn aoi_membership_uses_hysteresis_at_the_view_edge() {
     let visible = |sim: &mut Simulation| {
         let mut out = Vec::new();
         sim.step(&mut out);
-        out.iter().any(|o| matches!(o, Output::Snapshot { session: 1, snapshot } if snapshot.entities.iter().any(|e| e.id == b)))
+        out.iter().any(
+            |o| matches!(o, Output::Snapshot { session: 1, snapshot } if snapshot.entities.iter().any(|e| e.id == b)),
+        )
     };
     assert!(visible(&mut sim), "inside the 40 m view radius");
     // b walks to 42 m: beyond the radius but within the 10% hysteresis band: still visible.
@@ -290,7 +298,9 @@ fn say_reaches_nearby_players_and_zone_reaches_everyone() {
         let mut r: Vec<u64> = out
             .iter()
             .filter_map(|o| match o {
-                Output::Control { session, msg: proto::ControlMessage { body: Some(Body::ChatMessage(m)) } } if m.text == "hello" => {
+                Output::Control { session, msg: proto::ControlMessage { body: Some(Body::ChatMessage(m)) } }
+                    if m.text == "hello" =>
+                {
                     Some(*session)
                 }
                 _ => None,

@@ -40,11 +40,11 @@ impl Vec2 {
         Vec2::new(self.x * k, self.y * k)
     }
     /// `self + o`.
-    pub fn add(self, o: Vec2) -> Vec2 {
+    pub fn plus(self, o: Vec2) -> Vec2 {
         Vec2::new(self.x + o.x, self.y + o.y)
     }
     /// `self - o`.
-    pub fn sub(self, o: Vec2) -> Vec2 {
+    pub fn minus(self, o: Vec2) -> Vec2 {
         Vec2::new(self.x - o.x, self.y - o.y)
     }
     /// Unit vector in this direction (zero stays zero).

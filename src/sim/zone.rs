@@ -129,8 +129,8 @@ impl Zone {
         if path.is_empty() {
             return Self::parse(DEFAULT_ZONE, "<built-in>");
         }
-        let text = std::fs::read_to_string(Path::new(path))
-            .map_err(|source| ZoneError::Read { path: path.into(), source })?;
+        let text =
+            std::fs::read_to_string(Path::new(path)).map_err(|source| ZoneError::Read { path: path.into(), source })?;
         Self::parse(&text, path)
     }
 
@@ -169,10 +169,18 @@ impl Zone {
                 return bad(&format!("npc_spawns[{i}].center"), format!("{:?}", s.center), "must be inside the zone");
             }
             if s.max_hp <= 0 || s.damage[0] < 0 || s.damage[1] < s.damage[0] {
-                return bad(&format!("npc_spawns[{i}]"), format!("hp {} damage {:?}", s.max_hp, s.damage), "hp > 0, 0 <= min <= max damage");
+                return bad(
+                    &format!("npc_spawns[{i}]"),
+                    format!("hp {} damage {:?}", s.max_hp, s.damage),
+                    "hp > 0, 0 <= min <= max damage",
+                );
             }
             if s.speed <= 0.0 || s.leash_radius < s.aggro_radius {
-                return bad(&format!("npc_spawns[{i}]"), format!("speed {} leash {}", s.speed, s.leash_radius), "speed > 0 and leash_radius >= aggro_radius");
+                return bad(
+                    &format!("npc_spawns[{i}]"),
+                    format!("speed {} leash {}", s.speed, s.leash_radius),
+                    "speed > 0 and leash_radius >= aggro_radius",
+                );
             }
         }
         for (i, p) in self.portals.iter().enumerate() {
