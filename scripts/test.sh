@@ -11,6 +11,9 @@ step "services"
 eval "$(scripts/services.sh)"
 env | grep '^REALM_TEST_' | sed 's/^/    /'
 
+step "tools (promtool, nginx, compose parser, validators)"
+scripts/tools.sh
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -22,5 +25,8 @@ cargo test --workspace --release
 
 step "loom model checks"
 scripts/loom.sh
+
+step "deployment artefacts (kustomize + schema, compose, promtool rules/tests, nginx -t, hadolint)"
+scripts/validate-deploy.sh
 
 step "done in $((SECONDS - start)) s"
