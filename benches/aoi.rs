@@ -107,8 +107,18 @@ fn main() {
     println!("AOI: {ENTITIES} entities, {OBSERVERS} observers, 10% change cell per tick, {TICKS} ticks");
     println!("| structure | median ms/tick | p99 ms/tick | entities seen/tick |");
     println!("| --- | ---: | ---: | ---: |");
-    println!("| uniform grid + hysteresis | {:.3} | {:.3} | {} |", g.as_secs_f64() * 1e3, p99(grid_times).as_secs_f64() * 1e3, grid_seen / TICKS);
-    println!("| rstar R-tree rebuilt per tick | {:.3} | {:.3} | {} |", r.as_secs_f64() * 1e3, p99(tree_times).as_secs_f64() * 1e3, tree_seen / TICKS);
+    println!(
+        "| uniform grid + hysteresis | {:.3} | {:.3} | {} |",
+        g.as_secs_f64() * 1e3,
+        p99(grid_times).as_secs_f64() * 1e3,
+        grid_seen / TICKS
+    );
+    println!(
+        "| rstar R-tree rebuilt per tick | {:.3} | {:.3} | {} |",
+        r.as_secs_f64() * 1e3,
+        p99(tree_times).as_secs_f64() * 1e3,
+        tree_seen / TICKS
+    );
     println!("grid is {ratio:.2}x faster (target >= 3x); grid {:.3} ms (target <= 4 ms)", g.as_secs_f64() * 1e3);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-results");
     let _ = std::fs::create_dir_all(&dir);

@@ -22,7 +22,10 @@ fn main() {
     let mut rng = Pcg32::new(99, 1);
     for p in 1..=PLAYERS {
         let pos = Vec2::new(rng.range(100.0, size - 100.0), rng.range(100.0, size - 100.0));
-        sim.spawn_player(p, PlayerSpawn { player_id: p, name: format!("bot{p}"), pos: Some(pos), level: 1, xp: 0, hp: None });
+        sim.spawn_player(
+            p,
+            PlayerSpawn { player_id: p, name: format!("bot{p}"), pos: Some(pos), level: 1, xp: 0, hp: None },
+        );
     }
     let mut out: Vec<Output> = Vec::new();
     let mut times = Vec::with_capacity(TICKS);
@@ -72,9 +75,13 @@ fn main() {
     );
     println!("target: p99 <= 10 ms -> {}", if pct(0.99) <= Duration::from_millis(10) { "PASS" } else { "FAIL" });
     let s = sim.stats();
-    println!("hits {} kills {} inputs applied {} rejected(speed) {}", s.combat_hits, s.kills, s.inputs_applied, s.inputs_rejected_speed);
+    println!(
+        "hits {} kills {} inputs applied {} rejected(speed) {}",
+        s.combat_hits, s.kills, s.inputs_applied, s.inputs_rejected_speed
+    );
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-results");
     let _ = std::fs::create_dir_all(&dir);
-    let json = serde_json::json!({"p50_ms": ms(pct(0.5)), "p99_ms": ms(pct(0.99)), "players": PLAYERS, "npcs": npcs.len()});
+    let json =
+        serde_json::json!({"p50_ms": ms(pct(0.5)), "p99_ms": ms(pct(0.99)), "players": PLAYERS, "npcs": npcs.len()});
     let _ = std::fs::write(dir.join("tick.json"), json.to_string());
 }

@@ -38,7 +38,8 @@ fn thread_cpu(name: &str) -> Option<(Duration, Duration)> {
 fn in_memory(n: usize, server: Arc<rustls::ServerConfig>, client: Arc<rustls::ClientConfig>) -> Duration {
     let mut server_time = Duration::ZERO;
     for _ in 0..n {
-        let mut c = rustls::ClientConnection::new(Arc::clone(&client), ServerName::try_from("localhost").unwrap()).unwrap();
+        let mut c =
+            rustls::ClientConnection::new(Arc::clone(&client), ServerName::try_from("localhost").unwrap()).unwrap();
         let mut s = rustls::ServerConnection::new(Arc::clone(&server)).unwrap();
         let mut buf = Vec::new();
         while c.is_handshaking() || s.is_handshaking() {
@@ -115,10 +116,16 @@ fn main() {
     println!("| what | CPU per handshake (server side) |");
     println!("| --- | ---: |");
     println!("| in-memory rustls (server calls only) | {:.1} us |", baseline.as_secs_f64() * 1e6);
-    println!("| realm io thread over loopback (accept, TLS handshake, close_notify, close) | {:.1} us |", per.as_secs_f64() * 1e6);
+    println!(
+        "| realm io thread over loopback (accept, TLS handshake, close_notify, close) | {:.1} us |",
+        per.as_secs_f64() * 1e6
+    );
     println!("| - of which user space (rustls + realm) | {:.1} us |", user.as_secs_f64() * 1e6);
     println!("| - of which kernel (accept, TCP, epoll, close) | {:.1} us |", kernel.as_secs_f64() * 1e6);
-    println!("ratio {ratio:.2}x (target <= 1.25x); {:.0} handshakes/s end to end on one client thread", n as f64 / wall.as_secs_f64());
+    println!(
+        "ratio {ratio:.2}x (target <= 1.25x); {:.0} handshakes/s end to end on one client thread",
+        n as f64 / wall.as_secs_f64()
+    );
     for h in &io.handles {
         h.send(Outbound::Shutdown { reason: KickReason::ServerShutdown, message: String::new() });
         h.wake();
