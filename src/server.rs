@@ -15,8 +15,13 @@ use std::time::Duration;
 use crate::account::login::{LoginPolicy, LoginService};
 use crate::account::memory::{LocalLocks, MemoryAccounts, MemoryPlayers};
 use crate::account::password::PasswordHasher;
+use crate::account::transfer::{MemoryTransferTokens, RedisTransferTokens, TransferTokens};
+use crate::account::{AccountStore, OwnershipLocks, PlayerStore};
 use crate::admin::{self, AdminServer, AdminState, BackendState, Phase};
 use crate::config::Config;
+use crate::db::store::{PgAccounts, PgPlayers};
+use crate::db::Database;
+use crate::lock::RedisLocks;
 use crate::metrics::Metrics;
 use crate::net::io::{self, NetShared};
 use crate::net::tls;
@@ -77,6 +82,8 @@ pub struct RunningServer {
 /// Builds and starts every part.
 pub fn start(config: Config) -> Result<RunningServer, ServerError> {
     let config = Arc::new(config);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_reporter = Arc::clone(&stop);
     let metrics = Arc::new(Metrics::new(&config.server.zone));
     let admin_state = Arc::new(AdminState::from_config(&config, &metrics));
     admin_state.set_phase(Phase::Starting);
@@ -97,7 +104,11 @@ pub fn start(config: Config) -> Result<RunningServer, ServerError> {
             path.display()
         );
     }
-    let backend = build_backend(&config)?;
+    let (backend, database) = build_backend(&config, &admin_state)?;
+    let transfers_enabled = database.is_some() && !config.redis.url.is_empty();
+    if let Some(db) = &database {
+        spawn_db_reporter(Arc::clone(db), Arc::clone(&admin_state), Arc::clone(&metrics), Arc::clone(&stop_reporter))?;
+    }
     let (tx, rx) = queue::channel::<SimEvent>();
     let (workers, jobs) =
         WorkerPool::start(config.workers.threads, config.workers.queue_depth, Arc::new(backend), tx.clone())?;
@@ -110,7 +121,6 @@ pub fn start(config: Config) -> Result<RunningServer, ServerError> {
     let sim = Simulation::new(zone, config.game.tick_rate, config.game.seed);
     log::info!("zone {} loaded: {} NPCs, {} m square", sim.zone().name, sim.world.len(), sim.zone().size);
     let status = Arc::new(SimStatus::default());
-    let stop = Arc::new(AtomicBool::new(false));
     let runner = SimRunner::new(
         sim,
         rx,
@@ -124,6 +134,7 @@ pub fn start(config: Config) -> Result<RunningServer, ServerError> {
             renew_interval: Duration::from_millis(config.redis.lock_ttl_ms / 3),
             max_players: config.game.max_players,
             grace: Duration::from_secs(config.server.shutdown_grace_secs),
+            transfers_enabled,
         },
         Arc::clone(&status),
         Arc::clone(&stop),
@@ -164,24 +175,86 @@ fn sim_core(config: &Config) -> Option<core_affinity::CoreId> {
     cores.last().copied()
 }
 
-fn build_backend(config: &Config) -> Result<Backend, ServerError> {
-    if !config.uses_embedded_store() || !config.redis.url.is_empty() {
-        return Err(ServerError::Backend(
-            "PostgreSQL/Redis backends are configured but this build only wires the embedded store; \
-             unset database.url/database.host/redis.url to run embedded"
-                .into(),
-        ));
-    }
+/// The embedded store, or PostgreSQL (accounts on the primary, progress on the shards) and Redis (ownership locks,
+/// transfer tokens) when configured. Either may be configured alone.
+fn build_backend(config: &Config, admin: &AdminState) -> Result<(Backend, Option<Arc<Database>>), ServerError> {
     let hasher =
         PasswordHasher::new(config.security.max_concurrent_hashes).map_err(|e| ServerError::Backend(e.to_string()))?;
-    let login = LoginService::new(
-        Arc::new(MemoryAccounts::default()),
-        Arc::new(MemoryPlayers::default()),
-        Arc::new(LocalLocks::default()),
-        hasher,
-        LoginPolicy::from_config(config),
-    );
-    Ok(Backend { login })
+    let (accounts, players, database): (Arc<dyn AccountStore>, Arc<dyn PlayerStore>, _) =
+        if config.uses_embedded_store() {
+            (Arc::new(MemoryAccounts::default()), Arc::new(MemoryPlayers::default()), None)
+        } else {
+            let db = Arc::new(Database::connect(config).map_err(|e| ServerError::Backend(format!("database: {e}")))?);
+            admin.set_database(BackendState::Up);
+            log::info!("database connected (migrations applied when database.migrate_on_start)");
+            (Arc::new(PgAccounts::new(Arc::clone(&db))), Arc::new(PgPlayers::new(Arc::clone(&db), 100)), Some(db))
+        };
+    let (locks, transfers): (Arc<dyn OwnershipLocks>, Arc<dyn TransferTokens>) = if config.redis.url.is_empty() {
+        (Arc::new(LocalLocks::default()), Arc::new(MemoryTransferTokens::default()))
+    } else {
+        let url = &config.redis.url;
+        let prefix = &config.redis.key_prefix;
+        let locks = RedisLocks::connect(url, prefix, 4).map_err(|e| ServerError::Backend(e.to_string()))?;
+        let transfers = RedisTransferTokens::connect(url, prefix).map_err(|e| ServerError::Backend(e.to_string()))?;
+        admin.set_redis(BackendState::Up);
+        log::info!("redis connected: ownership locks and transfer tokens are shared with other zones");
+        (Arc::new(locks), Arc::new(transfers))
+    };
+    let login = LoginService::new(accounts, players, locks, hasher, LoginPolicy::from_config(config));
+    Ok((Backend { login, transfers }, database))
+}
+
+/// Copies the database monitor's view into /health and the metrics every two seconds.
+fn spawn_db_reporter(
+    db: Arc<Database>,
+    admin: Arc<AdminState>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new().name("realm-db-report".into()).spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let snapshot = db.snapshot();
+            publish_db(&snapshot, &admin, &metrics);
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    })?;
+    Ok(())
+}
+
+/// The database monitor's snapshot into /health (primary up or down) and the pool, replica and statement metrics.
+fn publish_db(snapshot: &crate::db::monitor::DbSnapshot, admin: &AdminState, metrics: &Metrics) {
+    use crate::metrics::{PoolSample, ReplicaSample, StatementSample, QUERY_BUCKETS};
+    admin.set_database(if snapshot.alerts.primary_down { BackendState::Down } else { BackendState::Up });
+    for pool in &snapshot.pools {
+        let s = &pool.stats;
+        metrics.set_pool_stats(
+            &pool.name,
+            PoolSample {
+                up: pool.up,
+                max_size: s.max_size,
+                in_use: s.in_use,
+                idle: s.idle,
+                waits: s.waits,
+                wait_seconds: s.wait_time.as_secs_f64(),
+                timeouts: s.timeouts,
+                connect_errors: s.connect_errors,
+                query_errors: s.query_errors,
+            },
+        );
+    }
+    for r in &snapshot.replicas {
+        let sample = ReplicaSample { up: r.up, lag_seconds: r.lag.map(|d| d.as_secs_f64()) };
+        metrics.set_replica_lag(&format!("replica{}", r.index), sample);
+    }
+    for st in &snapshot.statements {
+        let sample = StatementSample {
+            bounds: QUERY_BUCKETS.to_vec(),
+            counts: st.buckets.clone(),
+            sum_seconds: st.total.as_secs_f64(),
+            errors: st.errors,
+        };
+        metrics.set_statement_stats(st.name, sample);
+    }
 }
 
 impl RunningServer {

@@ -13,6 +13,7 @@
 pub mod login;
 pub mod memory;
 pub mod password;
+pub mod transfer;
 
 use std::fmt;
 use std::time::{Duration, SystemTime};

@@ -200,7 +200,7 @@ mod tests {
 
     #[test]
     fn hysteresis_keeps_edge_entities_until_they_leave_the_outer_radius() {
-        let mut pos = vec![Vec2::new(50.0, 50.0), Vec2::new(59.0, 50.0)];
+        let mut pos = [Vec2::new(50.0, 50.0), Vec2::new(59.0, 50.0)];
         let mut g = Grid::new(200.0, 11.0);
         g.insert(0, pos[0]);
         g.insert(1, pos[1]);

@@ -30,6 +30,8 @@ use crate::worker::{JobSender, WorkerError};
 pub struct Backend {
     /// Accounts, ownership and persistence.
     pub login: LoginService,
+    /// Zone-transfer tokens (shared by every zone when Redis is configured).
+    pub transfers: Arc<dyn crate::account::transfer::TransferTokens>,
 }
 
 /// Why a save was made (decides what happens after it).
@@ -73,6 +75,22 @@ pub enum SimEvent {
     },
     /// Lock renewal finished; these players' locks were lost.
     LocksLost(Vec<u64>),
+    /// A portal transfer is ready: the player was saved for the target zone, its lock released, a token issued.
+    TransferReady {
+        /// Session leaving.
+        session: SessionId,
+        /// Portal taken.
+        portal: usize,
+        /// One-time token for the target zone.
+        token: [u8; 32],
+    },
+    /// A portal transfer failed (save fenced off or backend down).
+    TransferFailed {
+        /// Session.
+        session: SessionId,
+        /// Whether the failure was a lost ownership (never retry, never save).
+        ownership_lost: bool,
+    },
 }
 
 impl From<Inbound> for SimEvent {
@@ -151,6 +169,8 @@ pub struct RunnerConfig {
     pub max_players: usize,
     /// How long the drain may take.
     pub grace: Duration,
+    /// Whether portals hand players to other zones (needs the shared database and Redis).
+    pub transfers_enabled: bool,
 }
 
 /// Where the sim thread reports: Prometheus metrics and the admin state behind /health and /ready.
@@ -433,6 +453,31 @@ impl SimRunner {
             SimEvent::Login { session, result } => self.on_login(session, result),
             SimEvent::Saved { reason, outcomes } => self.on_saved(reason, outcomes),
             SimEvent::SaveFailed { reason, rows, attempt, locks } => self.on_save_failed(reason, rows, attempt, locks),
+            SimEvent::TransferReady { session, portal, token } => {
+                self.pending_final = self.pending_final.saturating_sub(1);
+                let p = &self.sim.zone().portals[portal];
+                let msg = proto::ZoneTransfer {
+                    zone: p.target_zone.clone(),
+                    address: p.target_address.clone(),
+                    transfer_token: token.to_vec(),
+                    position: Some(proto::Vec2 { x: p.target_position[0], y: p.target_position[1] }),
+                };
+                log::info!("session {session:#x} transfers to zone {} at {}", p.target_zone, p.target_address);
+                self.send_control(session, ControlMessage::new(Body::ZoneTransfer(msg)));
+            }
+            SimEvent::TransferFailed { session, ownership_lost } => {
+                self.pending_final = self.pending_final.saturating_sub(1);
+                if ownership_lost {
+                    self.status.ownership_lost.fetch_add(1, Ordering::Relaxed);
+                    self.kick(session, KickReason::OwnershipLost, "this character is now played in another zone");
+                } else {
+                    self.kick(
+                        session,
+                        KickReason::SaveFailed,
+                        "the zone transfer could not be saved; please reconnect",
+                    );
+                }
+            }
             SimEvent::LocksLost(players) => {
                 for player_id in players {
                     if let Some(t) = &self.telemetry {
@@ -457,10 +502,36 @@ impl SimRunner {
             Some(Body::Register(r)) => {
                 self.start_login(session, ip, move |b| b.login.register(&r.username, &r.password, ip))
             }
+            Some(Body::TransferLogin(t)) if self.config.transfers_enabled => {
+                let zone = self.config.zone.clone();
+                self.start_login(session, ip, move |b| {
+                    let refused = || Refusal {
+                        reason: LoginErrorReason::LoginErrorInvalidTransfer,
+                        message: "transfer token unknown, used, expired or for another zone".into(),
+                        retry_after: Duration::ZERO,
+                    };
+                    let player_id = match b.transfers.redeem(&t.transfer_token, &zone) {
+                        Ok(Some(p)) => p,
+                        Ok(None) => return Err(refused()),
+                        Err(e) => {
+                            log::warn!("transfer redeem failed: {e}");
+                            return Err(Refusal {
+                                reason: LoginErrorReason::LoginErrorServerBusy,
+                                message: "try again shortly".into(),
+                                retry_after: Duration::from_secs(2),
+                            });
+                        }
+                    };
+                    match b.login.accounts.find(&t.username) {
+                        Ok(Some(a)) if a.id == player_id => b.login.claim(player_id, &a.username, ip),
+                        _ => Err(refused()),
+                    }
+                })
+            }
             Some(Body::TransferLogin(_)) => self.login_error(
                 session,
                 LoginErrorReason::LoginErrorInvalidTransfer,
-                "this zone does not accept transfers (no shared database configured)",
+                "this zone does not accept transfers (no shared database and Redis configured)",
                 Duration::ZERO,
             ),
             Some(Body::Chat(c)) => {
@@ -596,6 +667,9 @@ impl SimRunner {
                         self.io_dirty[ctx.io] = true;
                     }
                 }
+                Output::PortalEntered { session, portal } if self.config.transfers_enabled => {
+                    self.start_transfer(*session, *portal);
+                }
                 Output::PortalEntered { session, portal } => {
                     let name = self.sim.zone().portals[*portal].target_zone.clone();
                     let text = format!("the road to {name} is closed: this zone runs without a shared database");
@@ -630,6 +704,52 @@ impl SimRunner {
             }
         }
         self.sessions.remove(&session);
+    }
+
+    /// Portal: save the player for the target zone (fenced), release the lock, issue a one-time token; the
+    /// client gets a `ZoneTransfer` when that is done (`SimEvent::TransferReady`).
+    fn start_transfer(&mut self, session: SessionId, portal: usize) {
+        let Some(ctx) = self.sessions.get_mut(&session) else { return };
+        let SessionState::InGame(owned) = std::mem::replace(&mut ctx.state, SessionState::Closed) else { return };
+        self.online.remove(&owned.player_id);
+        let Some(record) = self.sim.despawn_player(session) else { return };
+        let p = &self.sim.zone().portals[portal];
+        let (target_zone, target_pos) = (p.target_zone.clone(), p.target_position);
+        let row = SaveRow {
+            player_id: owned.player_id,
+            epoch: owned.epoch,
+            progress: Progress {
+                zone: target_zone.clone(),
+                pos: (target_pos[0], target_pos[1]),
+                level: record.level,
+                xp: record.xp,
+                hp: record.hp,
+            },
+        };
+        self.pending_final += 1;
+        let submitted = self.jobs.submit("transfer", move |b: &Backend| {
+            let failed = |ownership_lost| Some(SimEvent::TransferFailed { session, ownership_lost });
+            match b.login.players.save(std::slice::from_ref(&row)) {
+                Ok(o) if o.first() == Some(&SaveOutcome::Saved) => {}
+                Ok(_) => return failed(true),
+                Err(e) => {
+                    log::warn!("transfer save of player {} failed: {e}", row.player_id);
+                    return failed(false);
+                }
+            }
+            let _ = b.login.locks.release(row.player_id, &owned.lock_token);
+            match b.transfers.issue(row.player_id, &target_zone, Duration::from_secs(60)) {
+                Ok(token) => Some(SimEvent::TransferReady { session, portal, token }),
+                Err(e) => {
+                    log::warn!("transfer token for player {} not issued: {e}", row.player_id);
+                    failed(false)
+                }
+            }
+        });
+        if submitted.is_err() {
+            self.pending_final -= 1;
+            self.kick(session, KickReason::SaveFailed, "server busy; please reconnect");
+        }
     }
 
     /// Drops a player without saving (ownership lost: the newer owner's data must win).

@@ -1,0 +1,178 @@
+//! PostgreSQL behind the account module's storage traits ([`crate::account::AccountStore`],
+//! [`crate::account::PlayerStore`]), so the login and save paths run unchanged on the embedded store or on the
+//! real databases; the same contract (`crate::account::contract`) is checked against both (`tests/db_data.rs`).
+//!
+//! Invariant: a save row is reported [`SaveOutcome::Saved`] only if PostgreSQL returned its exact
+//! `(player_id, owner_epoch)` from the fenced batch; everything else is `OwnershipLost` (or the whole call fails
+//! as `Unavailable` when a shard could not be reached, and the caller retries the batch: re-saving under the same
+//! epoch is idempotent).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::ops::{PlayerSave, Spawn};
+use super::{Database, DbError};
+use crate::account::{AccountRecord, AccountStore, Claim, PlayerStore, Progress, SaveOutcome, SaveRow, StoreError};
+
+fn unavailable(e: DbError) -> StoreError {
+    match e {
+        DbError::UsernameTaken => StoreError::UsernameTaken,
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+/// Equal contents, in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// Accounts and sessions on the primary.
+#[derive(Debug, Clone)]
+pub struct PgAccounts {
+    db: Arc<Database>,
+}
+
+impl PgAccounts {
+    /// Over `db`.
+    pub fn new(db: Arc<Database>) -> PgAccounts {
+        PgAccounts { db }
+    }
+}
+
+impl AccountStore for PgAccounts {
+    fn create(&self, username: &str, password_hash: &str) -> Result<u64, StoreError> {
+        self.db.create_account(username, password_hash).map_err(unavailable)
+    }
+
+    fn find(&self, username: &str) -> Result<Option<AccountRecord>, StoreError> {
+        let found = self.db.find_account(username).map_err(unavailable)?;
+        Ok(found.map(|a| AccountRecord {
+            id: a.id,
+            username: a.username,
+            password_hash: a.password_hash,
+            banned: a.banned,
+            ban_expires: a.ban_expires,
+            failed_logins: a.failed_logins,
+            locked_until: a.locked_until,
+        }))
+    }
+
+    fn record_failure(&self, id: u64, lock_after: u32, lock_for: Duration) -> Result<(), StoreError> {
+        match self.db.record_login_failure(id, lock_after, lock_for).map_err(unavailable)? {
+            Some(_) => Ok(()),
+            None => Err(StoreError::NotFound),
+        }
+    }
+
+    fn record_success(&self, id: u64) -> Result<(), StoreError> {
+        self.db.reset_login_failures(id).map_err(unavailable)
+    }
+
+    fn insert_session(
+        &self,
+        player_id: u64,
+        token_hash: [u8; 32],
+        expires: SystemTime,
+        ip: &str,
+    ) -> Result<(), StoreError> {
+        let ttl = expires.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+        self.db.insert_session(player_id, &token_hash, ttl, Some(ip), None).map(drop).map_err(unavailable)
+    }
+
+    fn session_valid(&self, player_id: u64, token_hash: [u8; 32]) -> Result<bool, StoreError> {
+        let found = self.db.find_session(&token_hash).map_err(unavailable)?;
+        Ok(found.is_some_and(|s| s.player_id == player_id && constant_time_eq(&s.token_hash, &token_hash)))
+    }
+}
+
+/// Player progress on the player's shard, fenced by `owner_epoch`.
+#[derive(Debug, Clone)]
+pub struct PgPlayers {
+    db: Arc<Database>,
+    spawn_health: i32,
+}
+
+impl PgPlayers {
+    /// Over `db`; a claim that creates a player's row stores `spawn_health` until the first save.
+    pub fn new(db: Arc<Database>, spawn_health: i32) -> PgPlayers {
+        PgPlayers { db, spawn_health }
+    }
+}
+
+fn to_progress(p: &super::ops::Progress) -> Progress {
+    Progress {
+        zone: p.zone.clone(),
+        pos: (p.pos_x.unwrap_or(0.0), p.pos_y.unwrap_or(0.0)),
+        level: u32::try_from(p.level).unwrap_or(0),
+        xp: u64::try_from(p.experience).unwrap_or(0),
+        hp: p.health,
+    }
+}
+
+impl PlayerStore for PgPlayers {
+    fn claim(&self, player_id: u64, zone: &str) -> Result<Claim, StoreError> {
+        let spawn = Spawn { zone: zone.to_owned(), pos_x: 0.0, pos_y: 0.0, health: self.spawn_health };
+        let c = self.db.claim_player(player_id, zone, &spawn).map_err(unavailable)?;
+        // A row the claim just created holds placeholders, not saved progress.
+        Ok(Claim { epoch: c.epoch, progress: (!c.created).then(|| to_progress(&c.progress)) })
+    }
+
+    fn save(&self, rows: &[SaveRow]) -> Result<Vec<SaveOutcome>, StoreError> {
+        let saves: Vec<PlayerSave> = rows
+            .iter()
+            .map(|r| PlayerSave {
+                player_id: r.player_id,
+                owner_epoch: r.epoch,
+                zone: r.progress.zone.clone(),
+                pos_x: r.progress.pos.0,
+                pos_y: r.progress.pos.1,
+                level: i32::try_from(r.progress.level).unwrap_or(i32::MAX),
+                experience: i64::try_from(r.progress.xp).unwrap_or(i64::MAX),
+                health: r.progress.hp,
+            })
+            .collect();
+        let mut outcome = self.db.save_players(&saves).map_err(unavailable)?;
+        if let Some(f) = outcome.failed.pop() {
+            return Err(StoreError::Unavailable(format!("shard-{}: {}", f.shard, f.error)));
+        }
+        let mut written = outcome.saved_rows;
+        written.sort_unstable();
+        Ok(rows
+            .iter()
+            .map(|r| {
+                if written.binary_search(&(r.player_id, r.epoch)).is_ok() {
+                    SaveOutcome::Saved
+                } else {
+                    SaveOutcome::OwnershipLost
+                }
+            })
+            .collect())
+    }
+
+    fn epoch(&self, player_id: u64) -> Result<u64, StoreError> {
+        match self.db.load_progress_uncached(player_id).map_err(unavailable)? {
+            Some(p) => Ok(p.owner_epoch),
+            None => Err(StoreError::NotFound),
+        }
+    }
+
+    fn load(&self, player_id: u64) -> Result<Option<Progress>, StoreError> {
+        Ok(self.db.load_progress_uncached(player_id).map_err(unavailable)?.map(|p| to_progress(&p)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn constant_time_comparison_compares_whole_slices() {
+        assert!(constant_time_eq(&[1, 2, 3], &[1, 2, 3]));
+        assert!(!constant_time_eq(&[1, 2, 3], &[1, 2, 4]));
+        assert!(!constant_time_eq(&[1, 2, 3], &[1, 2]));
+    }
+}

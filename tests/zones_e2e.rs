@@ -1,0 +1,365 @@
+//! Two real zone processes (`realm-server`) on the real PostgreSQL primary and Redis: single ownership across
+//! zones, portal transfers, fencing of a paused server, and crash recovery. Clients use the same library as
+//! `realm-client`. Each test has its own accounts and Redis key prefix.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use realm::client::{ClientError, Connection, UdpLink};
+use realm::net::tls::{self, ServerTrust};
+use realm::proto::{
+    control_message::Body, data_message::Body as DataBody, DataMessage, Input, KickReason, Login, LoginErrorReason,
+    LoginOk, Register, TransferLogin, Vec2, ZoneTransfer,
+};
+
+const PASSWORD: &str = "password123";
+
+struct Zone {
+    child: Child,
+    addr: SocketAddr,
+    cert: PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_zone(zone: &str, zone_file: &str, env: &[(&str, String)]) -> Zone {
+    let (port, admin) = (free_port(), free_port());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_realm-server"));
+    cmd.env("REALM_SERVER_HOST", "127.0.0.1")
+        .env("REALM_SERVER_PORT", port.to_string())
+        .env("REALM_ADMIN_HOST", "127.0.0.1")
+        .env("REALM_ADMIN_PORT", admin.to_string())
+        .env("REALM_SERVER_ZONE", zone)
+        .env("REALM_GAME_ZONE_FILE", zone_file)
+        .env("REALM_SERVER_SHUTDOWN_GRACE_SECS", "5")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start realm-server");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("written to ") || line.contains("ready:") || line.contains("cannot start") {
+                    let _ = tx.send(line.clone());
+                }
+                log.lock().unwrap().push(line);
+            }
+        });
+    }
+    let mut cert = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("zone {zone} never became ready: {:?}", log.lock().unwrap()));
+        if let Some(rest) = line.split("written to ").nth(1) {
+            cert = rest.split(')').next().map(PathBuf::from);
+        }
+        if line.contains("ready:") {
+            break;
+        }
+        assert!(!line.contains("cannot start"), "{line}");
+    }
+    Zone { child, addr: format!("127.0.0.1:{port}").parse().unwrap(), cert: cert.expect("dev cert path"), log }
+}
+
+impl Zone {
+    fn connect(&self) -> Connection {
+        let cfg = tls::client_config(&ServerTrust::CaFile(self.cert.clone())).unwrap();
+        let mut c = Connection::connect(&self.addr.to_string(), "localhost", cfg, Duration::from_secs(10)).unwrap();
+        c.hello("zones-e2e").unwrap();
+        c
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: signalling a child process we spawned and have not reaped; its pid is still ours.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0);
+    }
+
+    fn stop(mut self) -> i32 {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "zone did not stop: {:?}", self.log.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Zone {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Backends for both zones: the test database (no shards, so checks can read one table) and a private key prefix.
+fn backend_env(prefix: &str, extra: &[(&str, &str)]) -> Option<Vec<(&'static str, String)>> {
+    let (pg, redis) = (common::pg_url()?, common::redis_url()?);
+    let mut env = vec![
+        ("REALM_DATABASE_URL", pg),
+        ("REALM_REDIS_URL", redis),
+        ("REALM_REDIS_KEY_PREFIX", prefix.to_owned()),
+        ("REALM_SECURITY_TOKEN_SECRET", "zones-e2e-secret".to_owned()),
+        ("REALM_SECURITY_MAX_CONCURRENT_HASHES", "2".to_owned()),
+    ];
+    for (k, v) in extra {
+        env.push((leak(k), v.to_string()));
+    }
+    Some(env)
+}
+
+fn leak(s: &str) -> &'static str {
+    Box::leak(s.to_owned().into_boxed_str())
+}
+
+/// Zone files for the test: a small starter zone with a portal 5 m east of the spawn, into `target`.
+fn zone_files(target: SocketAddr) -> (String, String) {
+    let dir = std::env::temp_dir().join(common::unique("zones"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let a = dir.join("a.toml");
+    let b = dir.join("b.toml");
+    std::fs::write(
+        &a,
+        format!(
+            r#"name = "starter-vale"
+size = 400.0
+view_radius = 40.0
+player_speed = 6.0
+spawn_points = [[200.0, 200.0]]
+[[portals]]
+name = "east-gate"
+min = [205.0, 150.0]
+max = [215.0, 250.0]
+target_zone = "dark-forest"
+target_address = "{target}"
+target_position = [50.0, 60.0]
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        &b,
+        r#"name = "dark-forest"
+size = 400.0
+view_radius = 40.0
+player_speed = 6.0
+spawn_points = [[300.0, 300.0]]
+"#,
+    )
+    .unwrap();
+    (a.display().to_string(), b.display().to_string())
+}
+
+fn login(c: &mut Connection, name: &str) -> Result<LoginOk, ClientError> {
+    c.authenticate(Body::Login(Login { username: name.into(), password: PASSWORD.into() }))
+}
+
+fn refusal(r: Result<LoginOk, ClientError>) -> i32 {
+    match r {
+        Err(ClientError::Login(e)) => e.reason,
+        other => panic!("expected a login refusal, got {other:?}"),
+    }
+}
+
+/// Walks east until the server answers with something other than snapshots on TLS (or `until` passes).
+fn walk(link: &mut UdpLink, seconds: f32, dx: f32) -> Option<realm::proto::Vec2> {
+    let mut last = None;
+    let start = Instant::now();
+    let mut seq = 0;
+    while start.elapsed().as_secs_f32() < seconds {
+        seq += 1;
+        let input = Input { sequence: seq, move_dir: Some(Vec2 { x: dx, y: 0.0 }), ..Default::default() };
+        let _ = link.send(&DataMessage::new(DataBody::Input(input)));
+        if let Ok(DataMessage { body: Some(DataBody::Snapshot(s)) }) = link.recv(Duration::from_millis(50)) {
+            last = s.entities.first().and_then(|e| e.position);
+        }
+    }
+    last
+}
+
+fn await_transfer(c: &mut Connection) -> ZoneTransfer {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "no ZoneTransfer");
+        match c.recv() {
+            Ok(m) => {
+                if let Some(Body::ZoneTransfer(t)) = m.body {
+                    return t;
+                }
+            }
+            Err(ClientError::Timeout) => {}
+            Err(e) => panic!("connection ended before the transfer: {e}"),
+        }
+    }
+}
+
+fn progress(player_id: u64) -> (String, f32, f32, i64) {
+    let mut pg = postgres::Client::connect(&common::pg_url().unwrap(), postgres::NoTls).unwrap();
+    let row = pg
+        .query_one(
+            "select zone, pos_x, pos_y, owner_epoch from player_progress where player_id = $1",
+            &[&(player_id as i64)],
+        )
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2), row.get(3))
+}
+
+#[test]
+fn one_player_one_zone_and_a_portal_transfer_keeps_position_without_a_password() {
+    let prefix = common::unique("zones_transfer");
+    let Some(env) = backend_env(&prefix, &[]) else { return };
+    let placeholder: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let (_, b_file) = zone_files(placeholder);
+    let b = start_zone("dark-forest", &b_file, &env);
+    let (a_file, _) = zone_files(b.addr);
+    let a = start_zone("starter-vale", &a_file, &env);
+    let name = common::unique("traveller");
+
+    let mut in_a = a.connect();
+    let ok = in_a.authenticate(Body::Register(Register { username: name.clone(), password: PASSWORD.into() })).unwrap();
+    // The same account cannot enter zone B while zone A owns it.
+    let mut probe = b.connect();
+    assert_eq!(refusal(login(&mut probe, &name)), LoginErrorReason::LoginErrorAlreadyOnline as i32);
+
+    // Walk east into the portal.
+    let keys = in_a.udp_keys(ok.session_id).unwrap();
+    let mut link = UdpLink::bind(a.addr, ok.session_id, &keys, Duration::from_secs(5)).unwrap();
+    walk(&mut link, 2.5, 1.0);
+    let transfer = await_transfer(&mut in_a);
+    assert_eq!(transfer.zone, "dark-forest");
+    assert_eq!(transfer.address, b.addr.to_string());
+
+    // Zone B admits the player with the token alone, at the portal's target position.
+    let mut in_b = b.connect();
+    let request = TransferLogin { transfer_token: transfer.transfer_token.clone(), username: name.clone() };
+    let ok_b = in_b.authenticate(Body::TransferLogin(request.clone())).unwrap();
+    assert_eq!(ok_b.player_id, ok.player_id);
+    let pos = ok_b.position.unwrap();
+    assert!((pos.x - 50.0).abs() < 0.01 && (pos.y - 60.0).abs() < 0.01, "arrived at {pos:?}");
+    // The token was single-use, and zone A now refuses the player: zone B owns it.
+    let mut again = b.connect();
+    assert_eq!(
+        refusal(again.authenticate(Body::TransferLogin(request))),
+        LoginErrorReason::LoginErrorInvalidTransfer as i32
+    );
+    let mut back_in_a = a.connect();
+    assert_eq!(refusal(login(&mut back_in_a, &name)), LoginErrorReason::LoginErrorAlreadyOnline as i32);
+    let (zone, _, _, _) = progress(ok.player_id);
+    assert_eq!(zone, "dark-forest");
+    assert_eq!(a.stop(), 0);
+    assert_eq!(b.stop(), 0);
+}
+
+#[test]
+fn a_paused_zone_cannot_overwrite_the_new_owners_save() {
+    let prefix = common::unique("zones_fence");
+    let fast = [("REALM_REDIS_LOCK_TTL_MS", "1000"), ("REALM_GAME_SAVE_INTERVAL_SECS", "1")];
+    let Some(env) = backend_env(&prefix, &fast) else { return };
+    let (a_file, b_file) = zone_files("127.0.0.1:1".parse().unwrap());
+    let a = start_zone("starter-vale", &a_file, &env);
+    let b = start_zone("dark-forest", &b_file, &env);
+    let name = common::unique("paused");
+
+    let mut in_a = a.connect();
+    let ok = in_a.authenticate(Body::Register(Register { username: name.clone(), password: PASSWORD.into() })).unwrap();
+    let keys = in_a.udp_keys(ok.session_id).unwrap();
+    let mut link = UdpLink::bind(a.addr, ok.session_id, &keys, Duration::from_secs(5)).unwrap();
+    walk(&mut link, 0.5, -1.0); // west, away from the portal
+    std::thread::sleep(Duration::from_millis(1500)); // at least one periodic save in zone A
+    let (_, _, _, epoch_a) = progress(ok.player_id);
+
+    // Zone A freezes past its lock's TTL; zone B takes the player over.
+    a.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(1600));
+    let mut in_b = b.connect();
+    let ok_b = login(&mut in_b, &name).expect("zone B claims the player after zone A's lock expired");
+    let (_, _, _, epoch_b) = progress(ok_b.player_id);
+    assert!(epoch_b > epoch_a, "the claim bumped the fencing epoch");
+    let keys_b = in_b.udp_keys(ok_b.session_id).unwrap();
+    let mut link_b = UdpLink::bind(b.addr, ok_b.session_id, &keys_b, Duration::from_secs(5)).unwrap();
+    walk(&mut link_b, 1.0, 1.0);
+    std::thread::sleep(Duration::from_millis(1500)); // zone B saves
+    let saved_by_b = progress(ok.player_id);
+    assert_eq!(saved_by_b.0, "dark-forest");
+
+    // Zone A wakes up and tries to save and renew: fenced off, its session dropped with OWNERSHIP_LOST.
+    a.signal(libc::SIGCONT);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let kicked = loop {
+        match in_a.recv() {
+            Err(ClientError::Kicked { reason, .. }) => break reason,
+            Err(ClientError::Timeout) | Ok(_) => assert!(Instant::now() < deadline, "zone A never dropped the session"),
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    };
+    assert_eq!(kicked, KickReason::OwnershipLost);
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = progress(ok.player_id);
+    assert_eq!(after.0, "dark-forest", "zone A's stale save did not land");
+    assert_eq!(after.3, epoch_b, "epoch unchanged by the fenced save");
+    assert!(a.log.lock().unwrap().iter().any(|l| l.contains("fenced off") || l.contains("lost the ownership lock")));
+    drop(in_b);
+    assert_eq!(a.stop(), 0);
+    assert_eq!(b.stop(), 0);
+}
+
+#[test]
+fn kill_9_during_play_loses_at_most_one_save_interval() {
+    let prefix = common::unique("zones_crash");
+    let fast = [("REALM_REDIS_LOCK_TTL_MS", "1000"), ("REALM_GAME_SAVE_INTERVAL_SECS", "1")];
+    let Some(env) = backend_env(&prefix, &fast) else { return };
+    let (a_file, _) = zone_files("127.0.0.1:1".parse().unwrap());
+    let mut a = start_zone("starter-vale", &a_file, &env);
+    let name = common::unique("crash");
+    let mut c = a.connect();
+    let ok = c.authenticate(Body::Register(Register { username: name.clone(), password: PASSWORD.into() })).unwrap();
+    let keys = c.udp_keys(ok.session_id).unwrap();
+    let mut link = UdpLink::bind(a.addr, ok.session_id, &keys, Duration::from_secs(5)).unwrap();
+    let last_seen = walk(&mut link, 3.0, -1.0).expect("snapshots while walking");
+    a.child.kill().unwrap(); // SIGKILL: no drain, no final save
+    a.child.wait().unwrap();
+    drop(a);
+
+    let a2 = start_zone("starter-vale", &a_file, &env);
+    let mut c2 = a2.connect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ok2 = loop {
+        match login(&mut c2, &name) {
+            Ok(ok) => break ok,
+            // The dead process's lock expires after its TTL.
+            Err(ClientError::Login(e)) if e.reason == LoginErrorReason::LoginErrorAlreadyOnline as i32 => {
+                assert!(Instant::now() < deadline, "lock never expired");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let pos = ok2.position.unwrap();
+    let lost = ((pos.x - last_seen.x).powi(2) + (pos.y - last_seen.y).powi(2)).sqrt();
+    // One save interval (1 s) at 6 m/s, plus one tick of slack.
+    assert!(lost <= 6.0 * 1.0 + 0.5, "lost {lost} m of progress: saved {pos:?}, last seen {last_seen:?}");
+    assert!(pos.x < 199.0, "progress was saved at all: {pos:?}");
+    assert_eq!(a2.stop(), 0);
+}
