@@ -287,7 +287,8 @@ pub struct WorkerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SecurityConfig {
-    /// Secret keying transfer tokens between zones; all zones of a world share it.
+    /// Accepted for compatibility with the operations guide's JWT_SECRET; Realm issues no JWTs (session and
+    /// transfer tokens are random and stored hashed), so nothing is signed with it today. Never logged.
     pub token_secret: String,
     /// Concurrent argon2 hashes (each takes 19 MiB).
     pub max_concurrent_hashes: usize,
@@ -555,10 +556,10 @@ impl Config {
                 "production needs a real certificate (the development certificate is refused)",
             )?;
             check(
-                !self.security.token_secret.is_empty() && self.security.token_secret != EXAMPLE_SECRET,
+                self.security.token_secret != EXAMPLE_SECRET,
                 "security.token_secret",
                 "<redacted>",
-                "production needs a secret of its own",
+                "production must not use the documentation's example secret",
             )?;
         }
         Ok(())
@@ -574,10 +575,13 @@ impl Config {
                     .into(),
             ));
         }
-        if self.security.token_secret.is_empty() || self.security.token_secret == EXAMPLE_SECRET {
+        if self.security.token_secret == EXAMPLE_SECRET {
+            out.push(ConfigWarning("security.token_secret is the example value from the documentation".into()));
+        }
+        if !self.uses_embedded_store() && self.redis.url.is_empty() {
             out.push(ConfigWarning(
-                "security.token_secret is empty or the example value: zone transfer tokens use a per-process random \
-                 secret, so transfers between zones will fail; set the same secret on every zone"
+                "a database is configured but no Redis: ownership locks are local to this process and zone \
+                 transfers are disabled; set redis.url (REDIS_URL) for several zones"
                     .into(),
             ));
         }
