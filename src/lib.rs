@@ -7,6 +7,7 @@
 
 pub mod account;
 pub mod admin;
+pub mod bots;
 pub mod cache;
 pub mod client;
 pub mod config;

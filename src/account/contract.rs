@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{AccountStore, OwnershipLocks, PlayerStore, Progress, SaveOutcome, SaveRow, StoreError};
+use super::{AccountStore, GrantOutcome, OwnershipLocks, PlayerStore, Progress, SaveOutcome, SaveRow, StoreError};
 
 fn progress(level: u32) -> Progress {
     Progress { zone: "z".into(), pos: (1.0, 2.0), level, xp: 10, hp: 50 }
@@ -79,6 +79,20 @@ pub fn players(store: &dyn PlayerStore, player_id: u64) -> Result<(), String> {
     }
     if store.epoch(player_id).map_err(|e| e.to_string())? != second.epoch {
         return Err("epoch changed by a save".into());
+    }
+    // Items: granted at once under the current epoch, refused under an old one, ids unique.
+    let a = store.grant_item(player_id, second.epoch, 3, 1).map_err(|e| e.to_string())?;
+    let b = store.grant_item(player_id, second.epoch, 3, 2).map_err(|e| e.to_string())?;
+    let stale = store.grant_item(player_id, first.epoch, 9, 1).map_err(|e| e.to_string())?;
+    let (GrantOutcome::Granted(ia), GrantOutcome::Granted(ib)) = (a, b) else {
+        return Err(format!("owner's item grants refused: {a:?} {b:?}"));
+    };
+    if ia == ib || stale != GrantOutcome::OwnershipLost {
+        return Err(format!("item ids {ia} {ib}, stale grant {stale:?}"));
+    }
+    let inventory = store.inventory(player_id).map_err(|e| e.to_string())?;
+    if inventory.len() != 2 || !inventory.iter().any(|i| i.item_id == ia && i.quantity == 1) {
+        return Err(format!("inventory wrong: {inventory:?}"));
     }
     Ok(())
 }

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::Mutex;
 
 use super::{
-    AccountRecord, AccountStore, Claim, OwnershipLocks, PlayerStore, Progress, SaveOutcome, SaveRow, StoreError,
+    AccountRecord, AccountStore, Claim, GrantOutcome, OwnedItem, OwnershipLocks, PlayerStore, Progress, SaveOutcome,
+    SaveRow, StoreError,
 };
 
 /// Accounts and sessions in memory.
@@ -112,9 +113,33 @@ impl AccountStore for MemoryAccounts {
 #[derive(Default)]
 pub struct MemoryPlayers {
     rows: Mutex<HashMap<u64, (u64, Option<Progress>)>>,
+    items: Mutex<(u64, Vec<(u64, OwnedItem)>)>,
 }
 
 impl PlayerStore for MemoryPlayers {
+    fn grant_item(
+        &self,
+        player_id: u64,
+        epoch: u64,
+        item_kind: u32,
+        quantity: u32,
+    ) -> Result<GrantOutcome, StoreError> {
+        // Lock order: rows, then items (the only place both are held).
+        let rows = self.rows.lock();
+        if rows.get(&player_id).map(|r| r.0) != Some(epoch) {
+            return Ok(GrantOutcome::OwnershipLost);
+        }
+        let mut items = self.items.lock();
+        items.0 += 1;
+        let item_id = items.0;
+        items.1.push((player_id, OwnedItem { item_id, item_kind, quantity }));
+        Ok(GrantOutcome::Granted(item_id))
+    }
+
+    fn inventory(&self, player_id: u64) -> Result<Vec<OwnedItem>, StoreError> {
+        Ok(self.items.lock().1.iter().filter(|(p, _)| *p == player_id).map(|(_, i)| *i).collect())
+    }
+
     fn claim(&self, player_id: u64, _zone: &str) -> Result<Claim, StoreError> {
         let mut rows = self.rows.lock();
         let row = rows.entry(player_id).or_insert((0, None));

@@ -136,8 +136,33 @@ pub enum SaveOutcome {
     OwnershipLost,
 }
 
+/// An item a player owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnedItem {
+    /// Globally unique id (a duplicated item would show as two rows with one id: impossible by construction).
+    pub item_id: u64,
+    /// Item type.
+    pub item_kind: u32,
+    /// Stack size.
+    pub quantity: u32,
+}
+
+/// What happened to an item grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantOutcome {
+    /// Written, with this id.
+    Granted(u64),
+    /// Another owner claimed the player since: nothing written.
+    OwnershipLost,
+}
+
 /// Player progress with fencing.
 pub trait PlayerStore: Send + Sync {
+    /// Gives an item at once (loot, trades: valuable events are never batched), fenced by `epoch`.
+    fn grant_item(&self, player_id: u64, epoch: u64, item_kind: u32, quantity: u32)
+        -> Result<GrantOutcome, StoreError>;
+    /// Everything the player owns.
+    fn inventory(&self, player_id: u64) -> Result<Vec<OwnedItem>, StoreError>;
     /// Claims `player_id` for `zone`: bumps the epoch and returns it with the saved state.
     fn claim(&self, player_id: u64, zone: &str) -> Result<Claim, StoreError>;
     /// Saves every row whose epoch is still current, in one batch; one outcome per row, in order.

@@ -10,9 +10,12 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::ops::{PlayerSave, Spawn};
+use super::ops::{NewItem, PlayerSave, Spawn};
 use super::{Database, DbError};
-use crate::account::{AccountRecord, AccountStore, Claim, PlayerStore, Progress, SaveOutcome, SaveRow, StoreError};
+use crate::account::{
+    AccountRecord, AccountStore, Claim, GrantOutcome, OwnedItem, PlayerStore, Progress, SaveOutcome, SaveRow,
+    StoreError,
+};
 
 fn unavailable(e: DbError) -> StoreError {
     match e {
@@ -114,6 +117,39 @@ fn to_progress(p: &super::ops::Progress) -> Progress {
 }
 
 impl PlayerStore for PgPlayers {
+    fn grant_item(
+        &self,
+        player_id: u64,
+        epoch: u64,
+        item_kind: u32,
+        quantity: u32,
+    ) -> Result<GrantOutcome, StoreError> {
+        let ids = self.db.allocate_item_ids(1).map_err(unavailable)?;
+        let item_id = *ids.first().ok_or_else(|| StoreError::Unavailable("no item id allocated".into()))?;
+        let item = NewItem {
+            item_id,
+            item_kind: i32::try_from(item_kind).unwrap_or(i32::MAX),
+            quantity: i32::try_from(quantity).unwrap_or(i32::MAX),
+        };
+        match self.db.insert_item(player_id, epoch, &item) {
+            Ok(()) => Ok(GrantOutcome::Granted(item_id)),
+            Err(DbError::OwnershipLost { .. }) => Ok(GrantOutcome::OwnershipLost),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    fn inventory(&self, player_id: u64) -> Result<Vec<OwnedItem>, StoreError> {
+        let items = self.db.load_inventory(player_id).map_err(unavailable)?;
+        Ok(items
+            .into_iter()
+            .map(|i| OwnedItem {
+                item_id: i.item_id,
+                item_kind: i.item_kind.max(0) as u32,
+                quantity: i.quantity.max(0) as u32,
+            })
+            .collect())
+    }
+
     fn claim(&self, player_id: u64, zone: &str) -> Result<Claim, StoreError> {
         let spawn = Spawn { zone: zone.to_owned(), pos_x: 0.0, pos_y: 0.0, health: self.spawn_health };
         let c = self.db.claim_player(player_id, zone, &spawn).map_err(unavailable)?;

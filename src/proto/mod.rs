@@ -45,6 +45,7 @@ impl ControlMessage {
             Some(UdpRebind(_)) => "udp_rebind",
             Some(PlayerStats(_)) => "player_stats",
             Some(Error(_)) => "error",
+            Some(Loot(_)) => "loot",
         }
     }
 }

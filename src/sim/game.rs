@@ -57,6 +57,8 @@ pub const ABILITIES: [Ability; 3] = [
 ];
 
 const NPC_ATTACK_RANGE: f32 = 2.5;
+/// Chance that a kill drops an item.
+pub const LOOT_CHANCE_PERCENT: u32 = 35;
 const NPC_ATTACK_SECS: f32 = 1.5;
 const PLAYER_RESPAWN_SECS: u32 = 5;
 
@@ -76,6 +78,15 @@ pub enum Output {
         session: SessionId,
         /// Snapshot (fits one datagram).
         snapshot: Snapshot,
+    },
+    /// The player looted an item; it must be written at once (valuable events are never batched).
+    Loot {
+        /// Looter.
+        session: SessionId,
+        /// Item type (the NPC population's index + 1).
+        item_kind: u32,
+        /// Stack size.
+        quantity: u32,
     },
     /// The player walked into a portal; movement is frozen until it is transferred or released.
     PortalEntered {
@@ -733,6 +744,12 @@ impl Simulation {
         self.event(out, src, CombatEventKind::CombatEventKill, src, dst, ability, 0);
         self.event(out, dst, CombatEventKind::CombatEventKill, src, dst, ability, 0);
         if self.world.player[src].is_some() && self.world.npc[dst].is_some() {
+            if self.rng.below(100) < LOOT_CHANCE_PERCENT {
+                let kind = self.world.npc[dst].as_ref().map_or(0, |n| n.spawn_index as u32 + 1);
+                if let Some(p) = self.world.player[src].as_ref() {
+                    out.push(Output::Loot { session: p.session, item_kind: kind, quantity: 1 });
+                }
+            }
             let gained = 10 * u64::from(self.world.level[dst]);
             self.world.xp[src] += gained;
             self.event(out, src, CombatEventKind::CombatEventXp, src, dst, 0, gained as i32);

@@ -15,7 +15,7 @@ use super::game::{Output, PlayerRecord, PlayerSpawn, Simulation, PHASES};
 use super::tick::{TickClock, TickCounters};
 use super::world::Vec2;
 use crate::account::login::{LoginGrant, LoginService, Refusal};
-use crate::account::{Progress, SaveOutcome, SaveRow, StoreError};
+use crate::account::{GrantOutcome, Progress, SaveOutcome, SaveRow, StoreError};
 use crate::admin::AdminState;
 use crate::metrics::{Metrics, SimTotals, TickPhase};
 use crate::net::io::{Inbound, IoHandle, Outbound, SessionId};
@@ -83,6 +83,13 @@ pub enum SimEvent {
         portal: usize,
         /// One-time token for the target zone.
         token: [u8; 32],
+    },
+    /// An item was written for a player.
+    LootGranted {
+        /// Session.
+        session: SessionId,
+        /// The item.
+        item: crate::account::OwnedItem,
     },
     /// A portal transfer failed (save fenced off or backend down).
     TransferFailed {
@@ -465,6 +472,11 @@ impl SimRunner {
                 log::info!("session {session:#x} transfers to zone {} at {}", p.target_zone, p.target_address);
                 self.send_control(session, ControlMessage::new(Body::ZoneTransfer(msg)));
             }
+            SimEvent::LootGranted { session, item } => {
+                let loot =
+                    proto::LootReceived { item_id: item.item_id, item_kind: item.item_kind, quantity: item.quantity };
+                self.send_control(session, ControlMessage::new(Body::Loot(loot)));
+            }
             SimEvent::TransferFailed { session, ownership_lost } => {
                 self.pending_final = self.pending_final.saturating_sub(1);
                 if ownership_lost {
@@ -667,6 +679,7 @@ impl SimRunner {
                         self.io_dirty[ctx.io] = true;
                     }
                 }
+                Output::Loot { session, item_kind, quantity } => self.grant_loot(*session, *item_kind, *quantity),
                 Output::PortalEntered { session, portal } if self.config.transfers_enabled => {
                     self.start_transfer(*session, *portal);
                 }
@@ -704,6 +717,29 @@ impl SimRunner {
             }
         }
         self.sessions.remove(&session);
+    }
+
+    /// Writes a looted item at once, fenced by the owner's epoch; the client hears of it only once it is stored.
+    fn grant_loot(&mut self, session: SessionId, item_kind: u32, quantity: u32) {
+        let Some(SessionCtx { state: SessionState::InGame(owned), .. }) = self.sessions.get(&session) else { return };
+        let (player_id, epoch) = (owned.player_id, owned.epoch);
+        let submitted = self.jobs.submit("loot", move |b: &Backend| {
+            match b.login.players.grant_item(player_id, epoch, item_kind, quantity) {
+                Ok(GrantOutcome::Granted(item_id)) => Some(SimEvent::LootGranted {
+                    session,
+                    item: crate::account::OwnedItem { item_id, item_kind, quantity },
+                }),
+                Ok(GrantOutcome::OwnershipLost) => Some(SimEvent::LocksLost(vec![player_id])),
+                Err(e) => {
+                    // Lost loot is logged and counted, never granted twice: the id was not handed out.
+                    log::warn!("loot for player {player_id} not written: {e}");
+                    None
+                }
+            }
+        });
+        if let Err(e) = submitted {
+            log::warn!("loot for player {player_id} dropped: {e}");
+        }
     }
 
     /// Portal: save the player for the target zone (fenced), release the lock, issue a one-time token; the

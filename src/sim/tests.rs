@@ -419,3 +419,26 @@ fn thousands_of_entities_keep_every_invariant() {
     sim.check_invariants().unwrap();
     assert_eq!(snapshots_checked, 200 * 100);
 }
+
+#[test]
+fn kills_drop_loot_for_the_killer_about_a_third_of_the_time() {
+    let mut sim = Simulation::new(zone(&npc_block(1, [100.0, 100.0], 0.0)), RATE, 21);
+    let npc = sim.world.id(0);
+    spawn(&mut sim, 1, Vec2::new(101.0, 100.0));
+    let (mut kills, mut loot) = (0, 0);
+    let mut seq = 0;
+    for _ in 0..(RATE * 400) {
+        seq += 1;
+        let _ = sim.queue_input(1, attack(seq, 1, npc));
+        let mut out = Vec::new();
+        sim.step(&mut out);
+        kills += events(&out, CombatEventKind::CombatEventKill).len();
+        loot += out.iter().filter(|o| matches!(o, Output::Loot { session: 1, item_kind: 1, quantity: 1 })).count();
+        // Keep the player alive: the test is about loot, not about dying.
+        let slot = sim.world.slot(sim.player_entity(1).unwrap()).unwrap();
+        sim.world.health[slot].hp = sim.world.health[slot].max_hp;
+    }
+    assert!(kills >= 40, "{kills} kills");
+    let rate = loot as f64 / kills as f64;
+    assert!((0.15..=0.55).contains(&rate), "loot on {loot} of {kills} kills");
+}

@@ -1,0 +1,790 @@
+//! One bot: a real game client as a non-blocking state machine, driven by its thread's mio `Poll` (see
+//! [`super::driver`]). It speaks exactly README's protocol: TLS (rustls over a mio `TcpStream`), length-prefixed
+//! control frames ([`FrameDecoder`]/[`encode_frame`]), `Hello`, `Register` (falling back to `Login` when the name
+//! exists), `LoginOk`, then its own UDP socket, `UdpHello` until `UdpWelcome`, then one `Input` per server tick and
+//! one `Snapshot` per tick back.
+//!
+//! ```text
+//! Waiting --start_at--> Connecting --TCP up--> AwaitHelloOk --HelloOk--> AwaitLogin --LoginOk--> Binding
+//!    Binding --UdpWelcome--> Playing --run over--> Closing --server closes / 1 s--> Done
+//!    (any state) --error, kick, timeout--> Done(failed: kind)
+//! ```
+//!
+//! The invariant a reader must not break: **nothing the server sends can panic a bot.** Every frame, datagram,
+//! reason code and number from the server is checked; a misbehaving server becomes a failure kind in the report
+//! (`protocol:*`, `kicked:*`, `login_refused:*`, ...), never an `unwrap`.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpStream, UdpSocket};
+use mio::{Interest, Registry, Token};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection};
+
+use super::behaviour::{Brain, Role, Target};
+use super::stats::ThreadStats;
+use crate::net::framing::{encode_frame, FrameDecoder, FrameError};
+use crate::net::udp::{DataChannel, DataKeys, EXPORTER_LABEL};
+use crate::proto::{
+    control_message::Body, data_message::Body as DataBody, Chat, ControlMessage, DataMessage, EntityKind, Hello, Input,
+    KickReason, Login, LoginErrorReason, Logout, Ping, Register, Snapshot, Vec2, PROTOCOL_VERSION,
+};
+
+/// What every bot of a run shares (read-only).
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The server's game address (TLS on TCP; UDP goes to the same host on `LoginOk.udp_port`).
+    pub server: SocketAddr,
+    /// Name checked against the server's certificate.
+    pub server_name: ServerName<'static>,
+    /// TLS client configuration.
+    pub tls: Arc<ClientConfig>,
+    /// The process start: `client_time_us` counts microseconds from here.
+    pub epoch: Instant,
+    /// Samples (latency, rates) are recorded from here on: the end of the ramp.
+    pub measure_from: Instant,
+    /// Password of every bot account.
+    pub password: String,
+    /// TCP connect + TLS handshake + HelloOk must finish within this.
+    pub handshake_timeout: Duration,
+    /// Register/Login must be answered within this (argon2 queueing included).
+    pub login_timeout: Duration,
+    /// UdpHello must be welcomed within this.
+    pub udp_timeout: Duration,
+}
+
+/// Everything a bot may touch while handling an event.
+pub(crate) struct Ctx<'a> {
+    pub registry: &'a Registry,
+    pub shared: &'a Shared,
+    pub stats: &'a mut ThreadStats,
+    /// Datagram buffer shared by the thread's bots (one event is handled at a time).
+    pub buf: &'a mut [u8],
+    pub now: Instant,
+}
+
+impl Ctx<'_> {
+    fn now_us(&self) -> u64 {
+        micros(self.now.saturating_duration_since(self.shared.epoch))
+    }
+
+    fn measuring(&self) -> bool {
+        self.now >= self.shared.measure_from
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// UdpHello resend interval (README: "resending every ~200 ms").
+const HELLO_RESEND: Duration = Duration::from_millis(200);
+/// TLS Ping interval: keeps the control channel under the server's idle timeout and measures its RTT.
+const PING_EVERY: Duration = Duration::from_secs(10);
+/// How long a stopping bot waits for the server to close after Logout.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// Smallest wait before retrying a login the server called busy.
+const MIN_RETRY: Duration = Duration::from_millis(200);
+/// Distance from its first seen position after which a bot counts as having seen itself move.
+const MOVED_METERS: f32 = 1.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Waiting,
+    Connecting,
+    AwaitHelloOk,
+    AwaitLogin,
+    LoginBackoff { retry_at: Instant },
+    Binding,
+    Playing,
+    Closing,
+    Done,
+}
+
+/// How one bot's run ended (the report counts these).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Outcome {
+    pub logged_in: bool,
+    pub udp_bound: bool,
+    pub snapshots: u64,
+    pub saw_self_move: bool,
+    /// The error kind that ended the bot early, if any.
+    pub failure: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct InGame {
+    session_id: u64,
+    entity_id: u64,
+    period: Duration,
+}
+
+/// A control-channel failure, already reduced to its report kind.
+struct Fail(String);
+
+impl Fail {
+    fn new(kind: impl Into<String>) -> Self {
+        Fail(kind.into())
+    }
+
+    fn io(e: &io::Error) -> Self {
+        Fail(format!("io:{:?}", e.kind()).to_lowercase())
+    }
+
+    fn frame(e: &FrameError) -> Self {
+        Fail::new(match e {
+            FrameError::Oversized { .. } => "protocol:oversized_frame",
+            FrameError::ZeroLength => "protocol:zero_length_frame",
+            FrameError::InvalidProtobuf(_) => "protocol:invalid_protobuf",
+            FrameError::UnknownMessage => "protocol:unknown_message",
+            _ => "protocol:bad_frame",
+        })
+    }
+}
+
+/// `LOGIN_ERROR_SERVER_BUSY` -> `server_busy`; unknown numbers keep their value.
+pub(crate) fn login_reason_name(code: i32) -> String {
+    match LoginErrorReason::try_from(code) {
+        Ok(r) => r.as_str_name().trim_start_matches("LOGIN_ERROR_").to_lowercase(),
+        Err(_) => format!("unknown_{code}"),
+    }
+}
+
+/// `KICK_REASON_FLOOD` -> `flood`; unknown numbers keep their value.
+pub(crate) fn kick_reason_name(code: i32) -> String {
+    match KickReason::try_from(code) {
+        Ok(r) => r.as_str_name().trim_start_matches("KICK_REASON_").to_lowercase(),
+        Err(_) => format!("unknown_{code}"),
+    }
+}
+
+/// One simulated player.
+pub(crate) struct Bot {
+    /// Account name.
+    name: String,
+    role: Role,
+    seed: u64,
+    tcp_token: Token,
+    udp_token: Token,
+    start_at: Instant,
+    state: State,
+    deadline: Instant,
+    tcp: Option<TcpStream>,
+    tls: Option<ClientConnection>,
+    tcp_interest: Interest,
+    decoder: FrameDecoder,
+    max_frame: usize,
+    frame: Vec<u8>,
+    registering: bool,
+    connect_started: Instant,
+    udp: Option<UdpSocket>,
+    channel: Option<DataChannel>,
+    game: Option<InGame>,
+    brain: Option<Brain>,
+    next_hello: Instant,
+    next_input: Instant,
+    next_ping: Instant,
+    ping_nonce: u64,
+    input_seq: u32,
+    last_processed: u32,
+    last_tick: u64,
+    first_pos: Option<(f32, f32)>,
+    pos: Option<(f32, f32)>,
+    target: Option<Target>,
+    stopping: bool,
+    /// The wake-up time currently in the driver's timer heap (the driver owns this field).
+    pub scheduled: Option<Instant>,
+    /// How the bot is doing.
+    pub outcome: Outcome,
+}
+
+impl Bot {
+    /// A bot that will start connecting at `start_at`. `slot` is its index in its thread (mio tokens derive from it).
+    pub(crate) fn new(name: String, role: Role, seed: u64, slot: usize, start_at: Instant) -> Self {
+        Self {
+            name,
+            role,
+            seed,
+            tcp_token: Token(slot * 2),
+            udp_token: Token(slot * 2 + 1),
+            start_at,
+            state: State::Waiting,
+            deadline: start_at,
+            tcp: None,
+            tls: None,
+            tcp_interest: Interest::READABLE,
+            decoder: FrameDecoder::new(4096),
+            max_frame: 4096,
+            frame: Vec::with_capacity(256),
+            registering: true,
+            connect_started: start_at,
+            udp: None,
+            channel: None,
+            game: None,
+            brain: None,
+            next_hello: start_at,
+            next_input: start_at,
+            next_ping: start_at,
+            ping_nonce: 0,
+            input_seq: 0,
+            last_processed: 0,
+            last_tick: 0,
+            first_pos: None,
+            pos: None,
+            target: None,
+            stopping: false,
+            scheduled: None,
+            outcome: Outcome::default(),
+        }
+    }
+
+    /// Coarse phase for the live progress line: 0 waiting, 1 connecting, 2 logging in, 3 playing, 4 done.
+    pub(crate) fn phase(&self) -> u8 {
+        match self.state {
+            State::Waiting => 0,
+            State::Connecting | State::AwaitHelloOk => 1,
+            State::AwaitLogin | State::LoginBackoff { .. } | State::Binding => 2,
+            State::Playing | State::Closing => 3,
+            State::Done => 4,
+        }
+    }
+
+    /// Whether the bot has finished (failed, or closed after the run).
+    pub(crate) fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// When the bot next needs [`Bot::on_timer`], if ever.
+    pub(crate) fn wake(&self) -> Option<Instant> {
+        match self.state {
+            State::Waiting => Some(self.start_at),
+            State::Connecting | State::AwaitHelloOk | State::AwaitLogin | State::Closing => Some(self.deadline),
+            State::LoginBackoff { retry_at } => Some(retry_at.min(self.deadline)),
+            State::Binding => Some(self.next_hello.min(self.deadline)),
+            // Chat lines are checked on every input (20 Hz is plenty for a line every ~10 s).
+            State::Playing => Some(self.next_input.min(self.next_ping)),
+            State::Done => None,
+        }
+    }
+
+    /// Timers: start, timeouts, hello resends, inputs, pings, chat.
+    pub(crate) fn on_timer(&mut self, ctx: &mut Ctx<'_>) {
+        let now = ctx.now;
+        let result = match self.state {
+            State::Waiting if now >= self.start_at => self.connect(ctx),
+            State::Connecting if now >= self.deadline => Err(Fail::new("timeout:connect")),
+            State::AwaitHelloOk if now >= self.deadline => Err(Fail::new("timeout:handshake")),
+            State::AwaitLogin if now >= self.deadline => Err(Fail::new("timeout:login")),
+            State::LoginBackoff { .. } if now >= self.deadline => Err(Fail::new("timeout:login")),
+            State::LoginBackoff { retry_at } if now >= retry_at => self.send_login(ctx),
+            State::Binding if now >= self.deadline => Err(Fail::new("udp_bind_timeout")),
+            State::Binding if now >= self.next_hello => self.send_hello(ctx),
+            State::Playing => self.play(ctx),
+            State::Closing if now >= self.deadline => {
+                self.close(ctx);
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        self.settle(ctx, result);
+    }
+
+    /// The control socket is ready.
+    pub(crate) fn on_tcp(&mut self, ctx: &mut Ctx<'_>) {
+        let result = self.drive_tcp(ctx);
+        self.settle(ctx, result);
+    }
+
+    /// The data socket is readable.
+    pub(crate) fn on_udp(&mut self, ctx: &mut Ctx<'_>) {
+        let result = self.drive_udp(ctx);
+        self.settle(ctx, result);
+    }
+
+    /// The run is over: log out politely (in game), or give up (still logging in).
+    pub(crate) fn stop(&mut self, ctx: &mut Ctx<'_>) {
+        match self.state {
+            State::Done | State::Closing => {}
+            State::Waiting => self.fail(ctx, Fail::new("not_started")),
+            State::Playing | State::Binding => {
+                self.stopping = true;
+                let result = self.send(&ControlMessage::new(Body::Logout(Logout {}))).and_then(|()| {
+                    if let Some(tls) = self.tls.as_mut() {
+                        tls.send_close_notify();
+                    }
+                    self.flush(ctx)
+                });
+                self.state = State::Closing;
+                self.deadline = ctx.now + CLOSE_WAIT;
+                if result.is_err() {
+                    self.close(ctx);
+                }
+            }
+            _ => self.fail(ctx, Fail::new("login_unfinished_at_end")),
+        }
+    }
+
+    fn settle(&mut self, ctx: &mut Ctx<'_>, result: Result<(), Fail>) {
+        if let Err(fail) = result {
+            if self.stopping {
+                self.close(ctx);
+            } else {
+                self.fail(ctx, fail);
+            }
+        }
+    }
+
+    #[cold]
+    fn fail(&mut self, ctx: &mut Ctx<'_>, fail: Fail) {
+        *ctx.stats.errors.entry(fail.0.clone()).or_default() += 1;
+        self.outcome.failure = Some(fail.0);
+        self.close(ctx);
+    }
+
+    fn close(&mut self, ctx: &mut Ctx<'_>) {
+        if let Some(mut tcp) = self.tcp.take() {
+            let _ = ctx.registry.deregister(&mut tcp);
+        }
+        if let Some(mut udp) = self.udp.take() {
+            let _ = ctx.registry.deregister(&mut udp);
+        }
+        self.tls = None;
+        self.channel = None;
+        self.state = State::Done;
+    }
+
+    // ----- control channel ---------------------------------------------------------------------------------------
+
+    fn connect(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Fail> {
+        self.connect_started = ctx.now;
+        self.deadline = ctx.now + ctx.shared.handshake_timeout;
+        let mut tcp = TcpStream::connect(ctx.shared.server)
+            .map_err(|e| Fail(format!("connect:{:?}", e.kind()).to_lowercase()))?;
+        self.tcp_interest = Interest::READABLE | Interest::WRITABLE;
+        ctx.registry.register(&mut tcp, self.tcp_token, self.tcp_interest).map_err(|e| Fail::io(&e))?;
+        self.tcp = Some(tcp);
+        let tls = ClientConnection::new(Arc::clone(&ctx.shared.tls), ctx.shared.server_name.clone())
+            .map_err(|e| Fail(format!("tls:{e}")))?;
+        self.tls = Some(tls);
+        // rustls buffers plaintext written before the handshake finishes and sends it right after.
+        self.send(&ControlMessage::new(Body::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: concat!("realm-bots/", env!("CARGO_PKG_VERSION")).into(),
+        })))?;
+        self.state = State::Connecting;
+        Ok(())
+    }
+
+    fn drive_tcp(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Fail> {
+        if self.state == State::Connecting {
+            let Some(tcp) = self.tcp.as_ref() else { return Ok(()) };
+            if let Ok(Some(e)) | Err(e) = tcp.take_error() {
+                return Err(Fail(format!("connect:{:?}", e.kind()).to_lowercase()));
+            }
+            match tcp.peer_addr() {
+                Ok(_) => {
+                    let _ = tcp.set_nodelay(true);
+                    self.state = State::AwaitHelloOk;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
+                Err(e) => return Err(Fail(format!("connect:{:?}", e.kind()).to_lowercase())),
+            }
+        }
+        let eof = self.read_tls(ctx)?;
+        self.flush(ctx)?;
+        if eof {
+            if self.stopping {
+                self.close(ctx);
+                return Ok(());
+            }
+            return Err(Fail::new("closed_by_server"));
+        }
+        Ok(())
+    }
+
+    /// Reads everything available, handling each complete frame. Returns whether the server closed the stream.
+    fn read_tls(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, Fail> {
+        let mut eof = false;
+        let mut messages = Vec::new();
+        {
+            let (Some(tcp), Some(tls)) = (self.tcp.as_mut(), self.tls.as_mut()) else { return Ok(true) };
+            loop {
+                match tls.read_tls(tcp) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(_) => {
+                        tls.process_new_packets().map_err(|e| Fail(format!("tls:{e}")))?;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset && self.stopping => {
+                        eof = true;
+                        break;
+                    }
+                    Err(e) => return Err(Fail::io(&e)),
+                }
+            }
+            loop {
+                while let Some(msg) = self.decoder.decode().map_err(|e| Fail::frame(&e))? {
+                    messages.push(msg);
+                }
+                match tls.reader().read(self.decoder.spare()) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => self.decoder.filled(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        eof = true;
+                        break;
+                    }
+                    Err(e) => return Err(Fail::io(&e)),
+                }
+            }
+        }
+        for msg in messages {
+            self.on_control(ctx, msg)?;
+            if self.state == State::Done {
+                return Ok(false);
+            }
+        }
+        Ok(eof)
+    }
+
+    fn on_control(&mut self, ctx: &mut Ctx<'_>, msg: ControlMessage) -> Result<(), Fail> {
+        let Some(body) = msg.body else { return Err(Fail::new("protocol:empty_message")) };
+        match (self.state, body) {
+            (_, Body::Kick(k)) => {
+                if self.stopping {
+                    self.close(ctx);
+                    return Ok(());
+                }
+                Err(Fail(format!("kicked:{}", kick_reason_name(k.reason))))
+            }
+            (State::Connecting | State::AwaitHelloOk, Body::HelloOk(ok)) => {
+                self.state = State::AwaitLogin;
+                self.max_frame = (ok.max_frame_bytes as usize).clamp(64, 1 << 20);
+                self.send_login(ctx)
+            }
+            (State::AwaitLogin, Body::LoginError(e)) => {
+                let taken = e.reason == LoginErrorReason::LoginErrorUsernameTaken as i32;
+                let busy = e.reason == LoginErrorReason::LoginErrorServerBusy as i32;
+                if taken && self.registering {
+                    self.registering = false;
+                    return self.send_login(ctx);
+                }
+                if busy {
+                    ctx.stats.login_retries += 1;
+                    let wait =
+                        Duration::from_millis(u64::from(e.retry_after_ms)).clamp(MIN_RETRY, Duration::from_secs(10));
+                    self.state = State::LoginBackoff { retry_at: ctx.now + wait };
+                    return Ok(());
+                }
+                Err(Fail(format!("login_refused:{}", login_reason_name(e.reason))))
+            }
+            (State::AwaitLogin, Body::LoginOk(ok)) => self.on_login_ok(ctx, &ok),
+            (_, Body::Pong(p)) => {
+                let now_us = ctx.now_us();
+                if p.client_time_us <= now_us {
+                    ctx.stats.control_rtt.record(now_us - p.client_time_us);
+                }
+                Ok(())
+            }
+            (State::Binding | State::Playing | State::Closing, body) => {
+                match body {
+                    Body::ChatMessage(_) => ctx.stats.chats_received += 1,
+                    Body::CombatEvent(_) => ctx.stats.combat_events += 1,
+                    Body::Error(_) => *ctx.stats.errors.entry("error_notice".into()).or_default() += 1,
+                    // A portal: the bot cannot follow (the target zone is another process) and leaves the run.
+                    Body::ZoneTransfer(_) if !self.stopping => return Err(Fail::new("zone_transfer")),
+                    _ => {}
+                }
+                Ok(())
+            }
+            (_, other) => {
+                let kind = ControlMessage::new(other).kind();
+                Err(Fail(format!("protocol:unexpected_{kind}")))
+            }
+        }
+    }
+
+    fn send_login(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Fail> {
+        let (username, password) = (self.name.clone(), ctx.shared.password.clone());
+        let body = if self.registering {
+            Body::Register(Register { username, password })
+        } else {
+            Body::Login(Login { username, password })
+        };
+        self.send(&ControlMessage::new(body))?;
+        if !matches!(self.state, State::LoginBackoff { .. }) {
+            self.deadline = ctx.now + ctx.shared.login_timeout;
+        }
+        self.state = State::AwaitLogin;
+        self.flush(ctx)
+    }
+
+    fn on_login_ok(&mut self, ctx: &mut Ctx<'_>, ok: &crate::proto::LoginOk) -> Result<(), Fail> {
+        self.outcome.logged_in = true;
+        ctx.stats.login_time.record(micros(ctx.now.saturating_duration_since(self.connect_started)));
+        if ok.tick_rate_hz == 0 || ok.tick_rate_hz > 1000 {
+            return Err(Fail::new("protocol:bad_tick_rate"));
+        }
+        if ok.entity_id == 0 {
+            return Err(Fail::new("protocol:no_entity_id"));
+        }
+        let period = Duration::from_secs(1) / ok.tick_rate_hz;
+        ctx.stats.tick_period_us = micros(period);
+        let Some(tls) = self.tls.as_ref() else { return Err(Fail::new("closed_by_server")) };
+        let material = tls
+            .export_keying_material([0u8; 64], EXPORTER_LABEL, Some(&ok.session_id.to_be_bytes()))
+            .map_err(|e| Fail(format!("tls:exporter:{e}")))?;
+        let keys = DataKeys::from_keying_material(&material);
+        let port = u16::try_from(ok.udp_port).map_err(|_| Fail::new("protocol:bad_udp_port"))?;
+        let port = if port == 0 { ctx.shared.server.port() } else { port };
+        let target = SocketAddr::new(ctx.shared.server.ip(), port);
+        let local: SocketAddr =
+            if target.is_ipv4() { SocketAddr::from(([0, 0, 0, 0], 0)) } else { SocketAddr::from(([0u16; 8], 0)) };
+        let mut udp = UdpSocket::bind(local).map_err(|e| Fail(format!("udp_bind:{:?}", e.kind()).to_lowercase()))?;
+        udp.connect(target).map_err(|e| Fail(format!("udp_bind:{:?}", e.kind()).to_lowercase()))?;
+        ctx.registry.register(&mut udp, self.udp_token, Interest::READABLE).map_err(|e| Fail::io(&e))?;
+        self.udp = Some(udp);
+        self.channel = Some(DataChannel::client(ok.session_id, &keys));
+        self.game = Some(InGame { session_id: ok.session_id, entity_id: ok.entity_id, period });
+        self.state = State::Binding;
+        self.deadline = ctx.now + ctx.shared.udp_timeout;
+        self.send_hello(ctx)
+    }
+
+    /// Queues one frame for TLS (written by the next [`Bot::flush`]).
+    fn send(&mut self, msg: &ControlMessage) -> Result<(), Fail> {
+        let Some(tls) = self.tls.as_mut() else { return Err(Fail::new("closed_by_server")) };
+        self.frame.clear();
+        encode_frame(msg, self.max_frame, &mut self.frame).map_err(|_| Fail::new("client:frame_too_large"))?;
+        tls.writer().write_all(&self.frame).map_err(|e| Fail::io(&e))
+    }
+
+    /// Writes what rustls has pending and asks for WRITABLE only while something is left.
+    fn flush(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Fail> {
+        let (Some(tcp), Some(tls)) = (self.tcp.as_mut(), self.tls.as_mut()) else { return Ok(()) };
+        if self.state != State::Connecting {
+            while tls.wants_write() {
+                match tls.write_tls(tcp) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(Fail::io(&e)),
+                }
+            }
+        }
+        let wanted = if tls.wants_write() || self.state == State::Connecting {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        if wanted != self.tcp_interest {
+            ctx.registry.reregister(tcp, self.tcp_token, wanted).map_err(|e| Fail::io(&e))?;
+            self.tcp_interest = wanted;
+        }
+        Ok(())
+    }
+
+    // ----- data channel ------------------------------------------------------------------------------------------
+
+    fn send_hello(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Fail> {
+        let (Some(udp), Some(channel)) = (self.udp.as_ref(), self.channel.as_mut()) else { return Ok(()) };
+        let n = channel.seal_hello(ctx.buf).map_err(|e| Fail(format!("client:seal:{e}")))?;
+        send_datagram(udp, &ctx.buf[..n], ctx.stats)?;
+        self.next_hello = ctx.now + HELLO_RESEND;
+        Ok(())
+    }
+
+    fn drive_udp(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Fail> {
+        loop {
+            let (Some(udp), Some(channel)) = (self.udp.as_ref(), self.channel.as_mut()) else { return Ok(()) };
+            let n = match udp.recv(ctx.buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // ICMP port unreachable surfacing on a connected socket: the server is gone.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    return if self.stopping { Ok(()) } else { Err(Fail::new("udp:connection_refused")) };
+                }
+                Err(e) => return Err(Fail::io(&e)),
+            };
+            let msg = match channel.open(&mut ctx.buf[..n]) {
+                Ok(msg) => msg,
+                Err(_) => {
+                    ctx.stats.udp_rejected += 1;
+                    continue;
+                }
+            };
+            match msg.body {
+                Some(DataBody::UdpWelcome(w)) if self.state == State::Binding => {
+                    if self.game.is_some_and(|g| g.session_id != w.session_id) {
+                        return Err(Fail::new("protocol:welcome_for_another_session"));
+                    }
+                    self.on_welcome(ctx);
+                }
+                Some(DataBody::Snapshot(s)) if matches!(self.state, State::Playing | State::Closing) => {
+                    self.on_snapshot(ctx, &s);
+                }
+                // A snapshot may overtake the welcome; the welcome is what binds, so start playing on either.
+                Some(DataBody::Snapshot(s)) if self.state == State::Binding => {
+                    self.on_welcome(ctx);
+                    self.on_snapshot(ctx, &s);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn on_welcome(&mut self, ctx: &mut Ctx<'_>) {
+        self.outcome.udp_bound = true;
+        self.state = State::Playing;
+        let now_us = ctx.now_us();
+        self.brain = Some(Brain::new(self.role, self.seed, now_us));
+        let period = self.game.map_or(Duration::from_millis(50), |g| g.period);
+        // Spread the bots' inputs over the tick instead of sending them all at once.
+        let phase = Duration::from_nanos(self.seed % (period.as_nanos().max(1) as u64));
+        self.next_input = ctx.now + phase;
+        self.next_ping = ctx.now + PING_EVERY;
+    }
+
+    fn on_snapshot(&mut self, ctx: &mut Ctx<'_>, s: &Snapshot) {
+        let now_us = ctx.now_us();
+        let measuring = ctx.measuring();
+        self.outcome.snapshots += 1;
+        if measuring {
+            ctx.stats.snapshots += 1;
+            if self.last_tick != 0 && s.tick > self.last_tick + 1 {
+                ctx.stats.snapshot_ticks_missed += s.tick - self.last_tick - 1;
+            }
+            ctx.stats.note_tick_arrival(s.tick, now_us);
+        }
+        self.last_tick = self.last_tick.max(s.tick);
+        if s.last_processed_input > self.last_processed {
+            self.last_processed = s.last_processed_input;
+            if measuring && s.input_client_time_us > 0 && s.input_client_time_us <= now_us {
+                let latency = now_us - s.input_client_time_us;
+                ctx.stats.latency.record(latency);
+                ctx.stats.window.record(latency);
+            }
+        }
+        let Some(game) = self.game else { return };
+        let me = s.entities.iter().find(|e| e.id == game.entity_id).and_then(|e| e.position.as_ref());
+        if let Some(p) = me.filter(|p| p.x.is_finite() && p.y.is_finite()) {
+            let here = (p.x, p.y);
+            let first = *self.first_pos.get_or_insert(here);
+            let (dx, dy) = (here.0 - first.0, here.1 - first.1);
+            if dx * dx + dy * dy >= MOVED_METERS * MOVED_METERS {
+                self.outcome.saw_self_move = true;
+            }
+            self.pos = Some(here);
+        }
+        if self.role == Role::Fight {
+            self.target = self.pos.and_then(|(mx, my)| {
+                s.entities
+                    .iter()
+                    .filter(|e| e.kind == EntityKind::Npc as i32 && e.flags & 1 == 0)
+                    .filter_map(|e| {
+                        let p = e.position.as_ref()?;
+                        let d = (p.x - mx) * (p.x - mx) + (p.y - my) * (p.y - my);
+                        d.is_finite().then_some((d, Target { id: e.id, x: p.x, y: p.y }))
+                    })
+                    .min_by(|a, b| a.0.total_cmp(&b.0))
+                    .map(|(_, t)| t)
+            });
+        }
+    }
+
+    /// Playing: send the inputs, pings and chat lines that are due.
+    fn play(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Fail> {
+        let now = ctx.now;
+        let now_us = ctx.now_us();
+        let Some(game) = self.game else { return Ok(()) };
+        if now >= self.next_input {
+            self.send_input(ctx, now_us)?;
+            self.next_input += game.period;
+            if self.next_input <= now {
+                // This thread fell more than a tick behind: skip rather than burst (the server would drop them).
+                ctx.stats.inputs_skipped += 1;
+                self.next_input = now + game.period;
+            }
+        }
+        let mut control = false;
+        if now >= self.next_ping {
+            self.ping_nonce += 1;
+            self.send(&ControlMessage::new(Body::Ping(Ping { nonce: self.ping_nonce, client_time_us: now_us })))?;
+            self.next_ping = now + PING_EVERY;
+            control = true;
+        }
+        let chat = match self.brain.as_mut() {
+            Some(brain) => brain.chat(now_us, &self.name),
+            None => None,
+        };
+        if let Some((channel, text)) = chat {
+            self.send(&ControlMessage::new(Body::Chat(Chat { channel: channel as i32, text })))?;
+            ctx.stats.chats_sent += 1;
+            control = true;
+        }
+        if control {
+            self.flush(ctx)?;
+        }
+        Ok(())
+    }
+
+    fn send_input(&mut self, ctx: &mut Ctx<'_>, now_us: u64) -> Result<(), Fail> {
+        let Some(brain) = self.brain.as_mut() else { return Ok(()) };
+        let decision = brain.decide(now_us, self.pos, self.target);
+        self.input_seq = self.input_seq.wrapping_add(1).max(1);
+        let input = Input {
+            sequence: self.input_seq,
+            move_dir: Some(Vec2 { x: decision.move_dir.0, y: decision.move_dir.1 }),
+            ability: decision.ability,
+            target_entity: decision.target,
+            client_time_us: now_us,
+        };
+        let (Some(udp), Some(channel)) = (self.udp.as_ref(), self.channel.as_mut()) else { return Ok(()) };
+        let n = channel
+            .seal(&DataMessage::new(DataBody::Input(input)), ctx.buf)
+            .map_err(|e| Fail(format!("client:seal:{e}")))?;
+        send_datagram(udp, &ctx.buf[..n], ctx.stats)?;
+        if ctx.measuring() {
+            ctx.stats.inputs += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Sends one datagram; a full socket buffer drops it (UDP semantics) and is counted.
+fn send_datagram(udp: &UdpSocket, datagram: &[u8], stats: &mut ThreadStats) -> Result<(), Fail> {
+    match udp.send(datagram) {
+        Ok(_) => Ok(()),
+        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
+            stats.udp_send_dropped += 1;
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Err(Fail::new("udp:connection_refused")),
+        Err(e) => Err(Fail::io(&e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_codes_become_short_stable_names() {
+        assert_eq!(login_reason_name(LoginErrorReason::LoginErrorServerBusy as i32), "server_busy");
+        assert_eq!(login_reason_name(LoginErrorReason::LoginErrorAlreadyOnline as i32), "already_online");
+        assert_eq!(login_reason_name(9999), "unknown_9999");
+        assert_eq!(kick_reason_name(KickReason::SlowConsumer as i32), "slow_consumer");
+        assert_eq!(kick_reason_name(-1), "unknown_-1");
+    }
+}
