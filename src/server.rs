@@ -77,6 +77,7 @@ pub struct RunningServer {
     sim: JoinHandle<TickCounters>,
     io: Vec<JoinHandle<()>>,
     workers: WorkerPool,
+    login_workers: WorkerPool,
 }
 
 /// Builds and starts every part.
@@ -110,8 +111,18 @@ pub fn start(config: Config) -> Result<RunningServer, ServerError> {
         spawn_db_reporter(Arc::clone(db), Arc::clone(&admin_state), Arc::clone(&metrics), Arc::clone(&stop_reporter))?;
     }
     let (tx, rx) = queue::channel::<SimEvent>();
+    let backend = Arc::new(backend);
     let (workers, jobs) =
-        WorkerPool::start(config.workers.threads, config.workers.queue_depth, Arc::new(backend), tx.clone())?;
+        WorkerPool::start(config.workers.threads, config.workers.queue_depth, Arc::clone(&backend), tx.clone())?;
+    // Logins get their own lane: argon2 takes tens of milliseconds per hash, and a login storm queued in front of
+    // lock renewals would let ownership locks expire under load.
+    let (login_workers, login_jobs) = WorkerPool::start_named(
+        "realm-login",
+        config.security.max_concurrent_hashes,
+        config.workers.queue_depth,
+        backend,
+        tx.clone(),
+    )?;
     let net = Arc::new(NetShared::new(&config));
     let _ = metrics.attach_workers(Arc::clone(workers.stats()));
     let _ = metrics.attach_net(Arc::clone(&net));
@@ -126,6 +137,7 @@ pub fn start(config: Config) -> Result<RunningServer, ServerError> {
         rx,
         io.handles.clone(),
         jobs,
+        login_jobs,
         RunnerConfig {
             tick_rate: config.game.tick_rate,
             zone: config.server.zone.clone(),
@@ -163,6 +175,7 @@ pub fn start(config: Config) -> Result<RunningServer, ServerError> {
         sim,
         io: io.joins,
         workers,
+        login_workers,
     })
 }
 
@@ -276,6 +289,7 @@ impl RunningServer {
         }
         // The sim thread dropped its job sender when it returned; the io threads dropped theirs: workers end.
         self.workers.join();
+        self.login_workers.join();
         self.admin.shutdown();
         Ok(counters)
     }

@@ -116,12 +116,22 @@ pub enum Outbound {
 pub struct IoHandle {
     tx: Producer<Outbound>,
     waker: Arc<Waker>,
+    backlog: Arc<AtomicUsize>,
 }
 
 impl IoHandle {
     /// Queues an item; call [`IoHandle::wake`] once after a batch.
     pub fn send(&self, item: Outbound) {
+        // Relaxed: an approximate depth is all back-pressure needs; the queue itself orders the items.
+        self.backlog.fetch_add(1, Ordering::Relaxed);
         self.tx.push(item);
+    }
+
+    /// Items queued for this io thread and not yet taken. The simulation stops queueing snapshots (which the next
+    /// tick supersedes) for a thread that is this far behind, so a saturated io thread costs dropped snapshots,
+    /// never unbounded memory.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::Relaxed)
     }
 
     /// Wakes the io thread to process what was queued.
@@ -322,7 +332,8 @@ pub fn spawn<E: From<Inbound> + Send + 'static>(
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = queue::channel::<Outbound>();
-        handles.push(IoHandle { tx, waker });
+        let backlog = Arc::new(AtomicUsize::new(0));
+        handles.push(IoHandle { tx, waker, backlog: Arc::clone(&backlog) });
         let core = match config.server.io_cores.get(index) {
             Some(&c) => cores.iter().find(|id| id.id == c).copied(),
             None => cores.get(index % cores.len().max(1)).copied(),
@@ -338,6 +349,7 @@ pub fn spawn<E: From<Inbound> + Send + 'static>(
             free: Vec::new(),
             by_session: HashMap::new(),
             outbound: rx,
+            backlog,
             inbound: inbound.clone(),
             pending: Vec::with_capacity(256),
             shared: Arc::clone(&shared),
@@ -402,6 +414,7 @@ struct IoThread<E> {
     free: Vec<usize>,
     by_session: HashMap<SessionId, usize>,
     outbound: queue::Consumer<Outbound>,
+    backlog: Arc<AtomicUsize>,
     inbound: Producer<E>,
     /// Inbound items of this poll iteration, published with one `push_chain`.
     pending: Vec<Inbound>,
@@ -602,7 +615,10 @@ impl<E: From<Inbound>> IoThread<E> {
         let mut touched: Vec<usize> = Vec::new();
         loop {
             let item = match self.outbound.pop() {
-                Pop::Item(item) => item,
+                Pop::Item(item) => {
+                    self.backlog.fetch_sub(1, Ordering::Relaxed);
+                    item
+                }
                 Pop::Empty => break,
                 // A producer is between its swap and its link: the item will be there on the next wake-up
                 // (the producer wakes us after pushing), so stop rather than spin on the hot loop.

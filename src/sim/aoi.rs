@@ -137,6 +137,21 @@ impl Grid {
         was_visible: impl Fn(u32) -> bool,
         out: &mut Vec<(f32, u32)>,
     ) {
+        self.visible_nearest(center, enter, leave, was_visible, usize::MAX, out);
+    }
+
+    /// As [`Grid::visible`], but only the `limit` nearest are sorted (and kept first); the rest follow unsorted.
+    /// Snapshots only ever send the nearest few dozen, so sorting every candidate is wasted work at scale
+    /// (profiled: it was a fifth of the tick with 500 players).
+    pub fn visible_nearest(
+        &self,
+        center: Vec2,
+        enter: f32,
+        leave: f32,
+        was_visible: impl Fn(u32) -> bool,
+        limit: usize,
+        out: &mut Vec<(f32, u32)>,
+    ) {
         out.clear();
         let (e2, l2) = (enter * enter, leave * leave);
         self.for_each_candidate(center, leave, |slot, d2| {
@@ -144,7 +159,13 @@ impl Grid {
                 out.push((d2, slot));
             }
         });
-        out.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let by_distance = |a: &(f32, u32), b: &(f32, u32)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+        if out.len() > limit {
+            out.select_nth_unstable_by(limit, by_distance);
+            out[..limit].sort_unstable_by(by_distance);
+        } else {
+            out.sort_unstable_by(by_distance);
+        }
     }
 
     /// Checks the invariant (tests): each inserted slot is listed once, in the cell of its position.
@@ -240,5 +261,30 @@ mod tests {
             g.update(i as u32, pos[i]);
         }
         g.check(&pos).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod nearest_tests {
+    use super::*;
+    use crate::sim::rng::Pcg32;
+
+    #[test]
+    fn limited_query_keeps_exactly_the_nearest_first_in_order() {
+        let mut rng = Pcg32::new(5, 5);
+        let mut g = Grid::new(300.0, 33.0);
+        let pos: Vec<Vec2> = (0..3000).map(|_| Vec2::new(rng.range(0.0, 300.0), rng.range(0.0, 300.0))).collect();
+        for (i, p) in pos.iter().enumerate() {
+            g.insert(i as u32, *p);
+        }
+        let (mut full, mut limited) = (Vec::new(), Vec::new());
+        for _ in 0..20 {
+            let c = Vec2::new(rng.range(0.0, 300.0), rng.range(0.0, 300.0));
+            g.visible(c, 30.0, 33.0, |_| false, &mut full);
+            g.visible_nearest(c, 30.0, 33.0, |_| false, 16, &mut limited);
+            assert_eq!(full.len(), limited.len(), "same set");
+            let n = full.len().min(16);
+            assert_eq!(&full[..n], &limited[..n], "same nearest prefix, same order");
+        }
     }
 }

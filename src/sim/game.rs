@@ -29,6 +29,9 @@ pub const MAX_INPUTS_PER_TICK: usize = 2;
 pub const MAX_PENDING_INPUTS: usize = 6;
 /// Bytes available for the encoded `DataMessage` in one datagram (1200 minus header and AEAD tag).
 pub const SNAPSHOT_BUDGET: usize = proto::MAX_DATAGRAM_BYTES - 17 - 16;
+/// Most entities one snapshot can hold (each encodes to at least ~28 bytes of the datagram budget); only this many
+/// nearest candidates are sorted.
+pub const MAX_SNAPSHOT_ENTITIES: usize = SNAPSHOT_BUDGET / 28;
 /// Say-chat radius.
 pub const SAY_RADIUS: f32 = 30.0;
 /// Longest chat text, in bytes.
@@ -852,11 +855,12 @@ impl Simulation {
             let Some(player) = self.world.player[slot].as_ref() else { continue };
             let world = &self.world;
             let prev = &player.visible;
-            self.grid.visible(
+            self.grid.visible_nearest(
                 world.pos[slot],
                 self.enter_r,
                 self.leave_r,
                 |s| prev.binary_search(&world.id(s as usize)).is_ok(),
+                MAX_SNAPSHOT_ENTITIES,
                 &mut visible,
             );
             let mut snapshot = Snapshot {

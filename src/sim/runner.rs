@@ -136,9 +136,18 @@ pub struct SimStatus {
     pub logins: AtomicU64,
     /// Logins refused.
     pub login_refusals: AtomicU64,
+    /// Snapshots not queued because their io thread was too far behind (back-pressure).
+    pub snapshots_dropped: AtomicU64,
     /// Set when the drain after a stop request completed.
     pub drained: AtomicBool,
 }
+
+/// Outbound items an io thread may have pending before the simulation stops queueing snapshots for it: about two
+/// ticks of snapshots for 2,000 players. Control messages are always queued (they are reliable and rare).
+pub const IO_BACKLOG_LIMIT: usize = 4096;
+
+/// Queue-depth metric labels of the io threads' outbound queues.
+const IO_QUEUE_NAMES: [&str; 4] = ["outbound-io-0", "outbound-io-1", "outbound-io-2", "outbound-io-3"];
 
 enum SessionState {
     Greeted,
@@ -200,6 +209,7 @@ pub struct SimRunner {
     io: Vec<IoHandle>,
     io_dirty: Vec<bool>,
     jobs: JobSender<Backend, SimEvent>,
+    login_jobs: JobSender<Backend, SimEvent>,
     config: RunnerConfig,
     sessions: HashMap<SessionId, SessionCtx>,
     online: HashMap<u64, SessionId>,
@@ -212,13 +222,15 @@ pub struct SimRunner {
 }
 
 impl SimRunner {
-    /// A runner; call [`SimRunner::run`] on the sim thread.
+    /// A runner; call [`SimRunner::run`] on the sim thread. `jobs` runs saves, lock renewals, loot and transfers;
+    /// `login_jobs` runs logins (argon2), so a login storm can never delay a save or a renewal.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         sim: Simulation,
         rx: Consumer<SimEvent>,
         io: Vec<IoHandle>,
         jobs: JobSender<Backend, SimEvent>,
+        login_jobs: JobSender<Backend, SimEvent>,
         config: RunnerConfig,
         status: Arc<SimStatus>,
         stop: Arc<AtomicBool>,
@@ -232,6 +244,7 @@ impl SimRunner {
             io,
             io_dirty: vec![false; n],
             jobs,
+            login_jobs,
             config,
             sessions: HashMap::new(),
             online: HashMap::new(),
@@ -359,6 +372,9 @@ impl SimRunner {
         m.population.players.set(players);
         m.population.npcs.set(self.sim.world.len() as i64 - players);
         m.set_queue_depth("inbound", self.rx.approx_len() as i64);
+        for (i, h) in self.io.iter().enumerate() {
+            m.set_queue_depth(IO_QUEUE_NAMES.get(i).copied().unwrap_or("outbound-io-other"), h.backlog() as i64);
+        }
         let s = self.sim.stats();
         m.set_sim_totals(&SimTotals {
             inputs_applied: s.inputs_applied,
@@ -582,7 +598,8 @@ impl SimRunner {
         if let Some(ctx) = self.sessions.get_mut(&session) {
             ctx.state = SessionState::Authenticating;
         }
-        let submitted = self.jobs.submit("login", move |b: &Backend| Some(SimEvent::Login { session, result: job(b) }));
+        let submitted =
+            self.login_jobs.submit("login", move |b: &Backend| Some(SimEvent::Login { session, result: job(b) }));
         if let Err(WorkerError::QueueFull(_) | WorkerError::Stopped) = submitted {
             self.login_error(session, LoginErrorReason::LoginErrorServerBusy, "server busy", Duration::from_secs(2));
         }
@@ -668,31 +685,33 @@ impl SimRunner {
     }
 
     fn route_outputs(&mut self) {
-        let outputs = std::mem::take(&mut self.out);
-        for output in &outputs {
+        let mut outputs = std::mem::take(&mut self.out);
+        for output in outputs.drain(..) {
             match output {
-                Output::Control { session, msg } => self.send_control(*session, msg.clone()),
+                Output::Control { session, msg } => self.send_control(session, msg),
                 Output::Snapshot { session, snapshot } => {
-                    if let Some(ctx) = self.sessions.get(session) {
-                        let msg = DataMessage::new(DataBody::Snapshot(snapshot.clone()));
-                        self.io[ctx.io].send(Outbound::Data { session: *session, msg });
-                        self.io_dirty[ctx.io] = true;
+                    let Some(ctx) = self.sessions.get(&session) else { continue };
+                    if self.io[ctx.io].backlog() >= IO_BACKLOG_LIMIT {
+                        self.status.snapshots_dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
                     }
+                    let msg = DataMessage::new(DataBody::Snapshot(snapshot));
+                    self.io[ctx.io].send(Outbound::Data { session, msg });
+                    self.io_dirty[ctx.io] = true;
                 }
-                Output::Loot { session, item_kind, quantity } => self.grant_loot(*session, *item_kind, *quantity),
+                Output::Loot { session, item_kind, quantity } => self.grant_loot(session, item_kind, quantity),
                 Output::PortalEntered { session, portal } if self.config.transfers_enabled => {
-                    self.start_transfer(*session, *portal);
+                    self.start_transfer(session, portal);
                 }
                 Output::PortalEntered { session, portal } => {
-                    let name = self.sim.zone().portals[*portal].target_zone.clone();
+                    let name = self.sim.zone().portals[portal].target_zone.clone();
                     let text = format!("the road to {name} is closed: this zone runs without a shared database");
-                    self.send_control(*session, ControlMessage::new(Body::Error(proto::ErrorNotice { message: text })));
-                    self.sim.release_transfer(*session);
+                    self.send_control(session, ControlMessage::new(Body::Error(proto::ErrorNotice { message: text })));
+                    self.sim.release_transfer(session);
                 }
             }
         }
         self.out = outputs;
-        self.out.clear();
     }
 
     fn progress(&self, record: &PlayerRecord) -> Progress {

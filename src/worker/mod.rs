@@ -137,8 +137,24 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    /// Starts `threads` workers sharing `ctx`; results go to `results`.
+    /// Starts `threads` workers named `realm-worker-K` sharing `ctx`; results go to `results`.
     pub fn start<Ctx, Out>(
+        threads: usize,
+        queue_depth: usize,
+        ctx: Arc<Ctx>,
+        results: Producer<Out>,
+    ) -> std::io::Result<(WorkerPool, JobSender<Ctx, Out>)>
+    where
+        Ctx: Send + Sync + 'static,
+        Out: Send + 'static,
+    {
+        Self::start_named("realm-worker", threads, queue_depth, ctx, results)
+    }
+
+    /// As [`WorkerPool::start`], with threads named `{prefix}-K` (a separate lane, e.g. `realm-login`, so slow jobs
+    /// of one kind cannot starve another).
+    pub fn start_named<Ctx, Out>(
+        prefix: &str,
         threads: usize,
         queue_depth: usize,
         ctx: Arc<Ctx>,
@@ -158,7 +174,7 @@ impl WorkerPool {
             let stats = Arc::clone(&stats);
             joins.push(
                 std::thread::Builder::new()
-                    .name(format!("realm-worker-{k}"))
+                    .name(format!("{prefix}-{k}"))
                     .spawn(move || worker_loop(&rx, &ctx, &results, &stats))?,
             );
         }
