@@ -929,7 +929,16 @@ impl SimRunner {
             for (player_id, token) in held {
                 match b.login.locks.extend(player_id, &token, ttl) {
                     Ok(true) => {}
-                    Ok(false) => lost.push(player_id),
+                    // Our key is gone. If nobody else holds it (the lock store restarted and forgot everything), take
+                    // it again; if another zone holds it, we lost. Either way the epoch fence keeps ownership single:
+                    // a zone that re-took a lock after another claimed the player is still fenced off at its next save.
+                    Ok(false) => match b.login.locks.acquire(player_id, &token, ttl) {
+                        Ok(true) => {
+                            log::info!("re-acquired the ownership lock of player {player_id} (lock store lost it)")
+                        }
+                        Ok(false) => lost.push(player_id),
+                        Err(e) => log::warn!("lock re-acquire failed: {e}"),
+                    },
                     // Backend down: keep playing; the epoch fence still protects the data.
                     Err(StoreError::Unavailable(e)) => log::warn!("lock renewal failed: {e}"),
                     Err(e) => log::warn!("lock renewal failed: {e}"),
