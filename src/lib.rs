@@ -12,6 +12,7 @@ pub mod cache;
 pub mod client;
 pub mod config;
 pub mod db;
+pub mod game_client;
 pub mod lock;
 pub mod logging;
 pub mod metrics;
