@@ -312,6 +312,9 @@ impl Simulation {
             visible: Vec::new(),
             dirty: false,
             transferring: false,
+            // Appearing on a portal (a saved position, a transfer target) must not bounce the player on: a portal
+            // fires when walked into.
+            in_portal: self.zone.portals.iter().any(|pt| pt.contains(pos.x, pos.y)),
         });
         self.grid.insert(slot as u32, pos);
         self.sessions.insert(session, id);
@@ -830,7 +833,10 @@ impl Simulation {
                 continue;
             }
             let pos = self.world.pos[slot];
-            if let Some(portal) = self.zone.portals.iter().position(|pt| pt.contains(pos.x, pos.y)) {
+            let inside = self.zone.portals.iter().position(|pt| pt.contains(pos.x, pos.y));
+            let entered = inside.is_some() && !p.in_portal;
+            p.in_portal = inside.is_some();
+            if let (Some(portal), true) = (inside, entered) {
                 p.transferring = true;
                 p.dirty = true;
                 out.push(Output::PortalEntered { session, portal });

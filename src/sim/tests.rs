@@ -442,3 +442,27 @@ fn kills_drop_loot_for_the_killer_about_a_third_of_the_time() {
     let rate = loot as f64 / kills as f64;
     assert!((0.15..=0.55).contains(&rate), "loot on {loot} of {kills} kills");
 }
+
+#[test]
+fn a_refused_portal_reports_once_per_entry_not_every_tick() {
+    let mut sim = Simulation::new(zone(""), RATE, 1);
+    spawn(&mut sim, 1, Vec2::new(392.0, 100.0)); // spawned inside the portal: no walk-in yet
+    let mut seq = 0;
+    let mut count = |sim: &mut Simulation, dx: f32, ticks: u32| {
+        let mut n = 0;
+        for _ in 0..ticks {
+            seq += 1;
+            let _ = sim.queue_input(1, input(seq, dx, 0.0));
+            let mut out = Vec::new();
+            sim.step(&mut out);
+            n += out.iter().filter(|o| matches!(o, Output::PortalEntered { .. })).count();
+            if n > 0 {
+                sim.release_transfer(1); // the runner refuses the transfer (no shared backends)
+            }
+        }
+        n
+    };
+    assert_eq!(count(&mut sim, 0.0, RATE), 0, "standing inside where it spawned");
+    assert_eq!(count(&mut sim, -1.0, RATE), 0, "walking out");
+    assert_eq!(count(&mut sim, 1.0, 2 * RATE), 1, "walking back in fires once, however long it stays");
+}

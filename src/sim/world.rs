@@ -108,6 +108,8 @@ pub struct PlayerData {
     pub dirty: bool,
     /// Set once the player walked into a portal; movement stops until the transfer completes.
     pub transferring: bool,
+    /// Inside a portal's area: a portal fires when a player walks in, not on every tick spent inside.
+    pub in_portal: bool,
 }
 
 /// What an NPC is doing.
