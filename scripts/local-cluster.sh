@@ -49,6 +49,12 @@ ZONES=(zone-a zone-b)
 declare -A ZONE_NAME=([zone-a]=starter-vale [zone-b]=dark-forest)
 declare -A ZONE_PORT=([zone-a]=7777 [zone-b]=7787)
 declare -A ZONE_ADMIN=([zone-a]=9101 [zone-b]=9102)
+# Zone data files; REALM_LOCAL_ZONE_A_FILE / REALM_LOCAL_ZONE_B_FILE override them (the end-to-end test uses a
+# small map whose portal is a few steps from the spawn point).
+declare -A ZONE_FILE=(
+  [zone-a]=${REALM_LOCAL_ZONE_A_FILE:-$ROOT/config/zones/starter-vale.toml}
+  [zone-b]=${REALM_LOCAL_ZONE_B_FILE:-$ROOT/config/zones/dark-forest.toml}
+)
 # Two zones on a small machine: keep their simulation threads on different cores (io threads start from core 0,
 # an automatic sim thread takes the last core, so zone-b's goes to core 0).
 declare -A ZONE_SIM_CORE=([zone-a]=-1 [zone-b]=0)
@@ -197,7 +203,7 @@ zone_env() {
     env -i "PATH=$PATH" "HOME=${HOME:-/root}" "TMPDIR=$STATE/tmp"
     ${RUST_LOG:+"RUST_LOG=$RUST_LOG"}
     "SERVER_ENV=development" "LOG_LEVEL=${LOG_LEVEL:-info}" "LOG_FORMAT=${LOG_FORMAT:-text}"
-    "SERVER_ZONE=${ZONE_NAME[$part]}" "REALM_GAME_ZONE_FILE=$ROOT/config/zones/${ZONE_NAME[$part]}.toml"
+    "SERVER_ZONE=${ZONE_NAME[$part]}" "REALM_GAME_ZONE_FILE=${ZONE_FILE[$part]}"
     "SERVER_HOST=127.0.0.1" "SERVER_PORT=${ZONE_PORT[$part]}"
     "REALM_ADMIN_HOST=127.0.0.1" "ADMIN_PORT=${ZONE_ADMIN[$part]}"
     "JWT_SECRET=$SECRET"

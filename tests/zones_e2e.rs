@@ -363,3 +363,51 @@ fn kill_9_during_play_loses_at_most_one_save_interval() {
     assert!(pos.x < 199.0, "progress was saved at all: {pos:?}");
     assert_eq!(a2.stop(), 0);
 }
+
+#[test]
+fn sigterm_saves_every_player_releases_every_lock_and_exits_0_within_the_grace_period() {
+    let prefix = common::unique("zones_sigterm");
+    let fast = [("REALM_GAME_SAVE_INTERVAL_SECS", "300")]; // no periodic save: only the shutdown can save
+    let Some(env) = backend_env(&prefix, &fast) else { return };
+    let (a_file, _) = zone_files("127.0.0.1:1".parse().unwrap());
+    let a = start_zone("starter-vale", &a_file, &env);
+    let mut players = Vec::new();
+    for i in 0..3 {
+        let name = common::unique(&format!("leaver{i}"));
+        let mut c = a.connect();
+        let ok = c.authenticate(Body::Register(Register { username: name, password: PASSWORD.into() })).unwrap();
+        let keys = c.udp_keys(ok.session_id).unwrap();
+        let mut link = UdpLink::bind(a.addr, ok.session_id, &keys, Duration::from_secs(5)).unwrap();
+        let seen = walk(&mut link, 1.0, -1.0).expect("moved");
+        players.push((ok.player_id, seen, c));
+    }
+    let mut redis = redis::Client::open(common::redis_url().unwrap()).unwrap().get_connection().unwrap();
+    let locks = |r: &mut redis::Connection| -> Vec<String> {
+        redis::cmd("KEYS").arg(format!("{prefix}:lock:*")).query(r).unwrap()
+    };
+    assert_eq!(locks(&mut redis).len(), 3, "one ownership lock per player while online");
+
+    let started = Instant::now();
+    let code = a.stop();
+    let took = started.elapsed();
+    assert_eq!(code, 0);
+    assert!(took < Duration::from_secs(5), "stopped within the 5 s grace period configured for the test: {took:?}");
+    for (player_id, seen, mut c) in players {
+        let (zone, x, y, _) = progress(player_id);
+        assert_eq!(zone, "starter-vale");
+        assert!((x - seen.x).abs() < 1.0 && (y - seen.y).abs() < 1.0, "saved ({x}, {y}), last seen {seen:?}");
+        // The client was told why before the connection closed.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match c.recv() {
+                Err(ClientError::Kicked { reason, .. }) => {
+                    assert_eq!(reason, KickReason::ServerShutdown);
+                    break;
+                }
+                Err(ClientError::Timeout) | Ok(_) => assert!(Instant::now() < deadline, "no shutdown kick"),
+                Err(e) => panic!("closed without a reason: {e}"),
+            }
+        }
+    }
+    assert!(locks(&mut redis).is_empty(), "every lock released: {:?}", locks(&mut redis));
+}

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use super::ops::{NewItem, PlayerSave, Spawn};
 use super::{Database, DbError};
+use crate::account::password::constant_time_eq;
 use crate::account::{
     AccountRecord, AccountStore, Claim, GrantOutcome, OwnedItem, PlayerStore, Progress, SaveOutcome, SaveRow,
     StoreError,
@@ -22,15 +23,6 @@ fn unavailable(e: DbError) -> StoreError {
         DbError::UsernameTaken => StoreError::UsernameTaken,
         other => StoreError::Unavailable(other.to_string()),
     }
-}
-
-/// Equal contents, in time independent of where they differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
 }
 
 /// Accounts and sessions on the primary.
@@ -198,17 +190,5 @@ impl PlayerStore for PgPlayers {
 
     fn load(&self, player_id: u64) -> Result<Option<Progress>, StoreError> {
         Ok(self.db.load_progress_uncached(player_id).map_err(unavailable)?.map(|p| to_progress(&p)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn constant_time_comparison_compares_whole_slices() {
-        assert!(constant_time_eq(&[1, 2, 3], &[1, 2, 3]));
-        assert!(!constant_time_eq(&[1, 2, 3], &[1, 2, 4]));
-        assert!(!constant_time_eq(&[1, 2, 3], &[1, 2]));
     }
 }

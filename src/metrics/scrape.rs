@@ -22,28 +22,9 @@ use crate::worker::WorkerStats;
 /// growing memory and series without bound.
 const MAX_LABEL_VALUES: usize = 256;
 
-/// The simulation's cumulative counters (its `SimStats`), pushed with [`super::Metrics::set_sim_totals`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SimTotals {
-    /// Inputs applied.
-    pub inputs_applied: u64,
-    /// Inputs rejected by the speed check.
-    pub inputs_rejected_speed: u64,
-    /// Inputs rejected as invalid (bad direction).
-    pub inputs_rejected_invalid: u64,
-    /// Inputs rejected as older than the last applied one.
-    pub inputs_rejected_stale: u64,
-    /// Hits landed.
-    pub combat_hits: u64,
-    /// Kills.
-    pub kills: u64,
-    /// Chat messages delivered.
-    pub chats: u64,
-    /// Snapshots built.
-    pub snapshots: u64,
-    /// Entities cut from snapshots by the datagram budget.
-    pub snapshot_truncated_entities: u64,
-}
+/// The simulation's cumulative counters, pushed with [`super::Metrics::set_sim_totals`]: the simulation's own
+/// `SimStats`, so there is one definition of what is counted.
+pub use crate::sim::game::SimStats as SimTotals;
 
 /// One database pool, as last reported by the data layer. Counters are cumulative since start.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

@@ -119,7 +119,7 @@ pub enum Rejected {
 }
 
 /// Counters (exported as metrics).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SimStats {
     /// Inputs applied.
     pub inputs_applied: u64,

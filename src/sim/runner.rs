@@ -17,7 +17,7 @@ use super::world::Vec2;
 use crate::account::login::{LoginGrant, LoginService, Refusal};
 use crate::account::{GrantOutcome, Progress, SaveOutcome, SaveRow, StoreError};
 use crate::admin::AdminState;
-use crate::metrics::{Metrics, SimTotals, TickPhase};
+use crate::metrics::{Metrics, TickPhase};
 use crate::net::io::{Inbound, IoHandle, Outbound, SessionId};
 use crate::proto::{
     self, control_message::Body, data_message::Body as DataBody, ChatChannel, ControlMessage, DataMessage, KickReason,
@@ -375,18 +375,7 @@ impl SimRunner {
         for (i, h) in self.io.iter().enumerate() {
             m.set_queue_depth(IO_QUEUE_NAMES.get(i).copied().unwrap_or("outbound-io-other"), h.backlog() as i64);
         }
-        let s = self.sim.stats();
-        m.set_sim_totals(&SimTotals {
-            inputs_applied: s.inputs_applied,
-            inputs_rejected_speed: s.inputs_rejected_speed,
-            inputs_rejected_invalid: s.inputs_rejected_invalid,
-            inputs_rejected_stale: s.inputs_rejected_stale,
-            combat_hits: s.combat_hits,
-            kills: s.kills,
-            chats: s.chats,
-            snapshots: s.snapshots,
-            snapshot_truncated_entities: s.snapshot_truncated_entities,
-        });
+        m.set_sim_totals(self.sim.stats());
         t.admin.record_tick(self.sim.tick(), players as u64);
     }
 
