@@ -243,6 +243,17 @@ fn one_player_one_zone_and_a_portal_transfer_keeps_position_without_a_password()
     let mut probe = b.connect();
     assert_eq!(refusal(login(&mut probe, &name)), LoginErrorReason::LoginErrorAlreadyOnline as i32);
 
+    // The player owns an item (as loot would have written it, under zone A's epoch).
+    let mut pg = postgres::Client::connect(&common::pg_url().unwrap(), postgres::NoTls).unwrap();
+    let item: i64 = pg
+        .query_one(
+            "insert into inventory_items (item_id, player_id, item_kind, quantity, acquired_at) \
+             values (nextval('item_id_seq'), $1, 7, 3, now()) returning item_id",
+            &[&(ok.player_id as i64)],
+        )
+        .unwrap()
+        .get(0);
+
     // Walk east into the portal.
     let keys = in_a.udp_keys(ok.session_id).unwrap();
     let mut link = UdpLink::bind(a.addr, ok.session_id, &keys, Duration::from_secs(5)).unwrap();
@@ -268,6 +279,15 @@ fn one_player_one_zone_and_a_portal_transfer_keeps_position_without_a_password()
     assert_eq!(refusal(login(&mut back_in_a, &name)), LoginErrorReason::LoginErrorAlreadyOnline as i32);
     let (zone, _, _, _) = progress(ok.player_id);
     assert_eq!(zone, "dark-forest");
+    // The inventory came along: the same item, still the player's, exactly once.
+    let rows = pg
+        .query(
+            "select item_id, item_kind, quantity from inventory_items where player_id = $1",
+            &[&(ok.player_id as i64)],
+        )
+        .unwrap();
+    let items: Vec<(i64, i32, i32)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert_eq!(items, vec![(item, 7, 3)]);
     assert_eq!(a.stop(), 0);
     assert_eq!(b.stop(), 0);
 }
