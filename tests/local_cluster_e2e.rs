@@ -58,24 +58,7 @@ fn a_client_enters_through_nginx_plays_in_zone_a_walks_into_zone_b_and_prometheu
     }
     let dir = std::env::temp_dir().join(common::unique("local_cluster"));
     std::fs::create_dir_all(&dir).unwrap();
-    let zone_a = dir.join("starter-vale.toml");
-    std::fs::write(
-        &zone_a,
-        r#"name = "starter-vale"
-size = 400.0
-view_radius = 40.0
-player_speed = 6.0
-spawn_points = [[200.0, 200.0]]
-[[portals]]
-name = "road-to-dark-forest"
-min = [205.0, 150.0]
-max = [215.0, 250.0]
-target_zone = "dark-forest"
-target_address = "127.0.0.1:7787"
-target_position = [30.0, 1000.0]
-"#,
-    )
-    .unwrap();
+    let zone_a = common::starter_zone_with_portal(&dir, "127.0.0.1:7787".parse().unwrap(), (30.0, 1000.0));
     let zone_a = zone_a.display().to_string();
     let cluster = Cluster { state: dir.join("state") };
     let up = cluster.run(&["up"], &zone_a);

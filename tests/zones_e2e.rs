@@ -138,27 +138,8 @@ fn leak(s: &str) -> &'static str {
 fn zone_files(target: SocketAddr) -> (String, String) {
     let dir = std::env::temp_dir().join(common::unique("zones"));
     std::fs::create_dir_all(&dir).unwrap();
-    let a = dir.join("a.toml");
+    let a = common::starter_zone_with_portal(&dir, target, (50.0, 60.0));
     let b = dir.join("b.toml");
-    std::fs::write(
-        &a,
-        format!(
-            r#"name = "starter-vale"
-size = 400.0
-view_radius = 40.0
-player_speed = 6.0
-spawn_points = [[200.0, 200.0]]
-[[portals]]
-name = "east-gate"
-min = [205.0, 150.0]
-max = [215.0, 250.0]
-target_zone = "dark-forest"
-target_address = "{target}"
-target_position = [50.0, 60.0]
-"#
-        ),
-    )
-    .unwrap();
     std::fs::write(
         &b,
         r#"name = "dark-forest"

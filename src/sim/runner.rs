@@ -146,9 +146,6 @@ pub struct SimStatus {
 /// ticks of snapshots for 2,000 players. Control messages are always queued (they are reliable and rare).
 pub const IO_BACKLOG_LIMIT: usize = 4096;
 
-/// Queue-depth metric labels of the io threads' outbound queues.
-const IO_QUEUE_NAMES: [&str; 4] = ["outbound-io-0", "outbound-io-1", "outbound-io-2", "outbound-io-3"];
-
 enum SessionState {
     Greeted,
     Authenticating,
@@ -197,12 +194,19 @@ pub struct Telemetry {
     pub admin: Arc<AdminState>,
 }
 
+/// Queue-depth gauges resolved once (a label lookup takes a lock: not something to do every tick).
+struct QueueGauges {
+    inbound: prometheus::IntGauge,
+    outbound: Vec<prometheus::IntGauge>,
+}
+
 /// How often (in ticks) the server pings each client over UDP to measure round-trip time.
 const PING_EVERY_SECS: u32 = 2;
 
 /// The simulation thread's state.
 pub struct SimRunner {
     telemetry: Option<Telemetry>,
+    gauges: Option<QueueGauges>,
     epoch: Instant,
     sim: Simulation,
     rx: Consumer<SimEvent>,
@@ -238,6 +242,7 @@ impl SimRunner {
         let n = io.len();
         Self {
             telemetry: None,
+            gauges: None,
             epoch: Instant::now(),
             sim,
             rx,
@@ -258,6 +263,11 @@ impl SimRunner {
 
     /// Reports ticks, phases and counters to `telemetry`.
     pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        let m = &telemetry.metrics;
+        self.gauges = Some(QueueGauges {
+            inbound: m.queue_depth_gauge("inbound"),
+            outbound: (0..self.io.len()).map(|i| m.queue_depth_gauge(&format!("outbound-io-{i}"))).collect(),
+        });
         self.telemetry = Some(telemetry);
         self
     }
@@ -371,9 +381,11 @@ impl SimRunner {
         let players = self.sim.players() as i64;
         m.population.players.set(players);
         m.population.npcs.set(self.sim.world.len() as i64 - players);
-        m.set_queue_depth("inbound", self.rx.approx_len() as i64);
-        for (i, h) in self.io.iter().enumerate() {
-            m.set_queue_depth(IO_QUEUE_NAMES.get(i).copied().unwrap_or("outbound-io-other"), h.backlog() as i64);
+        if let Some(g) = &self.gauges {
+            g.inbound.set(self.rx.approx_len() as i64);
+            for (gauge, h) in g.outbound.iter().zip(&self.io) {
+                gauge.set(h.backlog() as i64);
+            }
         }
         m.set_sim_totals(self.sim.stats());
         t.admin.record_tick(self.sim.tick(), players as u64);

@@ -46,3 +46,35 @@ pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!("{prefix}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
+
+/// Writes a zone file into `dir`: the 400 m `starter-vale` test map with its spawn at (200, 200) and a portal 5 m
+/// east of it into `dark-forest` at `target` (arriving at `arrive`). Returns the file's path.
+pub fn starter_zone_with_portal(
+    dir: &std::path::Path,
+    target: std::net::SocketAddr,
+    arrive: (f32, f32),
+) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("starter-vale.toml");
+    let (x, y) = arrive;
+    std::fs::write(
+        &path,
+        format!(
+            r#"name = "starter-vale"
+size = 400.0
+view_radius = 40.0
+player_speed = 6.0
+spawn_points = [[200.0, 200.0]]
+[[portals]]
+name = "east-gate"
+min = [205.0, 150.0]
+max = [215.0, 250.0]
+target_zone = "dark-forest"
+target_address = "{target}"
+target_position = [{x:.1}, {y:.1}]
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
