@@ -98,7 +98,7 @@ fn run_grid() -> Phase {
         order.sort_unstable();
         for &(_, o) in &order {
             let prev = visible.previous(o);
-            grid.visible(w.pos[w.observers[o] as usize], VIEW, LEAVE, |s| prev.contains(&s), &mut out);
+            grid.visible(w.pos[w.observers[o] as usize], VIEW, LEAVE, prev, &mut out);
             visible.set(o, out.iter().map(|x| x.1));
             phase.seen += out.len();
         }

@@ -6,7 +6,7 @@
 #
 # Defaults: 500 bots, 30 s of recording after a 25 s ramp, zone perf-20k (20,000 NPCs), walk, frame pointers.
 # Everything lands in perf/out/<UTC time>-<bots>bots/ (perf/out/latest points at it); see perf/README.md.
-# Builds into target/perf (its own target dir, so the frame-pointer RUSTFLAGS do not invalidate target/release).
+# Profiles the normal release build (frame pointers come from .cargo/config.toml).
 # Only loopback traffic; only processes started here are signalled.
 set -euo pipefail
 # shellcheck source=perf/lib.sh
@@ -57,11 +57,12 @@ case "$SUPPORT" in
 esac
 echo "$SUPPORT" >"$OUT/perf-support.txt"
 
-# 2. Build with frame pointers (the release profile already carries line tables).
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target/perf}"
+# 2. Build. Every build of this repository has frame pointers (.cargo/config.toml) and the release profile
+# carries line tables, so the normal release binaries are the ones to profile (no separate build).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
 if ((BUILD)); then
-  log "building release with -C force-frame-pointers=yes into $CARGO_TARGET_DIR"
-  (cd "$REPO" && RUSTFLAGS="${RUSTFLAGS:-} -C force-frame-pointers=yes" cargo build --release --bin realm-server --bin realm-bots >&2)
+  log "building release into $CARGO_TARGET_DIR"
+  (cd "$REPO" && cargo build --release --bin realm-server --bin realm-bots >&2)
 fi
 # Run private copies: a concurrent `cargo build` replacing target/*/realm-server mid-run would make perf resolve
 # the samples against the wrong binary (plausible-looking but wrong symbols).

@@ -26,6 +26,7 @@ struct Entry {
 /// The grid, over slot numbers; it keeps the last position it was given for each slot.
 #[derive(Debug, Clone)]
 pub struct Grid {
+    side: f32,
     inv_cell: f32,
     cols: i32,
     rows: i32,
@@ -39,8 +40,11 @@ pub struct Grid {
     entries: Vec<Entry>,
     /// Scratch for the rebuild (next free index per cell).
     cursor: Vec<u32>,
-    /// Scratch for queries: packed `(distance², slot)` sort keys.
+    /// Scratch for queries: packed `(distance², slot)` sort keys, and those of the hysteresis ring.
     keys: Vec<u64>,
+    ring: Vec<u64>,
+    /// Scratch: the runs of `entries` the current query scans ([`Grid::plan`]).
+    plan: Vec<std::ops::Range<u32>>,
     /// Whether `pos`/`cell` changed since `entries` was built.
     stale: bool,
 }
@@ -52,6 +56,7 @@ impl Grid {
         let n = ((size / cell).ceil() as i32).max(1);
         let cells = (n * n) as usize;
         Self {
+            side: cell,
             inv_cell: 1.0 / cell,
             cols: n,
             rows: n,
@@ -62,6 +67,8 @@ impl Grid {
             entries: Vec::new(),
             cursor: Vec::new(),
             keys: Vec::new(),
+            ring: Vec::new(),
+            plan: Vec::new(),
             stale: false,
         }
     }
@@ -156,116 +163,158 @@ impl Grid {
         }
     }
 
-    /// The rows of cells overlapping the square of half-side `radius` around `center`. Within a row the
-    /// overlapping cells are adjacent, so each row is one contiguous run of `entries` ([`Grid::run`]).
-    /// Refreshes first.
-    fn runs(&mut self, center: Vec2, radius: f32) -> Runs {
+    /// Plans a query: the runs of `entries` covering the cells a circle of `radius` around `center` overlaps,
+    /// one per row (within a row those cells are adjacent), into `self.plan`; returns how many entries that is.
+    /// Each row covers the circle's chord at the row's edge nearest the centre, so with small cells a query
+    /// scans about its circle, not its bounding square. Refreshes first.
+    fn plan(&mut self, center: Vec2, radius: f32) -> usize {
         self.refresh();
-        let (x0, y0) = self.cell_xy(Vec2::new(center.x - radius, center.y - radius));
-        let (x1, y1) = self.cell_xy(Vec2::new(center.x + radius, center.y + radius));
-        Runs { x0: x0 as usize, x1: x1 as usize, rows: y0 as usize..y1 as usize + 1 }
+        let (_, y0) = self.cell_xy(Vec2::new(center.x, center.y - radius));
+        let (_, y1) = self.cell_xy(Vec2::new(center.x, center.y + radius));
+        let mut plan = std::mem::take(&mut self.plan);
+        plan.clear();
+        let mut total = 0;
+        for cy in y0..=y1 {
+            let top = cy as f32 * self.side;
+            let dy = (top - center.y).max(center.y - (top + self.side)).max(0.0);
+            let half = (radius * radius - dy * dy).max(0.0).sqrt();
+            let (x0, _) = self.cell_xy(Vec2::new(center.x - half, center.y));
+            let (x1, _) = self.cell_xy(Vec2::new(center.x + half, center.y));
+            let row = (cy * self.cols) as usize;
+            let run = self.start[row + x0 as usize]..self.start[row + x1 as usize + 1];
+            total += run.len();
+            if !run.is_empty() {
+                plan.push(run);
+            }
+        }
+        self.plan = plan;
+        total
     }
 
+    /// The entries of the planned query.
     #[inline]
-    fn run(&self, q: &Runs, cy: usize) -> std::ops::Range<usize> {
-        let row = cy * self.cols as usize;
-        self.start[row + q.x0] as usize..self.start[row + q.x1 + 1] as usize
+    fn planned(&self) -> impl Iterator<Item = &Entry> {
+        self.plan.iter().flat_map(|run| &self.entries[run.start as usize..run.end as usize])
     }
 
-    /// Calls `f(slot, distance²)` for every slot in the cells overlapping the square of half-side `radius`
-    /// around `center` (a superset of the slots within `radius`).
+    /// Calls `f(slot, distance²)` for every slot in the cells overlapping the circle of `radius` around
+    /// `center` (a superset of the slots within `radius`).
     #[inline]
     pub fn for_each_candidate(&mut self, center: Vec2, radius: f32, mut f: impl FnMut(u32, f32)) {
-        let runs = self.runs(center, radius);
-        for cy in runs.rows.clone() {
-            for e in &self.entries[self.run(&runs, cy)] {
-                f(e.slot, e.pos.dist2(center));
-            }
+        self.plan(center, radius);
+        for e in self.planned() {
+            f(e.slot, e.pos.dist2(center));
         }
     }
 
     /// Slots within `radius` of `center`, as `(distance², slot)`, nearest first.
     pub fn within(&mut self, center: Vec2, radius: f32, out: &mut Vec<(f32, u32)>) {
-        self.nearest(center, radius, radius * radius, usize::MAX, out, |_, _| true);
+        let candidates = self.plan(center, radius);
+        let mut keys = std::mem::take(&mut self.keys);
+        self.collect_keys(center, radius * radius, candidates, &mut keys);
+        keys.sort_unstable();
+        out.clear();
+        out.extend(keys.iter().map(|&k| unpack(k)));
+        self.keys = keys;
     }
 
-    /// The visible set of an observer with hysteresis: slots within `enter` radius, plus slots within `leave`
-    /// radius that `was_visible` says were visible before. Nearest first (ties by slot, for determinism).
-    pub fn visible(
-        &mut self,
-        center: Vec2,
-        enter: f32,
-        leave: f32,
-        was_visible: impl Fn(u32) -> bool,
-        out: &mut Vec<(f32, u32)>,
-    ) {
-        self.visible_nearest(center, enter, leave, was_visible, usize::MAX, out);
+    /// The visible set of an observer with hysteresis: slots within `enter` radius, plus the slots of `prev`
+    /// (what it saw last time) still within `leave` radius. Nearest first, ties by slot (deterministic).
+    pub fn visible(&mut self, center: Vec2, enter: f32, leave: f32, prev: &[u32], out: &mut Vec<(f32, u32)>) {
+        self.visible_nearest(center, enter, leave, prev, usize::MAX, out);
     }
 
-    /// As [`Grid::visible`], but only the `limit` nearest are sorted (and kept first); the rest follow unsorted.
-    /// Snapshots only ever send the nearest few dozen, so sorting every candidate is wasted work at scale
-    /// (profiled: it was a fifth of the tick with 500 players).
+    /// As [`Grid::visible`], but `out` gets only the `limit` nearest of the visible set, sorted; returns the size
+    /// of the whole visible set. Snapshots only ever send the nearest few dozen.
+    ///
+    /// In a crowd (hundreds within view, as at a spawn point) the cost would otherwise grow with the crowd for
+    /// every observer: here the visible set is only counted (a pass with no stores), and keys are gathered
+    /// within a smaller radius estimated from that count to hold the `limit` nearest, widened until it does.
+    /// The result is the same as sorting the whole set: when at least `limit` slots lie within `enter`, the
+    /// `limit` nearest of the set are the `limit` nearest slots, and none of them needs hysteresis.
     pub fn visible_nearest(
         &mut self,
         center: Vec2,
         enter: f32,
         leave: f32,
-        was_visible: impl Fn(u32) -> bool,
+        prev: &[u32],
         limit: usize,
         out: &mut Vec<(f32, u32)>,
-    ) {
+    ) -> usize {
         let (e2, l2) = (enter * enter, leave * leave);
-        self.nearest(center, leave, l2, limit, out, |d2, slot| d2 <= e2 || was_visible(slot));
+        let candidates = self.plan(center, enter);
+        let mut keys = std::mem::take(&mut self.keys);
+        // Hysteresis: last time's slots between the two radii (at most a snapshot's worth: checked directly).
+        let mut ring = std::mem::take(&mut self.ring);
+        ring.clear();
+        for &slot in prev {
+            if self.cell.get(slot as usize).is_some_and(|&c| c != NONE) {
+                let d2 = self.pos[slot as usize].dist2(center);
+                if d2 > e2 && d2 <= l2 {
+                    ring.push(nearest_key(d2, slot));
+                }
+            }
+        }
+        ring.sort_unstable();
+        ring.dedup();
+        if candidates > CROWD_FACTOR * limit {
+            let inside = self.count_within(center, e2);
+            let total = inside + ring.len();
+            if inside >= limit {
+                // Widen from the radius expected to hold 1.5 x limit at the density seen, until it holds limit.
+                let mut r = enter * (1.5 * limit as f32 / inside as f32).sqrt();
+                loop {
+                    r = r.min(enter);
+                    let candidates = self.plan(center, r);
+                    self.collect_keys(center, r * r, candidates, &mut keys);
+                    if keys.len() >= limit || r >= enter {
+                        break;
+                    }
+                    r *= 1.4;
+                }
+                select_sorted(&mut keys, limit);
+                out.clear();
+                out.extend(keys[..limit].iter().map(|&k| unpack(k)));
+                self.keys = keys;
+                self.ring = ring;
+                return total;
+            }
+        }
+        self.collect_keys(center, e2, candidates, &mut keys);
+        let total = keys.len() + ring.len();
+        keys.extend_from_slice(&ring);
+        let n = select_sorted(&mut keys, limit);
+        out.clear();
+        out.extend(keys[..n].iter().map(|&k| unpack(k)));
+        self.keys = keys;
+        self.ring = ring;
+        total
     }
 
-    /// The candidates within `sqrt(r2)` of `center` that `keep(distance², slot)` accepts, as
-    /// `(distance², slot)` with the `limit` nearest first and sorted.
+    /// Packed sort keys of the planned query's `candidates` within `sqrt(r2)` of `center`, into `keys`
+    /// (replacing its contents).
     ///
-    /// Two passes, because the first is the hot one: it writes every candidate's packed sort key into a buffer
-    /// sized for all of them and advances the write position by `distance² <= r2` as 0 or 1, with no branch to
-    /// mispredict and nothing to call (measured: a data-dependent branch or call per candidate in this loop
-    /// doubled the query cost). The second pass runs `keep` over the few survivors.
-    fn nearest(
-        &mut self,
-        center: Vec2,
-        radius: f32,
-        r2: f32,
-        limit: usize,
-        out: &mut Vec<(f32, u32)>,
-        keep: impl Fn(f32, u32) -> bool,
-    ) {
-        let runs = self.runs(center, radius);
-        let total = runs.rows.clone().map(|cy| self.run(&runs, cy).len()).sum();
-        let mut keys = std::mem::take(&mut self.keys);
+    /// The hot loop of every query: each candidate's key is written into a buffer sized for all of them and the
+    /// write position advances by `distance² <= r2` as 0 or 1, with no branch to mispredict and nothing to call
+    /// (measured: a data-dependent branch or call per candidate here doubled the query cost).
+    fn collect_keys(&self, center: Vec2, r2: f32, candidates: usize, keys: &mut Vec<u64>) {
         keys.clear();
-        keys.resize(total, 0);
+        keys.resize(candidates, 0);
         let mut n = 0;
-        for cy in runs.rows.clone() {
-            for e in &self.entries[self.run(&runs, cy)] {
+        for run in &self.plan {
+            for e in &self.entries[run.start as usize..run.end as usize] {
                 let d2 = e.pos.dist2(center);
                 keys[n] = nearest_key(d2, e.slot);
                 n += usize::from(d2 <= r2);
             }
         }
-        // In-place filter (`Vec::retain` was a tenth of the query time: not inlined, and it guards against a
-        // panicking predicate that cannot happen here).
-        let mut kept = 0;
-        for i in 0..n {
-            let k = keys[i];
-            keys[kept] = k;
-            kept += usize::from(keep(f32::from_bits((k >> 32) as u32), k as u32));
-        }
-        keys.truncate(kept);
-        let n = kept;
-        if n > limit {
-            keys.select_nth_unstable(limit);
-            keys[..limit].sort_unstable();
-        } else {
-            keys.sort_unstable();
-        }
-        out.clear();
-        out.extend(keys.iter().map(|&k| (f32::from_bits((k >> 32) as u32), k as u32)));
-        self.keys = keys;
+        keys.truncate(n);
+    }
+
+    /// How many of the planned query's candidates are within `sqrt(r2)` of `center` (no stores: the cheap
+    /// pass over a crowd).
+    fn count_within(&self, center: Vec2, r2: f32) -> usize {
+        self.planned().map(|e| usize::from(e.pos.dist2(center) <= r2)).sum()
     }
 
     /// Checks the invariant (tests): each inserted slot is listed once, in the cell of its position, with that
@@ -308,7 +357,7 @@ impl Grid {
 /// Observers are visited in AOI-cell order every tick and that order barely changes between ticks, so reading the
 /// previous sets (for hysteresis) and writing the new ones both walk their buffers almost sequentially; a `Vec`
 /// per observer put two cache misses on every observer instead (measured in `benches/aoi.rs`). Sets are kept in
-/// the order given (nearest first): they are short (what fits a snapshot), so membership is a linear scan.
+/// the order given (nearest first) and passed to [`Grid::visible`] as the previous set.
 #[derive(Debug, Clone, Default)]
 pub struct VisibleSets {
     prev: Vec<u32>,
@@ -360,11 +409,25 @@ fn nearest_key(d2: f32, slot: u32) -> u64 {
     (u64::from(d2.to_bits()) << 32) | u64::from(slot)
 }
 
-/// A query's cells: columns `x0..=x1` of each row in `rows`.
-struct Runs {
-    x0: usize,
-    x1: usize,
-    rows: std::ops::Range<usize>,
+/// A query with more candidates than this many times its limit takes the crowd path of
+/// [`Grid::visible_nearest`].
+const CROWD_FACTOR: usize = 4;
+
+/// Puts the `limit` smallest keys first, sorted; returns how many that is (`limit` or all of them).
+fn select_sorted(keys: &mut [u64], limit: usize) -> usize {
+    if keys.len() > limit {
+        keys.select_nth_unstable(limit);
+        keys[..limit].sort_unstable();
+        limit
+    } else {
+        keys.sort_unstable();
+        keys.len()
+    }
+}
+
+#[inline]
+fn unpack(key: u64) -> (f32, u32) {
+    (f32::from_bits((key >> 32) as u32), key as u32)
 }
 
 #[cfg(test)]
@@ -441,19 +504,19 @@ mod tests {
         g.insert(1, pos[1]);
         let mut out = Vec::new();
         // Enters at 9 <= 10.
-        g.visible(pos[0], 10.0, 11.0, |_| false, &mut out);
+        g.visible(pos[0], 10.0, 11.0, &[], &mut out);
         assert!(out.iter().any(|x| x.1 == 1));
         // At 10.5: not visible for a newcomer, still visible for one who saw it.
         pos[1] = Vec2::new(60.5, 50.0);
         g.update(1, pos[1]);
-        g.visible(pos[0], 10.0, 11.0, |_| false, &mut out);
+        g.visible(pos[0], 10.0, 11.0, &[], &mut out);
         assert!(!out.iter().any(|x| x.1 == 1));
-        g.visible(pos[0], 10.0, 11.0, |s| s == 1, &mut out);
+        g.visible(pos[0], 10.0, 11.0, &[1], &mut out);
         assert!(out.iter().any(|x| x.1 == 1));
         // Beyond 11: gone.
         pos[1] = Vec2::new(61.5, 50.0);
         g.update(1, pos[1]);
-        g.visible(pos[0], 10.0, 11.0, |s| s == 1, &mut out);
+        g.visible(pos[0], 10.0, 11.0, &[1], &mut out);
         assert!(!out.iter().any(|x| x.1 == 1));
     }
 
@@ -520,11 +583,38 @@ mod nearest_tests {
         let (mut full, mut limited) = (Vec::new(), Vec::new());
         for _ in 0..20 {
             let c = Vec2::new(rng.range(0.0, 300.0), rng.range(0.0, 300.0));
-            g.visible(c, 30.0, 33.0, |_| false, &mut full);
-            g.visible_nearest(c, 30.0, 33.0, |_| false, 16, &mut limited);
-            assert_eq!(full.len(), limited.len(), "same set");
+            g.visible(c, 30.0, 33.0, &[], &mut full);
+            let total = g.visible_nearest(c, 30.0, 33.0, &[], 16, &mut limited);
+            assert_eq!(full.len(), total, "same set");
             let n = full.len().min(16);
-            assert_eq!(&full[..n], &limited[..n], "same nearest prefix, same order");
+            assert_eq!(&full[..n], &limited[..], "same nearest prefix, same order");
+        }
+    }
+
+    #[test]
+    fn nearest_with_hysteresis_matches_brute_force_sparse_and_crowded() {
+        let mut rng = Pcg32::new(8, 8);
+        for (count, cell) in [(300usize, 33.0f32), (4000, 8.0), (4000, 33.0)] {
+            let pos: Vec<Vec2> = (0..count).map(|_| Vec2::new(rng.range(0.0, 300.0), rng.range(0.0, 300.0))).collect();
+            let mut g = Grid::new(300.0, cell);
+            for (i, p) in pos.iter().enumerate() {
+                g.insert(i as u32, *p);
+            }
+            let mut out = Vec::new();
+            for _ in 0..30 {
+                let c = Vec2::new(rng.range(0.0, 300.0), rng.range(0.0, 300.0));
+                // Last time's set: some slots anywhere (only those in the ring may count), with a duplicate.
+                let mut prev: Vec<u32> = (0..40).map(|_| rng.below(count as u32)).collect();
+                prev.push(prev[0]);
+                let mut brute: Vec<(f32, u32)> = (0..count as u32)
+                    .map(|s| (pos[s as usize].dist2(c), s))
+                    .filter(|&(d2, s)| d2 <= 900.0 || (d2 <= 33.0 * 33.0 && prev.contains(&s)))
+                    .collect();
+                brute.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                let total = g.visible_nearest(c, 30.0, 33.0, &prev, 12, &mut out);
+                assert_eq!(total, brute.len(), "{count} entities, cell {cell}");
+                assert_eq!(out, brute[..brute.len().min(12)], "{count} entities, cell {cell}");
+            }
         }
     }
 }

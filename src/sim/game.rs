@@ -36,6 +36,10 @@ pub const MAX_SNAPSHOT_ENTITIES: usize = SNAPSHOT_BUDGET / 28;
 pub const SAY_RADIUS: f32 = 30.0;
 /// Longest chat text, in bytes.
 pub const MAX_CHAT_BYTES: usize = 256;
+/// AOI grid cells per view radius. Small cells let a query scan about its circle rather than a 3x3 block of
+/// view-sized cells, and let the nearest-first query of a crowd look only near the observer (`benches/tick.rs`,
+/// players crowded at the spawn points).
+const AOI_CELLS_PER_VIEW: f32 = 4.0;
 /// AOI hysteresis: entities stay visible until 10% beyond the view radius.
 pub const HYSTERESIS: f32 = 1.1;
 
@@ -199,6 +203,17 @@ pub struct Simulation {
     scratch: Vec<(f32, u32)>,
     scratch_ids: Vec<EntityId>,
     scratch_order: Vec<(u32, SessionId, usize)>,
+    snapshot_cache: SnapshotCache,
+}
+
+/// Per-tick memo of the snapshot phase: in a crowd every entity is in hundreds of snapshots, so its state and
+/// encoded size are computed once per tick, not once per snapshot.
+#[derive(Default)]
+struct SnapshotCache {
+    /// Per slot: `(tick + 1, state, encoded cost in the snapshot)`; stale when the first field differs.
+    states: Vec<(u64, EntityState, usize)>,
+    /// Scratch: the slots of a player's previous snapshot.
+    prev: Vec<u32>,
 }
 
 fn secs_to_ticks(secs: f32, rate: u32) -> u64 {
@@ -221,7 +236,7 @@ impl Simulation {
         let leave_r = zone.view_radius * HYSTERESIS;
         let mut sim = Self {
             world: World::default(),
-            grid: Grid::new(zone.size, leave_r),
+            grid: Grid::new(zone.size, leave_r / AOI_CELLS_PER_VIEW),
             rng: Pcg32::new(seed, 0x5151),
             tick: 0,
             tick_rate: tick_rate.max(1),
@@ -236,6 +251,7 @@ impl Simulation {
             scratch: Vec::new(),
             scratch_ids: Vec::new(),
             scratch_order: Vec::new(),
+            snapshot_cache: SnapshotCache::default(),
             zone,
         };
         for (spawn_index, spawn) in sim.zone.npc_spawns.clone().iter().enumerate() {
@@ -847,6 +863,9 @@ impl Simulation {
     fn snapshots(&mut self, out: &mut Vec<Output>) {
         let mut visible = std::mem::take(&mut self.scratch);
         let mut ids = std::mem::take(&mut self.scratch_ids);
+        let mut cache = std::mem::take(&mut self.snapshot_cache);
+        cache.states.resize(self.world.slots(), (0, EntityState::default(), 0));
+        let mut prev = std::mem::take(&mut cache.prev);
         // Players in AOI-cell order: consecutive queries share most of their 3x3 cells, which stay in cache
         // (measured: the dominant cost of AOI at scale is cache misses). Ties by session keep it deterministic.
         let mut order = std::mem::take(&mut self.scratch_order);
@@ -860,12 +879,13 @@ impl Simulation {
         for &(_, session, slot) in &order {
             let Some(player) = self.world.player[slot].as_ref() else { continue };
             let world = &self.world;
-            let prev = &player.visible;
-            self.grid.visible_nearest(
+            prev.clear();
+            prev.extend(player.visible.iter().filter_map(|&id| world.slot(id)).map(|s| s as u32));
+            let total_visible = self.grid.visible_nearest(
                 world.pos[slot],
                 self.enter_r,
                 self.leave_r,
-                |s| prev.binary_search(&world.id(s as usize)).is_ok(),
+                &prev,
                 MAX_SNAPSHOT_ENTITIES,
                 &mut visible,
             );
@@ -873,8 +893,8 @@ impl Simulation {
                 tick: self.tick,
                 last_processed_input: player.last_input,
                 input_client_time_us: player.last_input_time_us,
-                entities: Vec::with_capacity(visible.len().min(32)),
-                total_visible: visible.len() as u32,
+                entities: Vec::with_capacity(visible.len()),
+                total_visible: total_visible as u32,
             };
             // Budget: the snapshot inside its DataMessage envelope must fit one datagram. Entities are added
             // nearest first (the player itself is at distance 0) until the next one would not fit.
@@ -884,18 +904,21 @@ impl Simulation {
             ids.clear();
             for &(_, s) in &visible {
                 let s = s as usize;
-                let state = self.entity_state(s);
-                let len = prost::Message::encoded_len(&state);
-                let cost = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
-                if used + cost > SNAPSHOT_BUDGET {
-                    self.stats.snapshot_truncated_entities += (visible.len() - snapshot.entities.len()) as u64;
+                let memo = &mut cache.states[s];
+                if memo.0 != self.tick + 1 {
+                    let state = self.entity_state(s);
+                    let len = prost::Message::encoded_len(&state);
+                    *memo = (self.tick + 1, state, 1 + prost::encoding::encoded_len_varint(len as u64) + len);
+                }
+                let (_, state, cost) = memo;
+                if used + *cost > SNAPSHOT_BUDGET {
                     break;
                 }
-                used += cost;
+                used += *cost;
                 ids.push(state.id);
-                snapshot.entities.push(state);
+                snapshot.entities.push(*state);
             }
-            ids.sort_unstable();
+            self.stats.snapshot_truncated_entities += (total_visible - snapshot.entities.len()) as u64;
             if let Some(p) = self.world.player[slot].as_mut() {
                 std::mem::swap(&mut p.visible, &mut ids);
             }
@@ -905,6 +928,8 @@ impl Simulation {
         self.scratch = visible;
         self.scratch_ids = ids;
         self.scratch_order = order;
+        cache.prev = prev;
+        self.snapshot_cache = cache;
     }
 
     fn entity_state(&self, slot: usize) -> EntityState {

@@ -102,7 +102,7 @@ pub struct PlayerData {
     pub last_input_time_us: u64,
     /// Tick at which each ability is ready again (index = ability id).
     pub cooldown_until: [u64; 4],
-    /// Entities visible last tick, sorted (AOI hysteresis).
+    /// Entities sent in the last snapshot, nearest first (AOI hysteresis).
     pub visible: Vec<EntityId>,
     /// Changed since the last save.
     pub dirty: bool,
