@@ -93,11 +93,11 @@ fn run(layout: Layout) -> Run {
                 *sum += d;
             }
         }
-        // Encoding cost is paid on the io threads, but count it here once to report snapshot sizes.
+        // Snapshot sizes (the encoded DataMessage, before sealing), from the last tick.
         if tick + 1 == TICKS {
             for o in &out {
                 if let Output::Snapshot { snapshot, .. } = o {
-                    snapshot_bytes += prost::Message::encoded_len(snapshot);
+                    snapshot_bytes += snapshot.bytes.len();
                 }
             }
         }

@@ -93,6 +93,13 @@ pub enum Outbound {
         /// The message.
         msg: DataMessage,
     },
+    /// As `Data`, for a `DataMessage` encoded beforehand (snapshots: see `proto::encode_snapshot`).
+    Encoded {
+        /// The session.
+        session: SessionId,
+        /// The encoded `DataMessage`.
+        msg: Vec<u8>,
+    },
     /// Close a session with a reason.
     Close {
         /// The session.
@@ -642,23 +649,10 @@ impl<E: From<Inbound>> IoThread<E> {
                     touched.push(slot);
                 }
                 Outbound::Data { session, msg } => {
-                    if self.send.is_full() {
-                        self.flush_datagrams();
-                    }
-                    // Sealed straight into the send slot: no copy, no allocation.
-                    let udp = &self.shared.udp;
-                    let mut sealed = 0;
-                    let pushed = self.send.push_with(|slot| {
-                        let (len, dst) = udp.seal_for(session, &msg, slot)?;
-                        sealed = len;
-                        Ok((len, dst))
-                    });
-                    match pushed {
-                        Ok(_) => {
-                            self.shared.stats.udp_bytes_out.fetch_add(sealed as u64, Ordering::Relaxed);
-                        }
-                        Err(e) => self.shared.stats.count_udp_drop(&e),
-                    }
+                    self.queue_datagram(|udp, slot| udp.seal_for(session, &msg, slot));
+                }
+                Outbound::Encoded { session, msg } => {
+                    self.queue_datagram(|udp, slot| udp.seal_encoded_for(session, &msg, slot));
                 }
                 Outbound::Close { session, reason, message } => {
                     let Some(&slot) = self.by_session.get(&session) else { continue };
@@ -684,6 +678,30 @@ impl<E: From<Inbound>> IoThread<E> {
         touched.dedup();
         for slot in touched {
             self.after_io(slot);
+        }
+    }
+
+    /// Seals a datagram straight into the next send slot (no copy, no allocation), flushing first when the batch
+    /// is full; failures are counted by reason.
+    fn queue_datagram(
+        &mut self,
+        seal: impl FnOnce(&SessionTable<u32>, &mut [u8]) -> Result<(usize, std::net::SocketAddr), udp::UdpError>,
+    ) {
+        if self.send.is_full() {
+            self.flush_datagrams();
+        }
+        let udp = &self.shared.udp;
+        let mut sealed = 0;
+        let pushed = self.send.push_with(|slot| {
+            let (len, dst) = seal(udp, slot)?;
+            sealed = len;
+            Ok((len, dst))
+        });
+        match pushed {
+            Ok(_) => {
+                self.shared.stats.udp_bytes_out.fetch_add(sealed as u64, Ordering::Relaxed);
+            }
+            Err(e) => self.shared.stats.count_udp_drop(&e),
         }
     }
 

@@ -63,3 +63,75 @@ impl Kick {
         Self { reason: reason as i32, message: message.into() }
     }
 }
+
+/// Appends `state` as it appears inside a `Snapshot`: the key of `Snapshot.entities` (field 4), the length, the
+/// message. Snapshots built with [`encode_snapshot`] are these pieces back to back, so an entity seen by hundreds
+/// of players is encoded once per tick, not once per snapshot.
+pub fn encode_entity_field(state: &EntityState, out: &mut Vec<u8>) {
+    prost::encoding::message::encode(SNAPSHOT_ENTITIES_FIELD, state, out);
+}
+
+/// The encoded size of `state` as [`encode_entity_field`] writes it.
+pub fn entity_field_len(state: &EntityState) -> usize {
+    prost::encoding::message::encoded_len(SNAPSHOT_ENTITIES_FIELD, state)
+}
+
+/// `Snapshot.entities` and `DataMessage.snapshot` (both field 4 in `proto/realm.proto`; a test decodes the
+/// output of [`encode_snapshot`] to hold this to the schema).
+const SNAPSHOT_ENTITIES_FIELD: u32 = 4;
+const DATA_MESSAGE_SNAPSHOT_FIELD: u32 = 4;
+
+/// Encodes `DataMessage { snapshot }` into `out` (cleared first) from `header` (a snapshot whose `entities` are
+/// not encoded: they are ignored) and `entities`, the concatenation of [`encode_entity_field`] outputs, nearest
+/// first. The result decodes exactly as the `DataMessage` with those entities in the snapshot: protobuf allows a
+/// message's fields in any order, and the repeated field's elements keep theirs.
+pub fn encode_snapshot(header: &Snapshot, entities: &[u8], out: &mut Vec<u8>) {
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+    let header = Snapshot { entities: Vec::new(), ..*header };
+    let body_len = prost::Message::encoded_len(&header) + entities.len();
+    out.clear();
+    out.reserve(2 + encoded_len_varint(body_len as u64) + body_len);
+    encode_key(DATA_MESSAGE_SNAPSHOT_FIELD, WireType::LengthDelimited, out);
+    encode_varint(body_len as u64, out);
+    prost::Message::encode_raw(&header, out);
+    out.extend_from_slice(entities);
+}
+
+#[cfg(test)]
+mod snapshot_encoding_tests {
+    use super::*;
+
+    #[test]
+    fn hand_assembled_snapshot_decodes_as_the_message() {
+        let entities: Vec<EntityState> = (0..30u64)
+            .map(|i| EntityState {
+                id: i << 32 | 7,
+                kind: EntityKind::Npc as i32,
+                position: Some(Vec2 { x: i as f32, y: -2.5 }),
+                velocity: (i % 2 == 0).then_some(Vec2 { x: 1.0, y: 0.0 }),
+                hp: 40 - i as i32,
+                max_hp: 40,
+                level: 3,
+                flags: (i % 4) as u32,
+            })
+            .collect();
+        let snapshot = Snapshot {
+            tick: 123_456,
+            last_processed_input: 99,
+            input_client_time_us: 1 << 40,
+            entities: entities.clone(),
+            total_visible: 300,
+        };
+        let mut fields = Vec::new();
+        for e in &entities {
+            let before = fields.len();
+            encode_entity_field(e, &mut fields);
+            assert_eq!(fields.len() - before, entity_field_len(e));
+        }
+        let mut bytes = Vec::new();
+        encode_snapshot(&Snapshot { entities: Vec::new(), ..snapshot.clone() }, &fields, &mut bytes);
+        let expected = DataMessage::new(data_message::Body::Snapshot(snapshot));
+        assert_eq!(bytes.len(), prost::Message::encoded_len(&expected));
+        assert_eq!(<DataMessage as prost::Message>::decode(&bytes[..]).unwrap(), expected);
+    }
+}

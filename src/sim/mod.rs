@@ -16,4 +16,4 @@ pub mod zone;
 #[cfg(test)]
 mod tests;
 
-pub use game::{Output, PlayerRecord, PlayerSpawn, Simulation};
+pub use game::{EncodedSnapshot, Output, PlayerRecord, PlayerSpawn, Simulation};

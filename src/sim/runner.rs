@@ -696,8 +696,7 @@ impl SimRunner {
                         self.status.snapshots_dropped.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    let msg = DataMessage::new(DataBody::Snapshot(snapshot));
-                    self.io[ctx.io].send(Outbound::Data { session, msg });
+                    self.io[ctx.io].send(Outbound::Encoded { session, msg: snapshot.bytes });
                     self.io_dirty[ctx.io] = true;
                 }
                 Output::Loot { session, item_kind, quantity } => self.grant_loot(session, item_kind, quantity),

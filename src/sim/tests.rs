@@ -120,7 +120,7 @@ fn snapshots_acknowledge_the_last_applied_input() {
     sim.queue_input(1, Input { client_time_us: 777, ..input(42, 0.0, 1.0) }).unwrap();
     sim.step(&mut out);
     let snap = out.iter().find_map(|o| match o {
-        Output::Snapshot { snapshot, .. } => Some(snapshot.clone()),
+        Output::Snapshot { snapshot, .. } => Some(snapshot.decode().unwrap()),
         _ => None,
     });
     let snap = snap.unwrap();
@@ -240,7 +240,7 @@ fn snapshots_fit_one_datagram_nearest_first_even_in_a_crowd() {
     let snap = out
         .iter()
         .find_map(|o| match o {
-            Output::Snapshot { snapshot, .. } => Some(snapshot.clone()),
+            Output::Snapshot { snapshot, .. } => Some(snapshot.decode().unwrap()),
             _ => None,
         })
         .unwrap();
@@ -266,7 +266,7 @@ fn aoi_membership_uses_hysteresis_at_the_view_edge() {
         let mut out = Vec::new();
         sim.step(&mut out);
         out.iter().any(
-            |o| matches!(o, Output::Snapshot { session: 1, snapshot } if snapshot.entities.iter().any(|e| e.id == b)),
+            |o| matches!(o, Output::Snapshot { session: 1, snapshot } if snapshot.decode().unwrap().entities.iter().any(|e| e.id == b)),
         )
     };
     assert!(visible(&mut sim), "inside the 40 m view radius");
@@ -405,6 +405,7 @@ fn thousands_of_entities_keep_every_invariant() {
         }
         for o in &out {
             if let Output::Snapshot { session, snapshot } = o {
+                let snapshot = snapshot.decode().unwrap();
                 let me = sim.world.pos[sim.world.slot(sim.player_entity(*session).unwrap()).unwrap()];
                 for e in &snapshot.entities {
                     let p = e.position.unwrap();

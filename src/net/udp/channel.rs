@@ -62,6 +62,37 @@ pub(crate) struct Sealer {
     session_id: u64,
 }
 
+/// The plaintext of a datagram: a message encoded while sealing, or a `DataMessage` encoded beforehand (the
+/// simulation assembles snapshots from per-tick entity encodings, so the io thread only encrypts them).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Plaintext<'a> {
+    Message(&'a DataMessage),
+    Encoded(&'a [u8]),
+}
+
+impl Plaintext<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Plaintext::Message(msg) => msg.encoded_len(),
+            Plaintext::Encoded(bytes) => bytes.len(),
+        }
+    }
+
+    /// Writes the plaintext into `body`, which is exactly [`Plaintext::len`] bytes.
+    fn write(&self, body: &mut [u8]) -> Result<(), UdpError> {
+        match self {
+            Plaintext::Message(msg) => {
+                let mut cursor: &mut [u8] = body;
+                msg.encode(&mut cursor).map_err(|_| UdpError::BufferTooSmall)
+            }
+            Plaintext::Encoded(bytes) => {
+                body.copy_from_slice(bytes);
+                Ok(())
+            }
+        }
+    }
+}
+
 impl Sealer {
     pub(crate) fn new(keys: &DataKeys, direction: Direction, session_id: u64) -> Self {
         Self { key: keys.aead_key(direction), session_id }
@@ -69,17 +100,17 @@ impl Sealer {
 
     /// The sealed size of `msg`, or an error when it cannot fit one datagram.
     #[inline]
-    pub(crate) fn sealed_len(msg: &DataMessage) -> Result<usize, UdpError> {
-        let total = HEADER_BYTES + msg.encoded_len() + TAG_BYTES;
+    pub(crate) fn sealed_len(msg: Plaintext<'_>) -> Result<usize, UdpError> {
+        let total = HEADER_BYTES + msg.len() + TAG_BYTES;
         if total > MAX_DATAGRAM_BYTES {
             return Err(UdpError::MessageTooLarge);
         }
         Ok(total)
     }
 
-    /// Encodes `msg` straight into `out` after the header and encrypts it in place. `sequence` must never have
-    /// been used with this key before.
-    pub(crate) fn seal(&self, sequence: u64, msg: &DataMessage, out: &mut [u8]) -> Result<usize, UdpError> {
+    /// Encodes (or copies) `msg` straight into `out` after the header and encrypts it in place. `sequence` must
+    /// never have been used with this key before.
+    pub(crate) fn seal(&self, sequence: u64, msg: Plaintext<'_>, out: &mut [u8]) -> Result<usize, UdpError> {
         let total = Self::sealed_len(msg)?;
         if out.len() < total {
             return Err(UdpError::BufferTooSmall);
@@ -88,11 +119,7 @@ impl Sealer {
         let (header, rest) = out[..total].split_at_mut(HEADER_BYTES);
         DatagramHeader { session_id: self.session_id, sequence }.write(header);
         let (body, tag_out) = rest.split_at_mut(body_len);
-        {
-            // `body` is exactly `encoded_len` bytes, so encoding cannot run out of space.
-            let mut cursor: &mut [u8] = &mut *body;
-            msg.encode(&mut cursor).map_err(|_| UdpError::BufferTooSmall)?;
-        }
+        msg.write(body)?;
         let tag = self
             .key
             .seal_in_place_separate_tag(nonce(sequence), Aad::from(&*header), body)
@@ -182,7 +209,7 @@ impl DataChannel {
         if self.next_sequence == u64::MAX {
             return Err(UdpError::SequenceExhausted);
         }
-        let len = self.sealer.seal(self.next_sequence, msg, out)?;
+        let len = self.sealer.seal(self.next_sequence, Plaintext::Message(msg), out)?;
         self.next_sequence += 1;
         Ok(len)
     }

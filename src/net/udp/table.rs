@@ -31,7 +31,7 @@ use std::time::Instant;
 use parking_lot::{Mutex, RwLock};
 use prost::Message;
 
-use super::channel::{DatagramHeader, Opener, Sealer};
+use super::channel::{DatagramHeader, Opener, Plaintext, Sealer};
 use super::keys::{DataKeys, Direction};
 use super::{UdpError, MIN_HELLO_BYTES};
 use crate::proto::{data_message::Body, DataMessage, UdpWelcome};
@@ -276,7 +276,7 @@ impl<O: Copy> SessionTable<O> {
                     server_tick: self.server_tick.load(Ordering::Relaxed),
                 }));
                 // Sealing into a buffer one byte shorter than the request makes "never larger" structural.
-                let reply_len = seal_next(&session, &welcome, &mut buf[..datagram_len - 1])?;
+                let reply_len = seal_next(&session, Plaintext::Message(&welcome), &mut buf[..datagram_len - 1])?;
                 Ok(Inbound::Bound { session_id: header.session_id, owner: session.owner, reply_len, rebound })
             }
             _ if !from_bound => {
@@ -304,6 +304,26 @@ impl<O: Copy> SessionTable<O> {
         &self,
         session_id: u64,
         msg: &DataMessage,
+        out: &mut [u8],
+    ) -> Result<(usize, SocketAddr), UdpError> {
+        self.seal_plaintext_for(session_id, Plaintext::Message(msg), out)
+    }
+
+    /// As [`SessionTable::seal_for`], for a `DataMessage` encoded beforehand (`encoded` must be one: the client
+    /// decodes the plaintext as a `DataMessage`).
+    pub fn seal_encoded_for(
+        &self,
+        session_id: u64,
+        encoded: &[u8],
+        out: &mut [u8],
+    ) -> Result<(usize, SocketAddr), UdpError> {
+        self.seal_plaintext_for(session_id, Plaintext::Encoded(encoded), out)
+    }
+
+    fn seal_plaintext_for(
+        &self,
+        session_id: u64,
+        msg: Plaintext<'_>,
         out: &mut [u8],
     ) -> Result<(usize, SocketAddr), UdpError> {
         let (session, endpoint) = {
@@ -352,7 +372,7 @@ impl<O: Copy> SessionTable<O> {
 /// Seals with the session's next send sequence. The counter is claimed with a CAS that refuses to pass
 /// `u64::MAX`, so a sequence is never handed out twice (Relaxed is enough: uniqueness comes from the RMW on one
 /// atomic, and nothing else is published through it).
-fn seal_next<O>(session: &UdpSession<O>, msg: &DataMessage, out: &mut [u8]) -> Result<usize, UdpError> {
+fn seal_next<O>(session: &UdpSession<O>, msg: Plaintext<'_>, out: &mut [u8]) -> Result<usize, UdpError> {
     let needed = Sealer::sealed_len(msg)?;
     if out.len() < needed {
         return Err(UdpError::BufferTooSmall);
