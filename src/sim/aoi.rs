@@ -257,7 +257,7 @@ impl Grid {
         }
         ring.sort_unstable();
         ring.dedup();
-        if candidates > CROWD_FACTOR * limit {
+        if candidates > limit.saturating_mul(CROWD_FACTOR) {
             let inside = self.count_within(center, e2);
             let total = inside + ring.len();
             if inside >= limit {
