@@ -4,17 +4,20 @@
 # input->snapshot p99 <= 2 ticks and no overruns.
 #
 #   perf/bench.sh [--steps "100 250 500 1000 2000"] [--duration S] [--zone NAME|FILE] [--behaviour B]
-#                 [--login-rate R] [--threads T] [--no-build]
+#                 [--login-rate R] [--threads T] [--sim-nice N] [--no-build]
 #
 # Each step: a fresh server (fresh in-memory accounts), bots ramped at --login-rate logins/s (argon2id at OWASP
 # parameters, 2 at a time, is the limit), then a --duration window measured by both sides: tick histogram, overruns
 # and late ticks from the admin /metrics (scraped at the window's start and end), latency from the bots' report.
 # Results: perf/out/bench-<UTC time>/results.jsonl, table.md and perf/bench-curve.svg (perf/bench_report.py).
+# --sim-nice N starts the server with server.sim_nice = N (the simulation thread's nice value; below 0 it wins the
+# CPU over the bots sharing the machine, as it would over anything else on a production host; needs root or
+# CAP_SYS_NICE). Default 0: every thread at the same priority.
 set -euo pipefail
 # shellcheck source=perf/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-STEPS="100 250 500 1000 2000" DURATION=60 ZONE=perf-20k BEHAVIOUR=walk LOGIN_RATE=15 BOT_THREADS=2 BUILD=1
+SIM_NICE=0 STEPS="100 250 500 1000 2000" DURATION=60 ZONE=perf-20k BEHAVIOUR=walk LOGIN_RATE=15 BOT_THREADS=2 BUILD=1
 while (($#)); do
   case "$1" in
     --steps) STEPS="$2"; shift 2 ;;
@@ -23,8 +26,9 @@ while (($#)); do
     --behaviour) BEHAVIOUR="$2"; shift 2 ;;
     --login-rate) LOGIN_RATE="$2"; shift 2 ;;
     --threads) BOT_THREADS="$2"; shift 2 ;;
+    --sim-nice) SIM_NICE="$2"; shift 2 ;;
     --no-build) BUILD=0; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
@@ -46,7 +50,7 @@ BOTS_BIN="$OUT/bin/realm-bots"
   echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores"
   echo "rustc: $(rustc --version)"
   echo "commit: $(cd "$REPO" && git rev-parse --short HEAD) (+ working tree)"
-  echo "zone: $ZONE_FILE; behaviour $BEHAVIOUR; window ${DURATION}s per step; login rate ${LOGIN_RATE}/s"
+  echo "zone: $ZONE_FILE; behaviour $BEHAVIOUR; window ${DURATION}s per step; login rate ${LOGIN_RATE}/s; sim nice $SIM_NICE"
 } | tee "$OUT/machine.txt" >&2
 
 cleanup() {

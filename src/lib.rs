@@ -17,6 +17,8 @@ pub mod lock;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+#[allow(unsafe_code)]
+pub mod os;
 pub mod proto;
 #[allow(unsafe_code)]
 pub mod queue;

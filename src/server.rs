@@ -153,10 +153,17 @@ pub fn start(config: Config) -> Result<RunningServer, ServerError> {
     )
     .with_telemetry(Telemetry { metrics: Arc::clone(&metrics), admin: Arc::clone(&admin_state) });
     let sim_core = sim_core(&config);
+    let sim_nice = config.server.sim_nice;
     let sim = std::thread::Builder::new().name("realm-sim".into()).spawn(move || {
         if let Some(core) = sim_core {
             if !core_affinity::set_for_current(core) {
                 log::warn!("realm-sim: could not pin to core {}", core.id);
+            }
+        }
+        if sim_nice != 0 {
+            match crate::os::set_thread_nice(sim_nice) {
+                Ok(()) => log::info!("realm-sim: nice {sim_nice}"),
+                Err(e) => log::warn!("realm-sim: cannot set nice {sim_nice} (needs CAP_SYS_NICE below 0): {e}"),
             }
         }
         runner.run()

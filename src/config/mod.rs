@@ -159,6 +159,10 @@ pub struct ServerConfig {
     pub io_cores: Vec<usize>,
     /// CPU core for the simulation thread; -1 = automatic.
     pub sim_core: i64,
+    /// Scheduling priority (nice value, -20..=19) of the simulation thread; 0 = unchanged. Below 0 the tick
+    /// wins the CPU over everything else on a shared host; it needs CAP_SYS_NICE (without it the server warns
+    /// and keeps running at the default priority).
+    pub sim_nice: i32,
     /// Grace period for a graceful shutdown, in seconds.
     pub shutdown_grace_secs: u64,
 }
@@ -319,6 +323,7 @@ impl Default for ServerConfig {
             io_threads: 0,
             io_cores: Vec::new(),
             sim_core: -1,
+            sim_nice: 0,
             shutdown_grace_secs: 20,
         }
     }
@@ -501,6 +506,7 @@ impl Config {
             "must be >= 100",
         )?;
         check(self.server.io_threads <= 64, "server.io_threads", self.server.io_threads, "must be 0..=64")?;
+        check((-20..=19).contains(&self.server.sim_nice), "server.sim_nice", self.server.sim_nice, "must be -20..=19")?;
         check(!self.server.zone.is_empty(), "server.zone", "\"\"", "must not be empty")?;
         check(
             self.server.shutdown_grace_secs >= 1 && self.server.shutdown_grace_secs <= 300,
