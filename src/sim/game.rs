@@ -386,14 +386,10 @@ impl Simulation {
         self.record(self.world.slot(*self.sessions.get(&session)?)?)
     }
 
-    /// Records of the players `which` selects that changed since they were last taken, clearing their dirty flag
-    /// (periodic saves).
-    pub fn take_dirty(&mut self, which: impl Fn(SessionId) -> bool) -> Vec<(SessionId, PlayerRecord)> {
+    /// Records of players changed since the last call, clearing their dirty flag (periodic saves).
+    pub fn take_dirty(&mut self) -> Vec<(SessionId, PlayerRecord)> {
         let mut out = Vec::new();
         for (&session, &id) in &self.sessions {
-            if !which(session) {
-                continue;
-            }
             let Some(slot) = self.world.slot(id) else { continue };
             if self.world.player[slot].as_ref().is_some_and(|p| p.dirty) {
                 if let Some(r) = self.record(slot) {

@@ -203,16 +203,6 @@ struct QueueGauges {
 /// How often (in ticks) the server pings each client over UDP to measure round-trip time.
 const PING_EVERY_SECS: u32 = 2;
 
-/// Periodic saves go out in this many batches per save interval, each for a slice of the players: one wave of
-/// everyone was a tick-time spike, one batch per tick would make tiny database transactions.
-const SAVE_SLICES: u64 = 10;
-
-/// Whether `session` belongs to slice `slice` of `slices` (periodic work spread over ticks). Session ids are
-/// spread evenly enough for this (a hash would do if they were not).
-fn in_slice(session: SessionId, slice: u64, slices: u64) -> bool {
-    session % slices.max(1) == slice
-}
-
 /// The simulation thread's state.
 pub struct SimRunner {
     telemetry: Option<Telemetry>,
@@ -308,17 +298,12 @@ impl SimRunner {
             let stepped = Instant::now();
             self.route_outputs();
             let tick = self.sim.tick();
-            // Pings and periodic saves go to a slice of the players every tick (each player still every period):
-            // doing everyone in one tick put a spike into the tick-time tail at every period (measured: the
-            // ping wave alone was a 2 ms tick every 2 s at 750 players).
-            let ping_every = u64::from(PING_EVERY_SECS * self.config.tick_rate);
-            self.ping_slice(tick % ping_every, ping_every);
+            if tick % u64::from(PING_EVERY_SECS * self.config.tick_rate) == 0 {
+                self.ping_all();
+            }
             if drain_deadline.is_none() {
-                // Saves in SAVE_SLICES batches per interval (batched writes stay large).
-                let step = (save_every / SAVE_SLICES).max(1);
-                if tick % step == 0 {
-                    let slices = save_every.div_ceil(step);
-                    self.save_dirty((tick / step) % slices, slices);
+                if tick % save_every == 0 {
+                    self.save_dirty();
                 }
                 if tick % renew_every == 0 {
                     self.renew_locks();
@@ -406,12 +391,11 @@ impl SimRunner {
         t.admin.record_tick(self.sim.tick(), players as u64);
     }
 
-    /// Pings the in-game sessions of slice `slice` of `slices` over UDP; the nonce is the send time, so the Pong
-    /// gives the round trip.
-    fn ping_slice(&mut self, slice: u64, slices: u64) {
+    /// Pings every in-game session over UDP; the nonce is the send time, so the Pong gives the round trip.
+    fn ping_all(&mut self) {
         let nonce = self.epoch.elapsed().as_micros() as u64;
         for (&session, ctx) in &self.sessions {
-            if in_slice(session, slice, slices) && matches!(ctx.state, SessionState::InGame(_)) {
+            if matches!(ctx.state, SessionState::InGame(_)) {
                 let ping = proto::Ping { nonce, client_time_us: 0 };
                 self.io[ctx.io].send(Outbound::Data { session, msg: DataMessage::new(DataBody::Ping(ping)) });
                 self.io_dirty[ctx.io] = true;
@@ -833,9 +817,8 @@ impl SimRunner {
         }
     }
 
-    /// Saves the changed players of slice `slice` of `slices`.
-    fn save_dirty(&mut self, slice: u64, slices: u64) {
-        let dirty = self.sim.take_dirty(|session| in_slice(session, slice, slices));
+    fn save_dirty(&mut self) {
+        let dirty = self.sim.take_dirty();
         if dirty.is_empty() {
             return;
         }
