@@ -61,6 +61,8 @@ trap cleanup EXIT
 
 for N in $STEPS; do
   STEP="$OUT/$N"
+  # The same count twice (repeat runs) gets its own directory.
+  [[ -e "$STEP" ]] && STEP="$OUT/$N-$(date +%H%M%S)"
   mkdir -p "$STEP"
   RAMP=$(( (N + LOGIN_RATE - 1) / LOGIN_RATE ))
   ((RAMP >= 5)) || RAMP=5

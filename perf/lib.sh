@@ -26,6 +26,8 @@ zone_name() {
 start_server() {
   local zone="$1" logfile="$2" bin="${SERVER_BIN:-$REPO/target/release/realm-server}"
   [[ -x "$bin" ]] || die "$bin not built (cargo build --release --bin realm-server)"
+  # A fresh log: the readiness wait and the address parsing below read it (a step run twice reuses the path).
+  : >"$logfile"
   REALM_SERVER_HOST=127.0.0.1 REALM_SERVER_PORT=0 REALM_ADMIN_HOST=127.0.0.1 REALM_ADMIN_PORT=0 \
     REALM_GAME_ZONE_FILE="$zone" REALM_SERVER_ZONE="$(zone_name "$zone")" \
     REALM_GAME_TICK_RATE="${TICK_RATE:-20}" \
