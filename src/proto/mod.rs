@@ -71,30 +71,27 @@ pub fn encode_entity_field(state: &EntityState, out: &mut Vec<u8>) {
     prost::encoding::message::encode(SNAPSHOT_ENTITIES_FIELD, state, out);
 }
 
-/// The encoded size of `state` as [`encode_entity_field`] writes it.
-pub fn entity_field_len(state: &EntityState) -> usize {
-    prost::encoding::message::encoded_len(SNAPSHOT_ENTITIES_FIELD, state)
-}
-
 /// `Snapshot.entities` and `DataMessage.snapshot` (both field 4 in `proto/realm.proto`; a test decodes the
 /// output of [`encode_snapshot`] to hold this to the schema).
 const SNAPSHOT_ENTITIES_FIELD: u32 = 4;
 const DATA_MESSAGE_SNAPSHOT_FIELD: u32 = 4;
 
 /// Encodes `DataMessage { snapshot }` into `out` (cleared first) from `header` (a snapshot whose `entities` are
-/// not encoded: they are ignored) and `entities`, the concatenation of [`encode_entity_field`] outputs, nearest
-/// first. The result decodes exactly as the `DataMessage` with those entities in the snapshot: protobuf allows a
-/// message's fields in any order, and the repeated field's elements keep theirs.
-pub fn encode_snapshot(header: &Snapshot, entities: &[u8], out: &mut Vec<u8>) {
+/// not encoded: they are ignored) and `entities`, [`encode_entity_field`] outputs, nearest first, copied straight
+/// from wherever they were encoded. The result decodes exactly as the `DataMessage` with those entities in the
+/// snapshot: protobuf allows a message's fields in any order, and the repeated field's elements keep theirs.
+pub fn encode_snapshot<'a>(header: &Snapshot, entities: impl Iterator<Item = &'a [u8]> + Clone, out: &mut Vec<u8>) {
     use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
     let header = Snapshot { entities: Vec::new(), ..*header };
-    let body_len = prost::Message::encoded_len(&header) + entities.len();
+    let body_len = prost::Message::encoded_len(&header) + entities.clone().map(<[u8]>::len).sum::<usize>();
     out.clear();
     out.reserve(2 + encoded_len_varint(body_len as u64) + body_len);
     encode_key(DATA_MESSAGE_SNAPSHOT_FIELD, WireType::LengthDelimited, out);
     encode_varint(body_len as u64, out);
     prost::Message::encode_raw(&header, out);
-    out.extend_from_slice(entities);
+    for entity in entities {
+        out.extend_from_slice(entity);
+    }
 }
 
 #[cfg(test)]
@@ -126,10 +123,11 @@ mod snapshot_encoding_tests {
         for e in &entities {
             let before = fields.len();
             encode_entity_field(e, &mut fields);
-            assert_eq!(fields.len() - before, entity_field_len(e));
+            assert_eq!(fields.len() - before, prost::encoding::message::encoded_len(SNAPSHOT_ENTITIES_FIELD, e));
         }
         let mut bytes = Vec::new();
-        encode_snapshot(&Snapshot { entities: Vec::new(), ..snapshot.clone() }, &fields, &mut bytes);
+        let (first, rest) = fields.split_at(fields.len() / 3); // any split: the pieces are concatenated
+        encode_snapshot(&Snapshot { entities: Vec::new(), ..snapshot.clone() }, [first, rest].into_iter(), &mut bytes);
         let expected = DataMessage::new(data_message::Body::Snapshot(snapshot));
         assert_eq!(bytes.len(), prost::Message::encoded_len(&expected));
         assert_eq!(<DataMessage as prost::Message>::decode(&bytes[..]).unwrap(), expected);

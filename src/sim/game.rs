@@ -233,9 +233,10 @@ struct SnapshotCache {
     arena: Vec<u8>,
     /// Per slot: `(tick + 1, entity id, start in arena, length)`; stale when the first field differs.
     encoded: Vec<(u64, EntityId, u32, u32)>,
-    /// Scratch: the slots of a player's previous snapshot; the entity encodings of the snapshot being built.
+    /// Scratch: the slots of a player's previous snapshot; the `(start, length)` in `arena` of each entity of the
+    /// snapshot being built.
     prev: Vec<u32>,
-    fields: Vec<u8>,
+    parts: Vec<(u32, u32)>,
 }
 
 fn secs_to_ticks(secs: f32, rate: u32) -> u64 {
@@ -932,7 +933,7 @@ impl Simulation {
             // is one key byte and at most two length bytes (the whole is under 16 KiB).
             let mut used = 3 + prost::Message::encoded_len(&header);
             ids.clear();
-            cache.fields.clear();
+            cache.parts.clear();
             for &(_, s) in &visible {
                 let s = s as usize;
                 if cache.encoded[s].0 != self.tick + 1 {
@@ -947,11 +948,13 @@ impl Simulation {
                 }
                 used += len as usize;
                 ids.push(id);
-                cache.fields.extend_from_slice(&cache.arena[start as usize..(start + len) as usize]);
+                cache.parts.push((start, len));
             }
             self.stats.snapshot_truncated_entities += (total_visible - ids.len()) as u64;
             let mut bytes = Vec::new();
-            proto::encode_snapshot(&header, &cache.fields, &mut bytes);
+            let arena = &cache.arena;
+            let parts = cache.parts.iter().map(|&(start, len)| &arena[start as usize..(start + len) as usize]);
+            proto::encode_snapshot(&header, parts, &mut bytes);
             debug_assert!(bytes.len() <= SNAPSHOT_BUDGET);
             if let Some(p) = self.world.player[slot].as_mut() {
                 std::mem::swap(&mut p.visible, &mut ids);
