@@ -594,15 +594,21 @@ mod nearest_tests {
     #[test]
     fn nearest_with_hysteresis_matches_brute_force_sparse_and_crowded() {
         let mut rng = Pcg32::new(8, 8);
-        for (count, cell) in [(300usize, 33.0f32), (4000, 8.0), (4000, 33.0)] {
-            let pos: Vec<Vec2> = (0..count).map(|_| Vec2::new(rng.range(0.0, 300.0), rng.range(0.0, 300.0))).collect();
+        // The last layout puts everything, observers included, on a 2.5 m lattice: on cell edges and at exact
+        // view distances, where float rounding at the radius must not change the count.
+        for (count, cell, lattice) in [(300usize, 33.0f32, 0.0f32), (4000, 8.0, 0.0), (4000, 33.0, 0.0), (6000, 10.0, 2.5)] {
+            let point = |rng: &mut Pcg32| {
+                let p = Vec2::new(rng.range(0.0, 300.0), rng.range(0.0, 300.0));
+                if lattice > 0.0 { Vec2::new((p.x / lattice).floor() * lattice, (p.y / lattice).floor() * lattice) } else { p }
+            };
+            let pos: Vec<Vec2> = (0..count).map(|_| point(&mut rng)).collect();
             let mut g = Grid::new(300.0, cell);
             for (i, p) in pos.iter().enumerate() {
                 g.insert(i as u32, *p);
             }
             let mut out = Vec::new();
             for _ in 0..30 {
-                let c = Vec2::new(rng.range(0.0, 300.0), rng.range(0.0, 300.0));
+                let c = point(&mut rng);
                 // Last time's set: some slots anywhere (only those in the ring may count), with a duplicate.
                 let mut prev: Vec<u32> = (0..40).map(|_| rng.below(count as u32)).collect();
                 prev.push(prev[0]);

@@ -231,12 +231,29 @@ impl EncodedSnapshot {
 struct SnapshotCache {
     /// This tick's entity encodings ([`proto::encode_entity_field`]), back to back.
     arena: Vec<u8>,
-    /// Per slot: `(tick + 1, entity id, start in arena, length)`; stale when the first field differs.
-    encoded: Vec<(u64, EntityId, u32, u32)>,
+    /// Per slot: `(entity id, start in arena, length)`, valid this tick for the slots marked in `need`.
+    encoded: Vec<(EntityId, u32, u32)>,
+    /// One bit per slot: shown in some snapshot this tick.
+    need: Vec<u64>,
+    /// Every player's visible slots (nearest first), back to back, and where each player's are.
+    lists: Vec<u32>,
+    views: Vec<View>,
     /// Scratch: the slots of a player's previous snapshot; the `(start, length)` in `arena` of each entity of the
     /// snapshot being built.
     prev: Vec<u32>,
     parts: Vec<(u32, u32)>,
+}
+
+/// One player's snapshot between the passes of [`Simulation::snapshots`].
+#[derive(Debug, Clone, Copy)]
+struct View {
+    session: SessionId,
+    slot: usize,
+    /// Its visible slots: `lists[start..start + len]`.
+    start: u32,
+    len: u32,
+    /// The size of its whole visible set (the snapshot carries at most `len` of them).
+    total: u32,
 }
 
 fn secs_to_ticks(secs: f32, rate: u32) -> u64 {
@@ -891,14 +908,25 @@ impl Simulation {
         }
     }
 
+    /// Builds every in-game player's snapshot, in three passes so that no pass both chases random slots and does
+    /// much work per slot (measured: the encoding cache's lookups by slot, interleaved with encoding on first
+    /// use, were the largest single cost of the tick in a crowd):
+    /// 1. each player's visible set (AOI query), appended to one flat list, and every slot seen marked in a
+    ///    bitmap of the world's slots (small enough to stay in L1);
+    /// 2. every marked entity encoded once, in slot order (sequential reads of the world's columns);
+    /// 3. each snapshot assembled from those encodings (a short loop per entity: lookups overlap in the CPU).
     fn snapshots(&mut self, out: &mut Vec<Output>) {
         let mut visible = std::mem::take(&mut self.scratch);
         let mut ids = std::mem::take(&mut self.scratch_ids);
         let mut cache = std::mem::take(&mut self.snapshot_cache);
-        cache.encoded.resize(self.world.slots(), (0, 0, 0, 0));
+        let slots = self.world.slots();
+        cache.need.clear();
+        cache.need.resize(slots.div_ceil(64), 0);
+        cache.encoded.resize(slots, (0, 0, 0));
         cache.arena.clear();
-        let mut prev = std::mem::take(&mut cache.prev);
-        // Players in AOI-cell order: consecutive queries share most of their 3x3 cells, which stay in cache
+        cache.lists.clear();
+        cache.views.clear();
+        // Players in AOI-cell order: consecutive queries share most of their cells, which stay in cache
         // (measured: the dominant cost of AOI at scale is cache misses). Ties by session keep it deterministic.
         let mut order = std::mem::take(&mut self.scratch_order);
         order.clear();
@@ -908,25 +936,48 @@ impl Simulation {
             }
         }
         order.sort_unstable();
+        // Pass 1: visible sets.
         for &(_, session, slot) in &order {
             let Some(player) = self.world.player[slot].as_ref() else { continue };
             let world = &self.world;
-            prev.clear();
-            prev.extend(player.visible.iter().filter_map(|&id| world.slot(id)).map(|s| s as u32));
-            let total_visible = self.grid.visible_nearest(
+            cache.prev.clear();
+            cache.prev.extend(player.visible.iter().filter_map(|&id| world.slot(id)).map(|s| s as u32));
+            let total = self.grid.visible_nearest(
                 world.pos[slot],
                 self.enter_r,
                 self.leave_r,
-                &prev,
+                &cache.prev,
                 MAX_SNAPSHOT_ENTITIES,
                 &mut visible,
             );
+            let start = cache.lists.len() as u32;
+            for &(_, s) in &visible {
+                cache.need[s as usize / 64] |= 1 << (s % 64);
+                cache.lists.push(s);
+            }
+            cache.views.push(View { session, slot, start, len: visible.len() as u32, total: total as u32 });
+        }
+        // Pass 2: each entity any snapshot shows, encoded once.
+        for (word_at, &word) in cache.need.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let s = word_at * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let state = self.entity_state(s);
+                let start = cache.arena.len();
+                proto::encode_entity_field(&state, &mut cache.arena);
+                cache.encoded[s] = (state.id, start as u32, (cache.arena.len() - start) as u32);
+            }
+        }
+        // Pass 3: the snapshots.
+        for view in &cache.views {
+            let Some(player) = self.world.player[view.slot].as_ref() else { continue };
             let header = Snapshot {
                 tick: self.tick,
                 last_processed_input: player.last_input,
                 input_client_time_us: player.last_input_time_us,
                 entities: Vec::new(),
-                total_visible: total_visible as u32,
+                total_visible: view.total,
             };
             // Budget: the snapshot inside its DataMessage envelope must fit one datagram. Entities are added
             // nearest first (the player itself is at distance 0) until the next one would not fit. The envelope
@@ -934,15 +985,8 @@ impl Simulation {
             let mut used = 3 + prost::Message::encoded_len(&header);
             ids.clear();
             cache.parts.clear();
-            for &(_, s) in &visible {
-                let s = s as usize;
-                if cache.encoded[s].0 != self.tick + 1 {
-                    let state = self.entity_state(s);
-                    let start = cache.arena.len();
-                    proto::encode_entity_field(&state, &mut cache.arena);
-                    cache.encoded[s] = (self.tick + 1, state.id, start as u32, (cache.arena.len() - start) as u32);
-                }
-                let (_, id, start, len) = cache.encoded[s];
+            for &s in &cache.lists[view.start as usize..(view.start + view.len) as usize] {
+                let (id, start, len) = cache.encoded[s as usize];
                 if used + len as usize > SNAPSHOT_BUDGET {
                     break;
                 }
@@ -950,22 +994,21 @@ impl Simulation {
                 ids.push(id);
                 cache.parts.push((start, len));
             }
-            self.stats.snapshot_truncated_entities += (total_visible - ids.len()) as u64;
+            self.stats.snapshot_truncated_entities += u64::from(view.total) - ids.len() as u64;
             let mut bytes = Vec::new();
             let arena = &cache.arena;
             let parts = cache.parts.iter().map(|&(start, len)| &arena[start as usize..(start + len) as usize]);
             proto::encode_snapshot(&header, parts, &mut bytes);
             debug_assert!(bytes.len() <= SNAPSHOT_BUDGET);
-            if let Some(p) = self.world.player[slot].as_mut() {
+            if let Some(p) = self.world.player[view.slot].as_mut() {
                 std::mem::swap(&mut p.visible, &mut ids);
             }
             self.stats.snapshots += 1;
-            out.push(Output::Snapshot { session, snapshot: EncodedSnapshot { bytes } });
+            out.push(Output::Snapshot { session: view.session, snapshot: EncodedSnapshot { bytes } });
         }
         self.scratch = visible;
         self.scratch_ids = ids;
         self.scratch_order = order;
-        cache.prev = prev;
         self.snapshot_cache = cache;
     }
 
