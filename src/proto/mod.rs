@@ -67,8 +67,70 @@ impl Kick {
 /// Appends `state` as it appears inside a `Snapshot`: the key of `Snapshot.entities` (field 4), the length, the
 /// message. Snapshots built with [`encode_snapshot`] are these pieces back to back, so an entity seen by hundreds
 /// of players is encoded once per tick, not once per snapshot.
+///
+/// Written by hand, byte for byte what prost writes (a property test holds it to that): every visible entity is
+/// encoded each tick, and prost's generic path (a length pass, then one bounds-checked push per varint byte) was
+/// 13% of the simulation's tick in the load benchmark. Here the field is built in a stack buffer and appended once.
 pub fn encode_entity_field(state: &EntityState, out: &mut Vec<u8>) {
-    prost::encoding::message::encode(SNAPSHOT_ENTITIES_FIELD, state, out);
+    let mut buf = [0u8; ENTITY_FIELD_MAX];
+    let mut at = 2; // the key and the one-byte length go first
+    if state.id != 0 {
+        at = put_varint(&mut buf, at, 1 << 3, state.id);
+    }
+    if state.kind != 0 {
+        at = put_varint(&mut buf, at, 2 << 3, state.kind as i64 as u64);
+    }
+    for (field, v) in [(3, &state.position), (4, &state.velocity)] {
+        if let Some(v) = v {
+            buf[at] = (field << 3) | WIRE_LEN;
+            let len_at = at + 1;
+            at += 2;
+            for (field, f) in [(1, v.x), (2, v.y)] {
+                if f != 0.0 {
+                    buf[at] = (field << 3) | WIRE_FIXED32;
+                    buf[at + 1..at + 5].copy_from_slice(&f.to_le_bytes());
+                    at += 5;
+                }
+            }
+            buf[len_at] = (at - len_at - 1) as u8;
+        }
+    }
+    // int32 fields are sign-extended to 64 bits on the wire (protobuf's rule; prost follows it).
+    for (field, v) in [(5, state.hp as i64 as u64), (6, state.max_hp as i64 as u64)] {
+        if v != 0 {
+            at = put_varint(&mut buf, at, field << 3, v);
+        }
+    }
+    for (field, v) in [(7, state.level), (8, state.flags)] {
+        if v != 0 {
+            at = put_varint(&mut buf, at, field << 3, u64::from(v));
+        }
+    }
+    buf[0] = (SNAPSHOT_ENTITIES_FIELD as u8) << 3 | WIRE_LEN;
+    buf[1] = (at - 2) as u8;
+    out.extend_from_slice(&buf[..at]);
+}
+
+const WIRE_FIXED32: u8 = 5;
+const WIRE_LEN: u8 = 2;
+/// The largest encoded `EntityState` field: key and length (2), id and kind (11 each), two `Vec2` (2 + 2 x 5
+/// each), hp and max_hp (11 each: negative int32 take ten bytes), level and flags (6 each). Its body is under 128
+/// bytes, so its length is always one byte.
+const ENTITY_FIELD_MAX: usize = 2 + 11 + 11 + 12 + 12 + 11 + 11 + 6 + 6;
+const _: () = assert!(ENTITY_FIELD_MAX - 2 < 128);
+
+/// Writes a one-byte key (field numbers below 16) and `v` as a varint at `buf[at..]`; returns the next position.
+#[inline]
+fn put_varint(buf: &mut [u8], mut at: usize, key: u8, mut v: u64) -> usize {
+    buf[at] = key;
+    at += 1;
+    while v >= 0x80 {
+        buf[at] = v as u8 | 0x80;
+        v >>= 7;
+        at += 1;
+    }
+    buf[at] = v as u8;
+    at + 1
 }
 
 /// `Snapshot.entities` and `DataMessage.snapshot` (both field 4 in `proto/realm.proto`; a test decodes the
@@ -97,6 +159,34 @@ pub fn encode_snapshot<'a>(header: &Snapshot, entities: impl Iterator<Item = &'a
 #[cfg(test)]
 mod snapshot_encoding_tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn vec2() -> impl Strategy<Value = Option<Vec2>> {
+        // Raw bit patterns: zeros of both signs, NaNs, infinities and subnormals all come up.
+        let f = prop_oneof![any::<u32>().prop_map(f32::from_bits), Just(0.0f32), Just(-0.0f32)];
+        proptest::option::of((f.clone(), f).prop_map(|(x, y)| Vec2 { x, y }))
+    }
+
+    proptest! {
+        #[test]
+        fn entity_field_is_byte_for_byte_what_prost_writes(
+            id in prop_oneof![any::<u64>(), Just(0u64)],
+            kind in prop_oneof![any::<i32>(), 0..3i32],
+            position in vec2(),
+            velocity in vec2(),
+            hp in prop_oneof![any::<i32>(), -5..50i32],
+            max_hp in any::<i32>(),
+            level in prop_oneof![any::<u32>(), 0..3u32],
+            flags in 0..4u32,
+        ) {
+            let state = EntityState { id, kind, position, velocity, hp, max_hp, level, flags };
+            let mut ours = vec![9u8]; // appended after what is there
+            encode_entity_field(&state, &mut ours);
+            let mut theirs = vec![9u8];
+            prost::encoding::message::encode(SNAPSHOT_ENTITIES_FIELD, &state, &mut theirs);
+            prop_assert_eq!(ours, theirs);
+        }
+    }
 
     #[test]
     fn hand_assembled_snapshot_decodes_as_the_message() {
