@@ -14,6 +14,21 @@ pub fn set_thread_nice(nice: i32) -> std::io::Result<()> {
     }
 }
 
+/// Puts the calling thread in the SCHED_FIFO real-time class at `priority` (1..=99): it then runs ahead of every
+/// normal thread on its CPU until it blocks or sleeps. On Linux `sched_setscheduler(0, ..)` applies to the calling
+/// thread only. Needs CAP_SYS_NICE (or an RLIMIT_RTPRIO allowance).
+pub fn set_thread_fifo(priority: i32) -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: priority };
+    // SAFETY: `param` is a valid, initialised `sched_param` that outlives the call, which only reads it; failure
+    // is reported through the return value and errno, read at once.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -31,5 +46,26 @@ mod tests {
         // SAFETY: as above (on Linux, `who` = 0 is the calling thread).
         let here = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
         assert_eq!(here, 0, "the other thread's nice value did not leak to this one");
+    }
+
+    #[test]
+    fn fifo_applies_to_the_calling_thread_or_fails_with_a_permission_error() {
+        let result = std::thread::spawn(|| {
+            let r = set_thread_fifo(1);
+            // SAFETY: `sched_getscheduler(0)` reads the calling thread's policy; no pointers.
+            (r, unsafe { libc::sched_getscheduler(0) })
+        })
+        .join()
+        .unwrap();
+        match result {
+            (Ok(()), policy) => assert_eq!(policy, libc::SCHED_FIFO),
+            (Err(e), policy) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
+                assert_eq!(policy, libc::SCHED_OTHER);
+            }
+        }
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER, "this thread is untouched");
+        assert!(set_thread_fifo(100).is_err(), "priorities stop at 99");
     }
 }
