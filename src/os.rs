@@ -29,6 +29,29 @@ pub fn set_thread_fifo(priority: i32) -> std::io::Result<()> {
     }
 }
 
+/// Sets TCP_DEFER_ACCEPT on a listening socket: the kernel completes a connection's handshake but hands it to
+/// `accept` only once the client has sent data (or after about `secs` seconds of SYN-ACK retransmissions, when a
+/// bare ACK completes it anyway). A TLS client speaks first, so the accept and the ClientHello arrive together.
+pub fn set_tcp_defer_accept(socket: &impl std::os::fd::AsRawFd, secs: u32) -> std::io::Result<()> {
+    let value = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the fd is borrowed from a live socket for the duration of the call; the option value points at a
+    // local `c_int` whose size is passed alongside, and the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +90,27 @@ mod tests {
         // SAFETY: as above.
         assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER, "this thread is untouched");
         assert!(set_thread_fifo(100).is_err(), "priorities stop at 99");
+    }
+
+    #[test]
+    fn deferred_accept_waits_for_the_first_bytes() {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        set_tcp_defer_accept(&listener, 5).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(listener.accept().unwrap_err().kind(), std::io::ErrorKind::WouldBlock, "nothing sent yet");
+        client.write_all(b"hello").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match listener.accept() {
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                Err(e) => panic!("not accepted after the first bytes: {e}"),
+            }
+        }
     }
 }

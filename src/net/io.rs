@@ -390,6 +390,12 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
+    // A connection reaches `accept` with its ClientHello: one wake-up of the io thread per new connection
+    // instead of two, and a client that connects and says nothing costs a kernel request for about a second
+    // (then it is accepted and meets the handshake timeout) instead of a session slot from the first moment.
+    if let Err(e) = crate::os::set_tcp_defer_accept(&socket, 1) {
+        log::warn!("TCP_DEFER_ACCEPT not available on {addr}: {e}");
+    }
     Ok(TcpListener::from_std(socket.into()))
 }
 

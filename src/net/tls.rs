@@ -79,6 +79,9 @@ pub fn server_config(tls: &TlsConfig, dev_cert_dir: &Path) -> Result<ServerTls, 
     // Stateless tickets would need a shared key rotation story across zones; session resumption is not needed
     // for a connection that lives as long as a play session.
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    // With nowhere to keep them, TLS 1.3 tickets would be built (random nonces, a key derivation each) and then
+    // dropped unsent: rustls sends 2 by default.
+    config.send_tls13_tickets = 0;
     Ok(ServerTls { config: Arc::new(config), dev_cert_path })
 }
 
