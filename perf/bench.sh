@@ -4,7 +4,8 @@
 # input->snapshot p99 <= 2 ticks and no overruns.
 #
 #   perf/bench.sh [--steps "100 250 500 1000 2000"] [--duration S] [--zone NAME|FILE] [--behaviour B]
-#                 [--login-rate R] [--threads T] [--sim-nice N] [--sim-rt P] [--no-build]
+#                 [--login-rate R] [--threads T] [--sim-nice N] [--sim-rt P] [--io-nice N]
+#                 [--no-build]
 #
 # Each step: a fresh server (fresh in-memory accounts), bots ramped at --login-rate logins/s (argon2id at OWASP
 # parameters, 2 at a time, is the limit), then a --duration window measured by both sides: tick histogram, overruns
@@ -15,11 +16,12 @@
 # CAP_SYS_NICE). Default 0: every thread at the same priority.
 # --sim-rt P starts it with server.sim_realtime_priority = P (SCHED_FIFO: the tick runs ahead of every normal
 # thread on its core; needs root or CAP_SYS_NICE). Default 0: off.
+# --io-nice N starts it with server.io_nice = N (the io threads' nice value). Default 0.
 set -euo pipefail
 # shellcheck source=perf/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-SIM_RT=0 SIM_NICE=0 STEPS="100 250 500 1000 2000" DURATION=60 ZONE=perf-20k BEHAVIOUR=walk LOGIN_RATE=15 BOT_THREADS=2 BUILD=1
+IO_NICE=0 SIM_RT=0 SIM_NICE=0 STEPS="100 250 500 1000 2000" DURATION=60 ZONE=perf-20k BEHAVIOUR=walk LOGIN_RATE=15 BOT_THREADS=2 BUILD=1
 while (($#)); do
   case "$1" in
     --steps) STEPS="$2"; shift 2 ;;
@@ -30,8 +32,9 @@ while (($#)); do
     --threads) BOT_THREADS="$2"; shift 2 ;;
     --sim-nice) SIM_NICE="$2"; shift 2 ;;
     --sim-rt) SIM_RT="$2"; shift 2 ;;
+    --io-nice) IO_NICE="$2"; shift 2 ;;
     --no-build) BUILD=0; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
@@ -53,7 +56,7 @@ BOTS_BIN="$OUT/bin/realm-bots"
   echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores"
   echo "rustc: $(rustc --version)"
   echo "commit: $(cd "$REPO" && git rev-parse --short HEAD) (+ working tree)"
-  echo "zone: $ZONE_FILE; behaviour $BEHAVIOUR; window ${DURATION}s per step; login rate ${LOGIN_RATE}/s; sim nice $SIM_NICE; sim real-time priority $SIM_RT"
+  echo "zone: $ZONE_FILE; behaviour $BEHAVIOUR; window ${DURATION}s per step; login rate ${LOGIN_RATE}/s; sim nice $SIM_NICE; sim real-time priority $SIM_RT; io nice $IO_NICE"
 } | tee "$OUT/machine.txt" >&2
 
 cleanup() {

@@ -391,3 +391,25 @@ fn a_thousand_concurrent_tls_clients_connect_and_are_served() {
     assert_eq!(conns.len(), CLIENTS);
     assert_eq!(h.shared.stats.open_connections.load(Ordering::Relaxed), CLIENTS);
 }
+
+#[test]
+fn io_threads_take_the_configured_nice_value() {
+    // Raising a nice value needs no privilege, so this runs anywhere. Other tests' io threads (same names, nice 0)
+    // may be running in this process too, so look for ours among all of them.
+    let h = Harness::start(|c| c.server.io_nice = 3);
+    let nices = |name: &str| -> Vec<i64> {
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
+        tasks
+            .filter_map(Result::ok)
+            .map(|t| t.path())
+            .filter(|d| std::fs::read_to_string(d.join("comm")).is_ok_and(|c| c.trim() == name))
+            .filter_map(|d| {
+                let stat = std::fs::read_to_string(d.join("stat")).ok()?;
+                // Fields after the command name start at field 3 (state); nice is field 19.
+                stat.rsplit_once(") ")?.1.split(' ').nth(16)?.parse().ok()
+            })
+            .collect()
+    };
+    wait_until("both io threads at nice 3", || nices("realm-io-0").contains(&3) && nices("realm-io-1").contains(&3));
+    drop(h);
+}

@@ -170,6 +170,10 @@ pub struct ServerConfig {
     /// each second for normal threads (`kernel.sched_rt_runtime_us`). Needs CAP_SYS_NICE; without it the server
     /// warns and keeps the normal scheduler.
     pub sim_realtime_priority: i32,
+    /// Nice value (-20..=19) of the io threads; 0 = unchanged. Below 0 they win their core over other processes
+    /// (on a shared host, or beside a load generator), so a tick's snapshots leave sooner; a real-time simulation
+    /// thread still runs ahead of them. Needs CAP_SYS_NICE below 0 (without it the server warns).
+    pub io_nice: i32,
     /// Grace period for a graceful shutdown, in seconds.
     pub shutdown_grace_secs: u64,
 }
@@ -332,6 +336,7 @@ impl Default for ServerConfig {
             sim_core: -1,
             sim_nice: 0,
             sim_realtime_priority: 0,
+            io_nice: 0,
             shutdown_grace_secs: 20,
         }
     }
@@ -515,6 +520,7 @@ impl Config {
         )?;
         check(self.server.io_threads <= 64, "server.io_threads", self.server.io_threads, "must be 0..=64")?;
         check((-20..=19).contains(&self.server.sim_nice), "server.sim_nice", self.server.sim_nice, "must be -20..=19")?;
+        check((-20..=19).contains(&self.server.io_nice), "server.io_nice", self.server.io_nice, "must be -20..=19")?;
         check(
             (0..=99).contains(&self.server.sim_realtime_priority),
             "server.sim_realtime_priority",

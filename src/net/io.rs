@@ -365,10 +365,16 @@ pub fn spawn<E: From<Inbound> + Send + 'static>(
             send: SendBatch::new(32),
             shutting_down: None,
         };
+        let nice = config.server.io_nice;
         let join = std::thread::Builder::new().name(format!("realm-io-{index}")).spawn(move || {
             if let Some(core) = core {
                 if !core_affinity::set_for_current(core) {
                     log::warn!("realm-io-{index}: could not pin to core {}", core.id);
+                }
+            }
+            if nice != 0 {
+                if let Err(e) = crate::os::set_thread_nice(nice) {
+                    log::warn!("realm-io-{index}: cannot set nice {nice} (needs CAP_SYS_NICE below 0): {e}");
                 }
             }
             if let Err(e) = thread.run() {
