@@ -5,7 +5,7 @@
 #
 #   perf/bench.sh [--steps "100 250 500 1000 2000"] [--duration S] [--zone NAME|FILE] [--behaviour B]
 #                 [--login-rate R] [--threads T] [--sim-nice N] [--sim-rt P] [--io-nice N]
-#                 [--no-build]
+#                 [--settle S] [--no-build]
 #
 # Each step: a fresh server (fresh in-memory accounts), bots ramped at --login-rate logins/s (argon2id at OWASP
 # parameters, 2 at a time, is the limit), then a --duration window measured by both sides: tick histogram, overruns
@@ -17,11 +17,13 @@
 # --sim-rt P starts it with server.sim_realtime_priority = P (SCHED_FIFO: the tick runs ahead of every normal
 # thread on its core; needs root or CAP_SYS_NICE). Default 0: off.
 # --io-nice N starts it with server.io_nice = N (the io threads' nice value). Default 0.
+# --settle S waits S whole seconds after the ramp before the window (default 10): logins the server could not hash as
+# fast as the ramp asked finish first, so the window measures play, not the end of the login rush.
 set -euo pipefail
 # shellcheck source=perf/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-IO_NICE=0 SIM_RT=0 SIM_NICE=0 STEPS="100 250 500 1000 2000" DURATION=60 ZONE=perf-20k BEHAVIOUR=walk LOGIN_RATE=15 BOT_THREADS=2 BUILD=1
+SETTLE=10 IO_NICE=0 SIM_RT=0 SIM_NICE=0 STEPS="100 250 500 1000 2000" DURATION=60 ZONE=perf-20k BEHAVIOUR=walk LOGIN_RATE=15 BOT_THREADS=2 BUILD=1
 while (($#)); do
   case "$1" in
     --steps) STEPS="$2"; shift 2 ;;
@@ -33,8 +35,9 @@ while (($#)); do
     --sim-nice) SIM_NICE="$2"; shift 2 ;;
     --sim-rt) SIM_RT="$2"; shift 2 ;;
     --io-nice) IO_NICE="$2"; shift 2 ;;
+    --settle) SETTLE="$2"; shift 2 ;;
     --no-build) BUILD=0; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
@@ -72,14 +75,14 @@ for N in $STEPS; do
   mkdir -p "$STEP"
   RAMP=$(( (N + LOGIN_RATE - 1) / LOGIN_RATE ))
   ((RAMP >= 5)) || RAMP=5
-  log "step $N bots: ramp ${RAMP}s, window ${DURATION}s"
+  log "step $N bots: ramp ${RAMP}s, settle ${SETTLE}s, window ${DURATION}s"
   start_server "$ZONE_FILE" "$STEP/server.log"
   "$BOTS_BIN" --server "$GAME_ADDR" --ca "$CERT" --bots "$N" --threads "$BOT_THREADS" --ramp "$RAMP" \
-    --duration "$DURATION" --behaviour "$BEHAVIOUR" --login-timeout 180 --json --allow-failures \
+    --settle "$SETTLE" --duration "$DURATION" --behaviour "$BEHAVIOUR" --login-timeout 180 --json --allow-failures \
     >"$STEP/bots.json" 2>"$STEP/bots.progress" &
   BOTS_PID=$!
-  # The bots measure from the end of their ramp; the server's window starts at the same moment.
-  sleep "$RAMP"
+  # The bots measure from the end of their ramp plus the settle time; the server's window starts at the same moment.
+  sleep $((RAMP + SETTLE))
   scrape "$STEP/metrics-before.txt"
   thread_cpu "$SERVER_PID" >"$STEP/threads-before.txt"
   T0=$(date +%s.%N)

@@ -56,6 +56,10 @@ pub struct Args {
     /// Seconds over which bot logins are spread.
     #[arg(long, default_value_t = 5.0)]
     pub ramp: f64,
+    /// Seconds between the end of the ramp and the measured window: logins still in flight when the ramp ends
+    /// (a server hashing passwords at its limit) finish before anything is measured.
+    #[arg(long, default_value_t = 0.0)]
+    pub settle: f64,
     /// Driver threads (each a mio Poll over N/T bots).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -129,8 +133,12 @@ impl Args {
         if self.threads == 0 || self.threads > 64 {
             return Err(invalid("--threads", "1..=64"));
         }
-        for (flag, v) in [("--duration", self.duration), ("--ramp", self.ramp), ("--login-timeout", self.login_timeout)]
-        {
+        for (flag, v) in [
+            ("--duration", self.duration),
+            ("--ramp", self.ramp),
+            ("--settle", self.settle),
+            ("--login-timeout", self.login_timeout),
+        ] {
             if !v.is_finite() || !(0.0..=86_400.0).contains(&v) {
                 return Err(invalid(flag, format!("{v} is not 0..=86400 seconds")));
             }
@@ -173,19 +181,20 @@ pub fn run(args: &Args) -> Result<Report, BotsError> {
         .map_err(|e| invalid("--server-name", format!("{:?}: {e}", args.server_name)))?;
     let epoch = Instant::now();
     let ramp = Duration::from_secs_f64(args.ramp);
+    let settle = Duration::from_secs_f64(args.settle);
     let duration = Duration::from_secs_f64(args.duration);
     let shared = Arc::new(Shared {
         server,
         server_name,
         tls,
         epoch,
-        measure_from: epoch + ramp,
+        measure_from: epoch + ramp + settle,
         password: args.password.clone(),
         handshake_timeout: Duration::from_secs(10),
         login_timeout: Duration::from_secs_f64(args.login_timeout),
         udp_timeout: Duration::from_secs(5),
     });
-    let end = epoch + ramp + duration;
+    let end = epoch + ramp + settle + duration;
     let threads = args.threads.min(args.bots);
     let live = Arc::new(Live::new(threads));
 
@@ -242,6 +251,7 @@ pub fn run(args: &Args) -> Result<Report, BotsError> {
         threads,
         behaviour: args.behaviour,
         ramp_secs: args.ramp,
+        settle_secs: args.settle,
         duration_secs: args.duration,
     };
     Ok(Report::build(header, stats, &outcomes))
@@ -286,6 +296,8 @@ mod tests {
         assert!(e.contains("--ca"), "{e}");
         let e = args(&["--ramp=-1"]).validate().unwrap_err().to_string();
         assert!(e.contains("--ramp"), "{e}");
+        let e = args(&["--settle=NaN"]).validate().unwrap_err().to_string();
+        assert!(e.contains("--settle"), "{e}");
     }
 
     #[test]

@@ -227,6 +227,8 @@ pub struct Report {
     pub behaviour: Behaviour,
     /// Ramp length, seconds.
     pub ramp_secs: f64,
+    /// Seconds between the ramp and the measured window.
+    pub settle_secs: f64,
     /// Measurement window (after the ramp), seconds.
     pub duration_secs: f64,
     /// The server's tick rate (from LoginOk; 0 if no bot logged in).
@@ -312,6 +314,7 @@ impl Report {
             threads: header.threads,
             behaviour: header.behaviour,
             ramp_secs: header.ramp_secs,
+            settle_secs: header.settle_secs,
             duration_secs: header.duration_secs,
             tick_rate_hz: if period_us == 0 { 0.0 } else { 1e6 / period_us as f64 },
             connected: outcomes.iter().filter(|o| o.logged_in).count(),
@@ -352,8 +355,15 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "realm-bots: {} bots ({:?}) on {} threads against {}; ramp {:.0} s, measured {:.0} s at {:.0} Hz",
-            self.bots, self.behaviour, self.threads, self.server, self.ramp_secs, self.duration_secs, self.tick_rate_hz
+            "realm-bots: {} bots ({:?}) on {} threads against {}; ramp {:.0} s, settle {:.0} s, measured {:.0} s at {:.0} Hz",
+            self.bots,
+            self.behaviour,
+            self.threads,
+            self.server,
+            self.ramp_secs,
+            self.settle_secs,
+            self.duration_secs,
+            self.tick_rate_hz
         );
         let _ = writeln!(
             s,
@@ -396,6 +406,7 @@ pub(crate) struct ReportHeader {
     pub threads: usize,
     pub behaviour: Behaviour,
     pub ramp_secs: f64,
+    pub settle_secs: f64,
     pub duration_secs: f64,
 }
 
@@ -410,6 +421,7 @@ mod tests {
             threads: 1,
             behaviour: Behaviour::Walk,
             ramp_secs: 0.0,
+            settle_secs: 0.0,
             duration_secs: 10.0,
         }
     }
