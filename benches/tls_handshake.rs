@@ -22,9 +22,11 @@ use rustls::pki_types::ServerName;
 
 /// The task directory of the thread named `name` in this process.
 fn thread_dir(name: &str) -> Option<std::path::PathBuf> {
-    std::fs::read_dir("/proc/self/task").ok()?.filter_map(Result::ok).map(|t| t.path()).find(|dir| {
-        std::fs::read_to_string(dir.join("comm")).is_ok_and(|comm| comm.trim() == name)
-    })
+    std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|t| t.path())
+        .find(|dir| std::fs::read_to_string(dir.join("comm")).is_ok_and(|comm| comm.trim() == name))
 }
 
 /// CPU time of the thread named `name`: exact (the scheduler's nanosecond runtime from `schedstat`), and split
@@ -129,7 +131,10 @@ fn main() {
         per.as_secs_f64() * 1e6
     );
     println!("| - of which user space (rustls + realm), tick-sampled share | {:.1} us |", user.as_secs_f64() * 1e6);
-    println!("| - of which kernel (accept, TCP, epoll, close), tick-sampled share | {:.1} us |", kernel.as_secs_f64() * 1e6);
+    println!(
+        "| - of which kernel (accept, TCP, epoll, close), tick-sampled share | {:.1} us |",
+        kernel.as_secs_f64() * 1e6
+    );
     println!(
         "ratio {ratio:.2}x (target <= 1.25x); {:.0} handshakes/s end to end on one client thread",
         n as f64 / wall.as_secs_f64()

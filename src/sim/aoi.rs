@@ -615,10 +615,16 @@ mod nearest_tests {
         let mut rng = Pcg32::new(8, 8);
         // The last layout puts everything, observers included, on a 2.5 m lattice: on cell edges and at exact
         // view distances, where float rounding at the radius must not change the count.
-        for (count, cell, lattice) in [(300usize, 33.0f32, 0.0f32), (4000, 8.0, 0.0), (4000, 33.0, 0.0), (6000, 10.0, 2.5)] {
+        for (count, cell, lattice) in
+            [(300usize, 33.0f32, 0.0f32), (4000, 8.0, 0.0), (4000, 33.0, 0.0), (6000, 10.0, 2.5)]
+        {
             let point = |rng: &mut Pcg32| {
                 let p = Vec2::new(rng.range(0.0, 300.0), rng.range(0.0, 300.0));
-                if lattice > 0.0 { Vec2::new((p.x / lattice).floor() * lattice, (p.y / lattice).floor() * lattice) } else { p }
+                if lattice > 0.0 {
+                    Vec2::new((p.x / lattice).floor() * lattice, (p.y / lattice).floor() * lattice)
+                } else {
+                    p
+                }
             };
             let pos: Vec<Vec2> = (0..count).map(|_| point(&mut rng)).collect();
             let mut g = Grid::new(300.0, cell);
