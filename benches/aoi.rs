@@ -142,28 +142,25 @@ fn main() {
     let grid = run_grid();
     let tree = if grid_only { None } else { Some(run_rtree()) };
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let row = |name: &str, phase: &Phase| {
+        println!(
+            "| {name} | {:.3} | {:.3} | {:.3} | {} |",
+            ms(median(phase.total.clone())),
+            ms(p99(phase.total.clone())),
+            ms(median(phase.update.clone())),
+            phase.seen / TICKS
+        );
+    };
     let g = median(grid.total.clone());
     println!("AOI: {ENTITIES} entities, {OBSERVERS} observers, 10% change cell per tick, {TICKS} ticks");
     println!("| structure | median ms/tick | p99 ms/tick | of which index update | entities seen/tick |");
     println!("| --- | ---: | ---: | ---: | ---: |");
-    println!(
-        "| uniform grid + hysteresis | {:.3} | {:.3} | {:.3} | {} |",
-        ms(g),
-        ms(p99(grid.total.clone())),
-        ms(median(grid.update.clone())),
-        grid.seen / TICKS
-    );
+    row("uniform grid + hysteresis", &grid);
     let mut json = serde_json::json!({"grid_median_ms": ms(g)});
     if let Some(tree) = tree {
         let r = median(tree.total.clone());
         let ratio = r.as_secs_f64() / g.as_secs_f64();
-        println!(
-            "| rstar R-tree rebuilt per tick | {:.3} | {:.3} | {:.3} | {} |",
-            ms(r),
-            ms(p99(tree.total.clone())),
-            ms(median(tree.update.clone())),
-            tree.seen / TICKS
-        );
+        row("rstar R-tree rebuilt per tick", &tree);
         println!("grid is {ratio:.2}x faster (target >= 3x)");
         json["rtree_median_ms"] = ms(r).into();
         json["ratio"] = ratio.into();

@@ -49,6 +49,7 @@ fn main() {
         }
     };
     let rounds: usize = std::env::var("REALM_LOCK_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let mut rows = Vec::new();
     let mut ratios = Vec::new();
     for round in 0..rounds {
@@ -76,7 +77,6 @@ fn main() {
         }
         let _: () = redis::cmd("DEL").arg("bench-raw").query(&mut plain).expect("DEL");
         raw.sort_unstable();
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         println!(
             "round {round}: acquire p50 {:.3} p99 {:.3} ms | release p50 {:.3} p99 {:.3} ms | redis crate SET p50 {:.3} p99 {:.3} ms",
             ms(percentile(&acquires, 0.5)),
@@ -86,21 +86,18 @@ fn main() {
             ms(percentile(&raw, 0.5)),
             ms(percentile(&raw, 0.99)),
         );
-        let ours = (percentile(&samples, 0.5), percentile(&samples, 0.99));
+        let (p50, p99) = (ms(percentile(&samples, 0.5)), ms(percentile(&samples, 0.99)));
         let Some((set_p50, set_p99)) = redis_benchmark_p99_ms(host, port, n) else {
             eprintln!("lock bench: redis-benchmark not found or its CSV not understood");
             std::process::exit(1);
         };
-        let ratio = ours.1.as_secs_f64() * 1000.0 / set_p99;
+        let ratio = p99 / set_p99;
         println!(
-            "round {round}: lock acquire+release p50 {:.3} ms p99 {:.3} ms | redis-benchmark SET p50 {set_p50:.3} ms p99 {set_p99:.3} ms | p99 ratio {ratio:.2}x (target <= 2.0x)",
-            ours.0.as_secs_f64() * 1000.0,
-            ours.1.as_secs_f64() * 1000.0
+            "round {round}: lock acquire+release p50 {p50:.3} ms p99 {p99:.3} ms | redis-benchmark SET p50 {set_p50:.3} ms p99 {set_p99:.3} ms | p99 ratio {ratio:.2}x (target <= 2.0x)",
         );
         ratios.push(ratio);
         rows.push(serde_json::json!({
-            "round": round, "n": n,
-            "lock_p50_ms": ours.0.as_secs_f64() * 1000.0, "lock_p99_ms": ours.1.as_secs_f64() * 1000.0,
+            "round": round, "n": n, "lock_p50_ms": p50, "lock_p99_ms": p99,
             "set_p50_ms": set_p50, "set_p99_ms": set_p99, "p99_ratio": ratio,
         }));
     }

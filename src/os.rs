@@ -6,12 +6,7 @@
 pub fn set_thread_nice(nice: i32) -> std::io::Result<()> {
     // SAFETY: `gettid` has no preconditions and cannot fail; `setpriority` only reads its three integer arguments
     // and reports failure through its return value and errno, which we read at once.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    result(unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) })
 }
 
 /// Puts the calling thread in the SCHED_FIFO real-time class at `priority` (1..=99): it then runs ahead of every
@@ -21,12 +16,7 @@ pub fn set_thread_fifo(priority: i32) -> std::io::Result<()> {
     let param = libc::sched_param { sched_priority: priority };
     // SAFETY: `param` is a valid, initialised `sched_param` that outlives the call, which only reads it; failure
     // is reported through the return value and errno, read at once.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    result(unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) })
 }
 
 /// Sets TCP_DEFER_ACCEPT on a listening socket: the kernel completes a connection's handshake but hands it to
@@ -36,7 +26,7 @@ pub fn set_tcp_defer_accept(socket: &impl std::os::fd::AsRawFd, secs: u32) -> st
     let value = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
     // SAFETY: the fd is borrowed from a live socket for the duration of the call; the option value points at a
     // local `c_int` whose size is passed alongside, and the kernel only reads it.
-    let rc = unsafe {
+    result(unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             libc::IPPROTO_TCP,
@@ -44,11 +34,38 @@ pub fn set_tcp_defer_accept(socket: &impl std::os::fd::AsRawFd, secs: u32) -> st
             (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
-    };
+    })
+}
+
+/// A libc return code (0 = success, -1 = failure with errno set) as a `Result`; errno is read at once.
+fn result(rc: libc::c_int) -> std::io::Result<()> {
     if rc == 0 {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Where and how the calling thread runs: pinned to `core`, at nice value `nice` (0 = unchanged) and, when
+/// `fifo_priority` > 0, in SCHED_FIFO at that priority. Every step that fails is logged as a warning naming
+/// `thread` and the thread runs on as it was: placement is an optimisation, never a reason to stop.
+pub fn place_current_thread(thread: &str, core: Option<core_affinity::CoreId>, nice: i32, fifo_priority: i32) {
+    if let Some(core) = core {
+        if !core_affinity::set_for_current(core) {
+            log::warn!("{thread}: could not pin to core {}", core.id);
+        }
+    }
+    if nice != 0 {
+        match set_thread_nice(nice) {
+            Ok(()) => log::info!("{thread}: nice {nice}"),
+            Err(e) => log::warn!("{thread}: cannot set nice {nice} (needs CAP_SYS_NICE below 0): {e}"),
+        }
+    }
+    if fifo_priority > 0 {
+        match set_thread_fifo(fifo_priority) {
+            Ok(()) => log::info!("{thread}: real-time priority {fifo_priority} (SCHED_FIFO)"),
+            Err(e) => log::warn!("{thread}: cannot set real-time priority {fifo_priority} (needs CAP_SYS_NICE): {e}"),
+        }
     }
 }
 

@@ -367,16 +367,7 @@ pub fn spawn<E: From<Inbound> + Send + 'static>(
         };
         let nice = config.server.io_nice;
         let join = std::thread::Builder::new().name(format!("realm-io-{index}")).spawn(move || {
-            if let Some(core) = core {
-                if !core_affinity::set_for_current(core) {
-                    log::warn!("realm-io-{index}: could not pin to core {}", core.id);
-                }
-            }
-            if nice != 0 {
-                if let Err(e) = crate::os::set_thread_nice(nice) {
-                    log::warn!("realm-io-{index}: cannot set nice {nice} (needs CAP_SYS_NICE below 0): {e}");
-                }
-            }
+            crate::os::place_current_thread(&format!("realm-io-{index}"), core, nice, 0);
             if let Err(e) = thread.run() {
                 log::error!("realm-io-{index} stopped: {e}");
             }

@@ -1,11 +1,11 @@
-//! Area of interest: a uniform grid whose cell is the (hysteresis-widened) view radius, so any observer's
-//! neighbourhood is at most 3x3 cells, with hysteresis so an entity on the edge of view does not flicker in and
-//! out: it becomes visible within `enter` radius and stays visible until beyond `leave` radius.
+//! Area of interest: a uniform grid of square cells (the game uses a quarter of the view radius), with hysteresis
+//! so an entity on the edge of view does not flicker in and out: it becomes visible within `enter` radius and stays
+//! visible until beyond `leave` radius.
 //!
 //! Storage is one contiguous array of `(slot, position)` entries sorted by cell (then slot), with a start offset
-//! per cell, rebuilt by a counting sort when positions have changed since the last query. A query then scans three
-//! contiguous runs (one per row of its 3x3 neighbourhood) instead of chasing nine separately allocated lists, and
-//! moving an entity is two stores instead of a removal and an insertion in two heap lists. Measured in
+//! per cell, rebuilt by a counting sort when positions have changed since the last query. A query then scans one
+//! contiguous run per row of cells its circle crosses instead of chasing separately allocated lists, and moving an
+//! entity is two stores instead of a removal and an insertion in two heap lists. Measured in
 //! `benches/aoi.rs` (100,000 entities, 10% changing cell per tick): the rebuild of all entities costs less than
 //! re-filing the movers one by one did, and the queries got faster (BENCHMARKS.md, "Area of interest").
 //!
@@ -138,8 +138,8 @@ impl Grid {
     }
 
     /// Rebuilds the cell-ordered entries if anything moved since the last build (a counting sort over slots,
-    /// with the counts kept by every move, so each cell's run is in slot order). Queries call this first; it is public so a caller can pay it at a
-    /// moment of its choosing.
+    /// with the counts kept by every move, so each cell's run is in slot order). Queries call this first; it is
+    /// public so a caller can pay it at a moment of its choosing.
     pub fn refresh(&mut self) {
         if !self.stale {
             return;
@@ -257,36 +257,32 @@ impl Grid {
         }
         ring.sort_unstable();
         ring.dedup();
-        if candidates > limit.saturating_mul(CROWD_FACTOR) {
-            let inside = self.count_within(center, e2);
-            let total = inside + ring.len();
-            if inside >= limit {
-                // Widen from the radius expected to hold 1.5 x limit, until it holds limit. The density is the
-                // higher of the view circle's and the observer's own 3x3 cells' (a crowd is densest at its
-                // centre, where the circle's average would overestimate the radius and gather too many keys).
-                let view_density = inside as f32 / (std::f32::consts::PI * e2);
-                let density = view_density.max(self.block_density(center));
-                let mut r = (1.5 * limit as f32 / (std::f32::consts::PI * density)).sqrt();
-                loop {
-                    r = r.min(enter);
-                    let candidates = self.plan(center, r);
-                    self.collect_keys(center, r * r, candidates, &mut keys);
-                    if keys.len() >= limit || r >= enter {
-                        break;
-                    }
-                    r *= 1.4;
+        let crowd = candidates > limit.saturating_mul(CROWD_FACTOR);
+        let inside = if crowd { self.count_within(center, e2) } else { 0 };
+        let total = if crowd && inside >= limit {
+            // Widen from the radius expected to hold 1.5 x limit, until it holds limit (at `enter` it holds
+            // `inside`). The density is the higher of the view circle's and the observer's own 3x3 cells' (a crowd
+            // is densest at its centre, where the circle's average would overestimate the radius and gather too
+            // many keys).
+            let view_density = inside as f32 / (std::f32::consts::PI * e2);
+            let density = view_density.max(self.block_density(center));
+            let mut r = (1.5 * limit as f32 / (std::f32::consts::PI * density)).sqrt();
+            loop {
+                r = r.min(enter);
+                let candidates = self.plan(center, r);
+                self.collect_keys(center, r * r, candidates, &mut keys);
+                if keys.len() >= limit || r >= enter {
+                    break;
                 }
-                select_sorted(&mut keys, limit);
-                out.clear();
-                out.extend(keys[..limit].iter().map(|&k| unpack(k)));
-                self.keys = keys;
-                self.ring = ring;
-                return total;
+                r *= 1.4;
             }
-        }
-        self.collect_keys(center, e2, candidates, &mut keys);
-        let total = keys.len() + ring.len();
-        keys.extend_from_slice(&ring);
+            inside + ring.len()
+        } else {
+            self.collect_keys(center, e2, candidates, &mut keys);
+            let total = keys.len() + ring.len();
+            keys.extend_from_slice(&ring);
+            total
+        };
         let n = select_sorted(&mut keys, limit);
         out.clear();
         out.extend(keys[..n].iter().map(|&k| unpack(k)));
