@@ -5,6 +5,8 @@
 //! on a machine without them the test says so on stderr and returns.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Value of a service variable, `None` (with a note) when absent and not required.
