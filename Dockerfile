@@ -3,7 +3,12 @@
 # Realm zone server image.
 #
 #   docker build -t realm-server:dev .
-#   docker run --rm -p 7777:7777/tcp -p 7777:7777/udp -p 9100:9100 realm-server:dev
+#   docker run --rm -p 7777:7777/tcp -p 7777:7777/udp \
+#     -p 127.0.0.1:9100:9100 -e REALM_ADMIN_HOST=0.0.0.0 realm-server:dev
+#
+# The admin listener binds loopback unless told otherwise: the HEALTHCHECK below reaches it there; publishing the
+# admin port (or scraping it from another container) needs REALM_ADMIN_HOST=0.0.0.0, as the compose file and the
+# Kubernetes config set.
 #
 # Stage 1 builds the dependency graph alone (from the manifests and stub sources), so editing Realm's own code
 # reuses that layer and only recompiles the `realm` crate. Stage 2 is a minimal Debian runtime running as an

@@ -85,7 +85,7 @@ done
 # Policy: what the schema cannot say. Applies to every rendered target; overlay-specific rules by name.
 k8s_policy() {
   python3 - "$WORK" "${K8S_TARGETS[@]}" <<'PY'
-import sys, yaml
+import sys, tomllib, yaml
 work, targets = sys.argv[1], sys.argv[2:]
 errors = []
 def err(target, msg): errors.append(f"{target}: {msg}")
@@ -145,6 +145,11 @@ for target in targets:
                 err(target, "prod must set TLS_CERT and TLS_KEY")
             if res.get("requests") != res.get("limits"):
                 err(target, "prod zone pods must be Guaranteed QoS (requests == limits)")
+    # The built-in admin.host is loopback; kubelet probes and Prometheus reach the pod IP.
+    cfg = next((c for c in by_kind.get("ConfigMap", []) if c["metadata"]["name"].startswith("realm-config")), None)
+    admin_host = tomllib.loads((cfg or {}).get("data", {}).get("realm.toml", "")).get("admin", {}).get("host")
+    if admin_host != "0.0.0.0":
+        err(target, f"realm-config realm.toml must set [admin] host = \"0.0.0.0\" (probes reach the pod IP), got {admin_host}")
     pdbs = by_kind.get("PodDisruptionBudget", [])
     if not any(p["spec"]["selector"]["matchLabels"].items() <= spec["selector"]["matchLabels"].items() for p in pdbs):
         err(target, "no PodDisruptionBudget selects the zone pods")
@@ -197,6 +202,8 @@ for zone in ("zone-a", "zone-b"):
     env = svcs[zone]["environment"]
     if env.get("JWT_SECRET") != svcs["zone-a"]["environment"].get("JWT_SECRET"):
         problems.append("zones must share JWT_SECRET")
+    if env.get("REALM_ADMIN_HOST") != "0.0.0.0":
+        problems.append(f"{zone} must set REALM_ADMIN_HOST=0.0.0.0 (Prometheus scrapes it over the network)")
 print(f"{len(svcs)} services: {', '.join(sorted(svcs))}")
 for p in problems:
     print("ERROR", p)

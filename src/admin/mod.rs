@@ -3,15 +3,22 @@
 //! [`AdminState`] is written by the lifecycle code and the simulation (phase, tick, players, backend states) and
 //! read by the listener; it is all atomics, so writers never wait for a scrape. [`spawn`] starts the listener on
 //! its own thread, `realm-admin`: one mio event loop with non-blocking sockets, a bounded number of connections,
-//! a deadline per connection (a client that sends nothing or dribbles its head is answered 408 and closed) and
-//! one response per connection (`Connection: close`). The same loop runs the freeze watchdog: when the tick has
-//! not advanced for `admin.freeze_after_ms`, `/health` says `frozen` (503), `/ready` is 503, and one warning is
-//! logged per freeze episode.
+//! a deadline per connection (a client that sends nothing or dribbles its head is answered 408 and closed), the
+//! oldest unanswered connection evicted when the table is full (so a flood of slow clients cannot keep probes and
+//! scrapes out; `server.rs` says why this and not a per-address cap) and one response per connection
+//! (`Connection: close`). The same loop runs the freeze watchdog: when the tick has not advanced for
+//! `admin.freeze_after_ms`, `/health` says `frozen` (503), `/ready` is 503, and one warning is logged per freeze
+//! episode.
+//!
+//! The listener binds `admin.host`, loopback by default: whatever probes or scrapes it from outside the process's
+//! network namespace (kubelet, Prometheus, a published container port) needs `admin.host = "0.0.0.0"`
+//! (`REALM_ADMIN_HOST=0.0.0.0`), which k8s/ and docker-compose.yml set.
 //!
 //! Invariant a reader must not break: the admin thread never blocks on a peer and nothing it does can block the
 //! game — every socket is non-blocking, every connection has a deadline, and the only shared state it touches is
 //! atomics plus the short locks the metrics collector takes on its sources. A slow or hostile admin client costs
-//! one connection slot until its deadline, never another client's answer or a tick.
+//! one connection slot until its deadline or until a newer connection needs the slot, never another client's
+//! answer or a tick.
 
 mod http;
 mod server;
@@ -476,6 +483,16 @@ mod tests {
         assert_eq!(json["redis"], "down");
         assert_eq!(json["database"], "up");
         assert_eq!(json["status"], "degraded");
+    }
+
+    #[test]
+    fn the_default_config_binds_the_admin_port_to_loopback_only() {
+        let host = Config::default().admin.host;
+        assert!(host.is_loopback(), "admin.host defaults to {host}: /metrics and /health would face every network");
+        // Exposing it is one variable away, as the deployments do it.
+        let env = [("REALM_ADMIN_HOST".to_owned(), "0.0.0.0".to_owned())];
+        let exposed = Config::load_with_env(None, env).expect("REALM_ADMIN_HOST=0.0.0.0 is valid");
+        assert!(exposed.admin.host.is_unspecified());
     }
 
     #[test]

@@ -1,8 +1,32 @@
 //! The admin event loop: one mio `Poll` on the `realm-admin` thread, a listener, at most [`MAX_CONNECTIONS`]
 //! non-blocking connections (plus a few refusal slots), each moving Reading -> Writing -> Lingering under a deadline.
 //!
+//! # Slow clients
+//!
+//! A deadline alone does not protect probes: ~70 clients that connect, dribble a byte now and then and reconnect
+//! when closed keep all [`MAX_CONNECTIONS`] slots busy, and every kubelet probe or Prometheus scrape that arrives
+//! meanwhile is refused. So when the table is full, a new connection **evicts** the connection that has held its
+//! slot longest without being answered, never the newcomer (nginx does the same when it runs out of connections:
+//! `ngx_drain_connections` closes the oldest ones still waiting for a request). A probe sends its whole head in
+//! one packet and each new connection's head is read at once, right after its accept, so a probe is answered in
+//! microseconds and never becomes the oldest reader; the slow clients only evict each other. Victims, oldest
+//! first: a lingering connection (its answer is already written; closing it early costs an honest client
+//! nothing), then a reading one (told 408). Connections still
+//! writing an answer are never evicted; only when all 64 are writing is a newcomer refused 503 (at most
+//! [`WRITE_TIMEOUT`] later a slot frees). Each loop turn drives the ready connections before it accepts, and
+//! accepts at most [`ACCEPT_BURST`] (half the table) before polling again, so a connection accepted before its
+//! head arrived is read as soon as the head is there, before enough newer ones can come to make it the oldest.
+//!
+//! Not chosen: a per-address cap (kubelet probes come from the node's address and Prometheus from one pod, as
+//! can an attacker on the same node or behind the same NAT; on the default loopback bind everyone is 127.0.0.1,
+//! so the cap would shed the probes with the attacker), and a shorter head deadline under pressure (a flood
+//! that reconnects refills the table within the shorter deadline too; eviction makes the pressure itself the
+//! deadline). Every refusal, eviction, drop and head timeout is counted in
+//! `game_server_admin_connections_shed_total{reason}`.
+//!
 //! Invariant: every connection always has a deadline and no socket call can block, so one stalled or hostile
-//! peer delays nobody else; the loop wakes at least every watchdog interval to run the freeze check.
+//! peer delays nobody else; a new connection always gets a slot unless every slot is writing an answer; the loop
+//! wakes at least every watchdog interval to run the freeze check.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -12,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 use super::http::{parse_head, Head, Response, Route, Status, MAX_HEAD_BYTES};
 use super::{AdminState, Phase};
@@ -24,7 +49,8 @@ pub(super) const WAKER: Token = Token(1);
 /// Connection `i` uses `Token(FIRST_CONNECTION + i)`.
 const FIRST_CONNECTION: usize = 2;
 
-/// Most admin requests served at once; more connections are answered 503 at once.
+/// Most admin connections held at once; past this a new connection evicts the oldest unanswered one (see the
+/// module doc), and is answered 503 only when every connection is busy writing an answer.
 pub const MAX_CONNECTIONS: usize = 64;
 /// Connections beyond [`MAX_CONNECTIONS`] held just long enough to be told 503; past these they are dropped.
 const REFUSAL_SLOTS: usize = 16;
@@ -37,6 +63,45 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
 /// ... and at most this many bytes.
 const LINGER_MAX_BYTES: usize = 64 * 1024;
+/// Most connections accepted before the loop polls again: fewer than [`MAX_CONNECTIONS`], so a connection whose
+/// head had not arrived at its accept is read in the next turn, before a burst of newer ones can evict it.
+const ACCEPT_BURST: usize = MAX_CONNECTIONS / 2;
+
+/// `game_server_admin_connections_shed_total{reason}`: admin connections closed or turned away before being
+/// served, by reason. Pre-resolved: the admin loop increments a handle, never looks up a label.
+struct ShedCounters {
+    /// Evicted while reading its head, for a newer connection (the table was full).
+    evicted: IntCounter,
+    /// Answered 503 from a refusal slot (every connection was writing an answer).
+    refused: IntCounter,
+    /// Closed unanswered: the refusal slots were full too.
+    dropped: IntCounter,
+    /// Answered 408: the head did not arrive within [`HEAD_TIMEOUT`].
+    head_timeout: IntCounter,
+}
+
+impl ShedCounters {
+    const NAME: &'static str = "game_server_admin_connections_shed_total";
+
+    fn register(registry: &Registry) -> io::Result<ShedCounters> {
+        let help = "Admin HTTP connections closed or refused before being served, by reason (evicted, refused, \
+                    dropped, head_timeout)";
+        let family = IntCounterVec::new(Opts::new(Self::NAME, help), &["reason"]).map_err(io::Error::other)?;
+        registry.register(Box::new(family.clone())).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{}: {e} (one admin listener per Metrics)", Self::NAME),
+            )
+        })?;
+        let reason = |r: &str| family.with_label_values(&[r]);
+        Ok(ShedCounters {
+            evicted: reason("evicted"),
+            refused: reason("refused"),
+            dropped: reason("dropped"),
+            head_timeout: reason("head_timeout"),
+        })
+    }
+}
 
 enum Stage {
     Reading,
@@ -49,6 +114,8 @@ struct Conn {
     buf: Vec<u8>,
     stage: Stage,
     deadline: Instant,
+    /// Accept order: the lowest among the evictable is the eviction victim.
+    admitted: u64,
 }
 
 /// What a socket step ended with.
@@ -69,6 +136,12 @@ pub(super) struct AdminLoop {
     events: Events,
     ready: Vec<Token>,
     watchdog_every: Duration,
+    /// Connections accepted so far (the next one's `admitted`).
+    admitted: u64,
+    /// The last accept burst stopped at [`ACCEPT_BURST`] with the backlog maybe not empty: accept again without
+    /// waiting for a listener event (readiness is edge-triggered, none may come).
+    accept_pending: bool,
+    shed: ShedCounters,
 }
 
 impl AdminLoop {
@@ -79,6 +152,7 @@ impl AdminLoop {
         metrics: Arc<Metrics>,
         stop: Arc<AtomicBool>,
     ) -> io::Result<AdminLoop> {
+        let shed = ShedCounters::register(metrics.registry())?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let watchdog_every = (state.freeze_after() / 4).clamp(Duration::from_millis(10), Duration::from_millis(500));
         Ok(AdminLoop {
@@ -91,12 +165,15 @@ impl AdminLoop {
             events: Events::with_capacity(128),
             ready: Vec::with_capacity(128),
             watchdog_every,
+            admitted: 0,
+            accept_pending: false,
+            shed,
         })
     }
 
     pub(super) fn run(&mut self) {
         while !self.stop.load(Ordering::Acquire) {
-            let timeout = self.next_timeout(Instant::now());
+            let timeout = if self.accept_pending { Duration::ZERO } else { self.next_timeout(Instant::now()) };
             if let Err(e) = self.poll.poll(&mut self.events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("admin poll failed: {e}");
@@ -106,12 +183,18 @@ impl AdminLoop {
             }
             self.ready.clear();
             self.ready.extend(self.events.iter().map(|e| e.token()));
+            // Connections first, then new ones: a head that arrived since the last turn is read before any newer
+            // connection can make its sender the oldest reader.
+            let mut accept = self.accept_pending;
             for i in 0..self.ready.len() {
                 match self.ready[i] {
-                    LISTENER => self.accept(),
+                    LISTENER => accept = true,
                     WAKER => {}
                     Token(t) => self.drive(t - FIRST_CONNECTION),
                 }
+            }
+            if accept {
+                self.accept();
             }
             let now = Instant::now();
             self.expire(now);
@@ -128,9 +211,18 @@ impl AdminLoop {
     }
 
     fn accept(&mut self) {
+        self.accept_pending = false;
+        let mut accepted = 0;
         loop {
+            if accepted == ACCEPT_BURST {
+                self.accept_pending = true;
+                return;
+            }
             match self.listener.accept() {
-                Ok((stream, _peer)) => self.admit(stream),
+                Ok((stream, _peer)) => {
+                    accepted += 1;
+                    self.admit(stream);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -144,15 +236,17 @@ impl AdminLoop {
 
     fn admit(&mut self, mut stream: TcpStream) {
         let now = Instant::now();
-        let free = |range: std::ops::Range<usize>| range.into_iter().find(|&i| self.conns[i].is_none());
-        let (slot, stage, deadline) = if let Some(slot) = free(0..MAX_CONNECTIONS) {
+        let slot = self.free_slot(0..MAX_CONNECTIONS).or_else(|| self.evict_oldest());
+        let (slot, stage, deadline) = if let Some(slot) = slot {
             (slot, Stage::Reading, now + HEAD_TIMEOUT)
-        } else if let Some(slot) = free(MAX_CONNECTIONS..self.conns.len()) {
-            // Over the limit: answered 503 at once from a refusal slot (with the same lingering close, so the
-            // client reads the answer rather than a reset), never queued behind the busy slots.
+        } else if let Some(slot) = self.free_slot(MAX_CONNECTIONS..self.conns.len()) {
+            // Every connection is writing an answer: answered 503 at once from a refusal slot (with the same
+            // lingering close, so the client reads the answer rather than a reset), never queued.
+            self.shed.refused.inc();
             let out = Response::text(Status::Unavailable, "too many admin connections\n").to_bytes(false);
             (slot, Stage::Writing { out, written: 0 }, now + LINGER_TIMEOUT)
         } else {
+            self.shed.dropped.inc();
             log::debug!("admin connection dropped: every slot busy");
             return;
         };
@@ -162,8 +256,47 @@ impl AdminLoop {
             return;
         }
         let _ = stream.set_nodelay(true);
-        // Edge-triggered: readiness that predates registration is reported by the registration itself.
-        self.conns[slot] = Some(Conn { stream, buf: Vec::new(), stage, deadline });
+        self.admitted += 1;
+        self.conns[slot] = Some(Conn { stream, buf: Vec::new(), stage, deadline, admitted: self.admitted });
+        // Read the head now rather than after the next poll: a probe's head is usually here already, and once it
+        // is answered it can no longer be evicted as a reader.
+        self.drive(slot);
+    }
+
+    fn free_slot(&self, mut range: std::ops::Range<usize>) -> Option<usize> {
+        range.find(|&i| self.conns[i].is_none())
+    }
+
+    /// Frees the slot of the oldest evictable connection (lingering first, then reading) and returns it; `None`
+    /// when every connection is writing an answer.
+    #[cold]
+    fn evict_oldest(&mut self) -> Option<usize> {
+        let oldest = |lingering: bool| {
+            (0..MAX_CONNECTIONS)
+                .filter_map(|i| self.conns[i].as_ref().map(|c| (i, c)))
+                .filter(|(_, c)| match c.stage {
+                    Stage::Lingering { .. } => lingering,
+                    Stage::Reading => !lingering,
+                    Stage::Writing { .. } => false,
+                })
+                .min_by_key(|(_, c)| c.admitted)
+                .map(|(i, _)| i)
+        };
+        let slot = oldest(true).or_else(|| oldest(false))?;
+        let mut conn = self.conns[slot].take()?;
+        if matches!(conn.stage, Stage::Reading) {
+            // Best effort, one non-blocking write: say why, then close. A reader too slow to have sent its head
+            // by now is the slow client the table is full of.
+            self.shed.evicted.inc();
+            let out = Response::error(Status::RequestTimeout).to_bytes(false);
+            let _ = write_all_nonblocking(&mut conn.stream, &out, &mut 0);
+            let _ = conn.stream.shutdown(Shutdown::Write);
+        } else {
+            // Lingering: drain what the client sent since, so the close is a FIN behind its answer, not a reset.
+            let _ = linger(&mut conn.stream, &mut 0);
+        }
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        Some(slot)
     }
 
     fn close(&mut self, slot: usize) {
@@ -180,6 +313,7 @@ impl AdminLoop {
             }
             if matches!(conn.stage, Stage::Reading) {
                 // Slowloris or silent client: say why (briefly), then close.
+                self.shed.head_timeout.inc();
                 conn.stage =
                     Stage::Writing { out: Response::error(Status::RequestTimeout).to_bytes(false), written: 0 };
                 conn.deadline = now + LINGER_TIMEOUT;

@@ -182,7 +182,8 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Address of the admin HTTP listener (/metrics, /health, /ready).
+    /// Address of the admin HTTP listener (/metrics, /health, /ready). Loopback by default; probes and scrapes
+    /// from outside the process's network namespace need `0.0.0.0` (`REALM_ADMIN_HOST`).
     pub host: IpAddr,
     /// Admin port. 0 picks a free port.
     pub port: u16,
@@ -344,7 +345,7 @@ impl Default for ServerConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { host: IpAddr::from([0, 0, 0, 0]), port: 9100, freeze_after_ms: 2_000 }
+        Self { host: IpAddr::from([127, 0, 0, 1]), port: 9100, freeze_after_ms: 2_000 }
     }
 }
 
