@@ -23,6 +23,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test (unit, integration, end-to-end)"
 cargo test --workspace --release
 
+step "fuzz targets, 30 s each (scripts/fuzz.sh; the longer run is scripts/fuzz.sh 3600)"
+scripts/fuzz.sh 30
+
 step "loom model checks"
 scripts/loom.sh
 
