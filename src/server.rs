@@ -129,7 +129,8 @@ pub fn start(config: Config) -> Result<RunningServer, ServerError> {
     let io = io::spawn(&config, Arc::clone(&server_tls.config), tx, Arc::clone(&net))?;
     let game_addr = io.local_addr;
 
-    let sim = Simulation::new(zone, config.game.tick_rate, config.game.seed);
+    let sim = Simulation::new(zone, config.game.tick_rate, config.game.seed)
+        .with_chat_limits(&config.chat, Some(metrics.chat_refusals.clone()));
     log::info!("zone {} loaded: {} NPCs, {} m square", sim.zone().name, sim.world.len(), sim.zone().size);
     let status = Arc::new(SimStatus::default());
     let runner = SimRunner::new(

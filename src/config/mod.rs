@@ -127,6 +127,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Simulation.
     pub game: GameConfig,
+    /// Chat limits.
+    pub chat: ChatConfig,
     /// PostgreSQL.
     pub database: DatabaseConfig,
     /// Redis.
@@ -241,6 +243,23 @@ pub struct GameConfig {
     pub seed: u64,
     /// Seconds between periodic saves of dirty players.
     pub save_interval_secs: u64,
+}
+
+/// `[chat]`: chat limits (see `sim::chat`). A line over a limit is not delivered; its sender gets `ChatRefused`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChatConfig {
+    /// Zone-channel lines one player may send at once ...
+    pub zone_burst: u32,
+    /// ... then one more every this many milliseconds.
+    pub zone_refill_ms: u32,
+    /// Say-channel lines one player may send at once ...
+    pub say_burst: u32,
+    /// ... then one more every this many milliseconds.
+    pub say_refill_ms: u32,
+    /// Chat deliveries (lines x recipients, every channel) the zone makes per second, one second's worth at once;
+    /// past it lines are refused until the budget refills. 0 = no cap.
+    pub deliveries_per_sec: u32,
 }
 
 /// `[database]`. With neither `url` nor `host` set, the server runs on the embedded in-memory store.
@@ -378,6 +397,12 @@ impl Default for GameConfig {
     }
 }
 
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self { zone_burst: 5, zone_refill_ms: 1_000, say_burst: 8, say_refill_ms: 500, deliveries_per_sec: 2_000 }
+    }
+}
+
 impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
@@ -480,6 +505,21 @@ impl Config {
         check(g.max_players >= 1, "game.max_players", g.max_players, "must be at least 1")?;
         check((64..=1_000_000).contains(&g.world_size), "game.world_size", g.world_size, "must be 64..=1000000")?;
         check(g.save_interval_secs >= 1, "game.save_interval_secs", g.save_interval_secs, "must be at least 1")?;
+        let chat = &self.chat;
+        check((1..=1000).contains(&chat.zone_burst), "chat.zone_burst", chat.zone_burst, "must be 1..=1000")?;
+        check(
+            (1..=3_600_000).contains(&chat.zone_refill_ms),
+            "chat.zone_refill_ms",
+            chat.zone_refill_ms,
+            "must be 1..=3600000",
+        )?;
+        check((1..=1000).contains(&chat.say_burst), "chat.say_burst", chat.say_burst, "must be 1..=1000")?;
+        check(
+            (1..=3_600_000).contains(&chat.say_refill_ms),
+            "chat.say_refill_ms",
+            chat.say_refill_ms,
+            "must be 1..=3600000",
+        )?;
         let n = &self.net;
         check(
             (crate::net::framing::MIN_MAX_FRAME..=crate::net::framing::MAX_MAX_FRAME).contains(&n.max_frame_bytes),
@@ -796,6 +836,21 @@ mod tests {
     fn out_of_range_value_names_the_key_and_value() {
         let err = Config::load_with_env(None, env(&[("REALM_GAME_TICK_RATE", "61")])).unwrap_err().to_string();
         assert!(err.contains("game.tick_rate") && err.contains("61"), "{err}");
+    }
+
+    #[test]
+    fn chat_limits_out_of_range_name_the_key_and_value() {
+        for (var, key, value) in [
+            ("REALM_CHAT_ZONE_BURST", "chat.zone_burst", "0"),
+            ("REALM_CHAT_ZONE_REFILL_MS", "chat.zone_refill_ms", "0"),
+            ("REALM_CHAT_SAY_BURST", "chat.say_burst", "1001"),
+            ("REALM_CHAT_SAY_REFILL_MS", "chat.say_refill_ms", "3600001"),
+        ] {
+            let err = Config::load_with_env(None, env(&[(var, value)])).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(value), "{err}");
+        }
+        let c = Config::load_with_env(None, env(&[("REALM_CHAT_DELIVERIES_PER_SEC", "0")])).unwrap();
+        assert_eq!(c.chat.deliveries_per_sec, 0, "0 turns the zone cap off");
     }
 
     #[test]

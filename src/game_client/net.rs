@@ -535,6 +535,7 @@ impl ControlThread {
                     Body::PlayerStats(s) => NetEvent::Stats(s),
                     Body::Loot(l) => NetEvent::Loot(l),
                     Body::Error(n) => NetEvent::Notice(n.message),
+                    Body::ChatRefused(r) => NetEvent::Notice(r.message),
                     Body::ZoneTransfer(t) => return ZoneOutcome::Transfer(t),
                     _ => continue,
                 },

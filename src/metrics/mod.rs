@@ -94,6 +94,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "game_server_inputs_rejected_total",
     "game_server_combat_events_total",
     "game_server_chat_messages_total",
+    "game_server_chat_refused_total",
     "game_server_snapshots_total",
     "game_server_snapshot_truncated_entities_total",
     // Network (attach_net: every network counter lives in NetStats).
@@ -226,6 +227,16 @@ pub struct LockMetrics {
     pub acquire_duration: Histogram,
 }
 
+/// Chat lines the simulation's chat limits refused (`game_server_chat_refused_total{reason}`), counted by the
+/// limiter on the sim thread as it refuses them (see `sim::chat`).
+#[derive(Clone)]
+pub struct ChatRefusals {
+    /// `reason="sender_rate"`: the sender spent its allowance on that channel.
+    pub sender_rate: IntCounter,
+    /// `reason="zone_fanout"`: the zone spent its chat deliveries per second.
+    pub zone_fanout: IntCounter,
+}
+
 /// Error of [`Metrics::attach_net`] / [`Metrics::attach_workers`]: that source is already attached.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("metrics source {0} is already attached")]
@@ -257,6 +268,8 @@ pub struct Metrics {
     pub saves: IntCounter,
     /// `game_server_save_failures_total`: player records whose save failed (each retry that fails counts).
     pub save_failures: IntCounter,
+    /// `game_server_chat_refused_total{reason}`.
+    pub chat_refusals: ChatRefusals,
     queue_depth: IntGaugeVec,
     sessions: [IntGauge; SESSION_STATES.len()],
     scraped: Arc<scrape::Scraped>,
@@ -364,6 +377,18 @@ impl Metrics {
             ),
         };
 
+        let chat_refused = registered(
+            r,
+            prometheus::IntCounterVec::new(
+                Opts::new("game_server_chat_refused_total", "Chat lines refused by the chat limits, by reason."),
+                &["reason"],
+            ),
+        );
+        let chat_refusals = ChatRefusals {
+            sender_rate: chat_refused.with_label_values(&["sender_rate"]),
+            zone_fanout: chat_refused.with_label_values(&["zone_fanout"]),
+        };
+
         let scraped = Arc::new(scrape::Scraped::default());
         let collector = scrape::ScrapeCollector::new(Arc::clone(&scraped));
         registry.register(Box::new(collector)).unwrap_or_else(|e| panic!("scrape collector conflicts: {e}"));
@@ -389,6 +414,7 @@ impl Metrics {
             locks,
             saves: counter(r, "game_server_saves_total", "Player records saved."),
             save_failures: counter(r, "game_server_save_failures_total", "Player record saves that failed."),
+            chat_refusals,
             queue_depth,
             sessions,
             scraped,

@@ -46,6 +46,7 @@ impl ControlMessage {
             Some(PlayerStats(_)) => "player_stats",
             Some(Error(_)) => "error",
             Some(Loot(_)) => "loot",
+            Some(ChatRefused(_)) => "chat_refused",
         }
     }
 }

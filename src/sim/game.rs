@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::aoi::Grid;
+use super::chat::{ChatLimiter, Refusal};
 use super::rng::Pcg32;
 use super::world::{EntityId, Health, Kind, NpcData, NpcState, PlayerData, Vec2, World};
 use super::zone::Zone;
@@ -198,6 +199,8 @@ pub struct Simulation {
     sessions: BTreeMap<SessionId, EntityId>,
     ability_uses: Vec<AbilityUse>,
     chats: Vec<(usize, ChatChannel, String)>,
+    chat_limiter: ChatLimiter,
+    chat_recipients: Vec<SessionId>,
     stats_changed: Vec<usize>,
     stats: SimStats,
     scratch: Vec<(f32, u32)>,
@@ -286,6 +289,8 @@ impl Simulation {
             sessions: BTreeMap::new(),
             ability_uses: Vec::new(),
             chats: Vec::new(),
+            chat_limiter: ChatLimiter::new(&crate::config::ChatConfig::default(), tick_rate),
+            chat_recipients: Vec::new(),
             stats_changed: Vec::new(),
             stats: SimStats::default(),
             scratch: Vec::new(),
@@ -309,6 +314,20 @@ impl Simulation {
             }
         }
         sim
+    }
+
+    /// Chat under `limits` (the default is `ChatConfig::default()`), refusals counted in `metrics`.
+    pub fn with_chat_limits(
+        mut self,
+        limits: &crate::config::ChatConfig,
+        metrics: Option<crate::metrics::ChatRefusals>,
+    ) -> Self {
+        let limiter = ChatLimiter::new(limits, self.tick_rate);
+        self.chat_limiter = match metrics {
+            Some(m) => limiter.with_metrics(m),
+            None => limiter,
+        };
+        self
     }
 
     /// The current tick.
@@ -452,7 +471,7 @@ impl Simulation {
         Ok(())
     }
 
-    /// Queues a chat line for this tick's chat system.
+    /// Queues a chat line for this tick's chat system (which applies the chat limits, see [`super::chat`]).
     pub fn queue_chat(&mut self, session: SessionId, channel: ChatChannel, text: String) -> Result<(), Rejected> {
         let slot = self.sessions.get(&session).and_then(|&id| self.world.slot(id)).ok_or(Rejected::UnknownSession)?;
         let text = text.trim().to_owned();
@@ -854,10 +873,41 @@ impl Simulation {
         out.push(Output::Control { session: p.session, msg: ControlMessage::new(Body::PlayerStats(stats)) });
     }
 
+    /// Delivers this tick's lines, in the order they came, each to its recipients or, over a chat limit, as one
+    /// `ChatRefused` to its sender alone.
     fn chat(&mut self, out: &mut Vec<Output>) {
         let chats = std::mem::take(&mut self.chats);
+        self.chat_limiter.start_tick(self.tick);
+        let mut recipients = std::mem::take(&mut self.chat_recipients);
         for (slot, channel, text) in chats {
             let Some(sender) = self.world.player.get(slot).and_then(Option::as_ref) else { continue };
+            let refuse = |refusal: Refusal| {
+                let refused = ControlMessage::new(Body::ChatRefused(refusal.to_proto(channel)));
+                Output::Control { session: sender.session, msg: refused }
+            };
+            // The sender's allowance first: a flood is refused before its recipients are looked for.
+            let allowed = match self.chat_limiter.check_sender(sender.player_id, channel) {
+                Ok(allowed) => allowed,
+                Err(refusal) => {
+                    out.push(refuse(refusal));
+                    continue;
+                }
+            };
+            recipients.clear();
+            match channel {
+                ChatChannel::Zone => recipients.extend(self.sessions.keys().copied()),
+                ChatChannel::Say => {
+                    let mut near = std::mem::take(&mut self.scratch);
+                    self.grid.within(self.world.pos[slot], SAY_RADIUS, &mut near);
+                    let players = near.iter().filter_map(|&(_, s)| self.world.player[s as usize].as_ref());
+                    recipients.extend(players.map(|p| p.session));
+                    self.scratch = near;
+                }
+            }
+            if let Err(refusal) = self.chat_limiter.admit(allowed, recipients.len()) {
+                out.push(refuse(refusal));
+                continue;
+            }
             let msg = crate::proto::ChatMessage {
                 channel: channel as i32,
                 from_entity: self.world.id(slot),
@@ -865,25 +915,11 @@ impl Simulation {
                 text,
             };
             self.stats.chats += 1;
-            match channel {
-                ChatChannel::Zone => {
-                    for &session in self.sessions.keys() {
-                        out.push(Output::Control { session, msg: ControlMessage::new(Body::ChatMessage(msg.clone())) });
-                    }
-                }
-                ChatChannel::Say => {
-                    let mut near = std::mem::take(&mut self.scratch);
-                    self.grid.within(self.world.pos[slot], SAY_RADIUS, &mut near);
-                    for &(_, s) in &near {
-                        if let Some(p) = self.world.player[s as usize].as_ref() {
-                            let m = ControlMessage::new(Body::ChatMessage(msg.clone()));
-                            out.push(Output::Control { session: p.session, msg: m });
-                        }
-                    }
-                    self.scratch = near;
-                }
+            for &session in &recipients {
+                out.push(Output::Control { session, msg: ControlMessage::new(Body::ChatMessage(msg.clone())) });
             }
         }
+        self.chat_recipients = recipients;
     }
 
     fn portals(&mut self, out: &mut Vec<Output>) {

@@ -6,6 +6,7 @@
 //! holds no database or Redis handle, only a job sender (see `crate::worker`).
 
 pub mod aoi;
+pub mod chat;
 pub mod game;
 pub mod rng;
 pub mod runner;

@@ -317,6 +317,47 @@ fn say_reaches_nearby_players_and_zone_reaches_everyone() {
 }
 
 #[test]
+fn a_zone_chat_flood_is_refused_line_by_line_to_its_sender_alone() {
+    // Default limits: a burst of 5 zone lines, then one a second.
+    let mut sim = Simulation::new(zone(""), RATE, 1);
+    spawn(&mut sim, 1, Vec2::new(100.0, 100.0));
+    spawn(&mut sim, 2, Vec2::new(300.0, 300.0));
+    let tick = |sim: &mut Simulation, lines: usize| {
+        for i in 0..lines {
+            sim.queue_chat(1, ChatChannel::Zone, format!("spam {i}")).unwrap();
+        }
+        let mut out = Vec::new();
+        sim.step(&mut out);
+        let (mut heard, mut refused) = ([0; 3], Vec::new());
+        for o in out {
+            match o {
+                Output::Control { session, msg: proto::ControlMessage { body: Some(Body::ChatMessage(_)) } } => {
+                    heard[session as usize] += 1
+                }
+                Output::Control { session, msg: proto::ControlMessage { body: Some(Body::ChatRefused(r)) } } => {
+                    refused.push((session, r))
+                }
+                _ => {}
+            }
+        }
+        (heard, refused)
+    };
+    let (heard, refused) = tick(&mut sim, 8);
+    assert_eq!(heard, [0, 5, 5], "the burst reaches everyone, the sender included");
+    assert_eq!(refused.len(), 3, "one answer per refused line: {refused:?}");
+    for (session, r) in &refused {
+        assert_eq!(*session, 1, "only the sender hears of it");
+        assert_eq!(r.reason, proto::ChatRefusedReason::ChatRefusedSenderRate as i32);
+        assert_eq!(r.channel, ChatChannel::Zone as i32);
+        assert_eq!(r.retry_after_ms, 1000);
+    }
+    for _ in 1..RATE {
+        assert_eq!(tick(&mut sim, 1).0, [0, 0, 0], "nothing more within the second");
+    }
+    assert_eq!(tick(&mut sim, 1).0, [0, 1, 1], "a line a second later goes out");
+}
+
+#[test]
 fn walking_into_a_portal_freezes_the_player_and_reports_it_once() {
     let mut sim = Simulation::new(zone(""), RATE, 1);
     let me = spawn(&mut sim, 1, Vec2::new(388.0, 100.0));
