@@ -30,7 +30,7 @@ fn main() {
                 let (h, s) = (Arc::clone(&hasher), stored.clone());
                 std::thread::spawn(move || {
                     for _ in 0..n / threads {
-                        assert!(h.verify("correct horse battery staple", Some(&s)));
+                        assert!(h.verify("correct horse battery staple", Some(&s)).unwrap());
                     }
                 })
             })

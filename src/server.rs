@@ -126,6 +126,7 @@ pub fn start(config: Config) -> Result<RunningServer, ServerError> {
     let net = Arc::new(NetShared::new(&config));
     let _ = metrics.attach_workers(Arc::clone(workers.stats()));
     let _ = metrics.attach_net(Arc::clone(&net));
+    admin_state.attach_net(Arc::clone(&net));
     let io = io::spawn(&config, Arc::clone(&server_tls.config), tx, Arc::clone(&net))?;
     let game_addr = io.local_addr;
 
@@ -189,8 +190,12 @@ fn sim_core(config: &Config) -> Option<core_affinity::CoreId> {
 /// The embedded store, or PostgreSQL (accounts on the primary, progress on the shards) and Redis (ownership locks,
 /// transfer tokens) when configured. Either may be configured alone.
 fn build_backend(config: &Config, admin: &AdminState) -> Result<(Backend, Option<Arc<Database>>), ServerError> {
-    let hasher =
-        PasswordHasher::new(config.security.max_concurrent_hashes).map_err(|e| ServerError::Backend(e.to_string()))?;
+    let hasher = PasswordHasher::new(config.security.max_concurrent_hashes)
+        .map_err(|e| ServerError::Backend(e.to_string()))?
+        .with_admission(crate::account::password::Admission {
+            anonymous_queue: crate::account::password::Admission::default().anonymous_queue,
+            anonymous_wait: std::time::Duration::from_millis(config.security.anonymous_hash_wait_ms),
+        });
     let (accounts, players, database): (Arc<dyn AccountStore>, Arc<dyn PlayerStore>, _) =
         if config.uses_embedded_store() {
             (Arc::new(MemoryAccounts::default()), Arc::new(MemoryPlayers::default()), None)

@@ -41,6 +41,13 @@ pub fn accounts(store: &dyn AccountStore, name: &str) -> Result<(), String> {
     if !store.session_valid(id, hash).map_err(|e| e.to_string())? {
         return Err("stored session not found".into());
     }
+    let day = Duration::from_secs(86_400);
+    if !store.logged_in_from(id, "127.0.0.1", day).map_err(|e| e.to_string())? {
+        return Err("the address of a stored session is not known".into());
+    }
+    if store.logged_in_from(id, "192.0.2.9", day).map_err(|e| e.to_string())? {
+        return Err("an address never logged in from is known".into());
+    }
     let mut other = hash;
     other[0] ^= 1;
     if store.session_valid(id, other).map_err(|e| e.to_string())? {

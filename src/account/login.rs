@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
-use super::password::{new_token, PasswordHasher};
-use super::{AccountStore, OwnershipLocks, PlayerStore, Progress, StoreError};
+use super::password::{new_token, HashError, PasswordHasher};
+use super::{AccountRecord, AccountStore, OwnershipLocks, PlayerStore, Progress, StoreError};
 use crate::proto::LoginErrorReason;
 
 /// Login tuning (from `[security]`, `[redis]` and `[server]`).
@@ -22,6 +22,13 @@ pub struct LoginPolicy {
     pub ip_failures: u32,
     /// Length of a lockout (and of the per-address window).
     pub lockout: Duration,
+    /// An account lockout does not apply to (and does not count failures from) an address the account logged in
+    /// from successfully within this: its owner's way out of a lockout strangers triggered.
+    pub trusted_address_for: Duration,
+    /// Registrations per source address per `register_window`.
+    pub register_max: u32,
+    /// The registration window.
+    pub register_window: Duration,
     /// Ownership lock TTL.
     pub lock_ttl: Duration,
     /// This zone's name (recorded as the owner).
@@ -33,10 +40,14 @@ pub struct LoginPolicy {
 impl LoginPolicy {
     /// From the configuration.
     pub fn from_config(c: &crate::config::Config) -> Self {
+        let s = &c.security;
         Self {
-            account_failures: c.security.lockout_failures,
-            ip_failures: c.security.lockout_failures.saturating_mul(4),
-            lockout: Duration::from_secs(c.security.lockout_secs),
+            account_failures: s.lockout_failures,
+            ip_failures: s.ip_lockout_failures,
+            lockout: Duration::from_secs(s.lockout_secs),
+            trusted_address_for: Duration::from_secs(u64::from(s.lockout_trusted_days) * 86_400),
+            register_max: s.register_rate_max,
+            register_window: Duration::from_secs(s.register_rate_window_secs),
             lock_ttl: Duration::from_millis(c.redis.lock_ttl_ms),
             zone: c.server.zone.clone(),
             session_ttl: Duration::from_secs(24 * 3600),
@@ -62,11 +73,29 @@ impl Refusal {
 
     fn busy(e: &StoreError) -> Self {
         log::warn!("login backend error: {e}");
+        Self::hashing_busy()
+    }
+
+    fn hashing_busy() -> Self {
         Self {
             reason: LoginErrorReason::LoginErrorServerBusy,
             message: "try again shortly".into(),
             retry_after: Duration::from_secs(2),
         }
+    }
+
+    fn hash_failed(e: HashError) -> Self {
+        match e {
+            HashError::Busy => Self::hashing_busy(),
+            e => {
+                log::error!("{e}");
+                Self::new(LoginErrorReason::LoginErrorServerBusy, "try again shortly")
+            }
+        }
+    }
+
+    fn locked(left: Duration, message: &str) -> Self {
+        Self { retry_after: left, ..Self::new(LoginErrorReason::LoginErrorLockedOut, message) }
     }
 
     fn invalid() -> Self {
@@ -91,6 +120,44 @@ pub struct LoginGrant {
     pub session_token: [u8; 32],
 }
 
+/// Events per source address in fixed windows (failed logins, registrations), bounded in memory.
+struct PerAddressWindow {
+    window: Duration,
+    counts: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl PerAddressWindow {
+    fn new(window: Duration) -> Self {
+        Self { window, counts: Mutex::new(HashMap::new()) }
+    }
+
+    /// Events from `ip` in its current window, and the time left in that window.
+    fn current(&self, ip: IpAddr, now: Instant) -> (u32, Duration) {
+        match self.counts.lock().get(&ip) {
+            Some(&(since, n)) => match self.window.checked_sub(now.duration_since(since)) {
+                Some(left) if !left.is_zero() => (n, left),
+                _ => (0, self.window),
+            },
+            None => (0, self.window),
+        }
+    }
+
+    /// Counts one event from `ip`; returns the count in the current window, this one included.
+    fn add(&self, ip: IpAddr, now: Instant) -> u32 {
+        let mut counts = self.counts.lock();
+        if counts.len() > 100_000 {
+            let window = self.window;
+            counts.retain(|_, (since, _)| now.duration_since(*since) < window);
+        }
+        let e = counts.entry(ip).or_insert((now, 0));
+        if now.duration_since(e.0) >= self.window {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+        e.1
+    }
+}
+
 /// Everything the login path needs; shared by all workers.
 pub struct LoginService {
     /// Accounts.
@@ -103,7 +170,8 @@ pub struct LoginService {
     pub hasher: PasswordHasher,
     policy: LoginPolicy,
     instance: String,
-    ip_failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    ip_failures: PerAddressWindow,
+    registrations: PerAddressWindow,
 }
 
 fn valid_username(name: &str) -> bool {
@@ -122,7 +190,16 @@ impl LoginService {
         let mut id = [0u8; 8];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
         let instance = format!("{}-{}", policy.zone, super::password::hex(&id));
-        Self { accounts, players, locks, hasher, policy, instance, ip_failures: Mutex::new(HashMap::new()) }
+        Self {
+            accounts,
+            players,
+            locks,
+            hasher,
+            instance,
+            ip_failures: PerAddressWindow::new(policy.lockout),
+            registrations: PerAddressWindow::new(policy.register_window),
+            policy,
+        }
     }
 
     /// The policy in force.
@@ -130,60 +207,61 @@ impl LoginService {
         &self.policy
     }
 
-    fn ip_locked(&self, ip: IpAddr) -> Option<Duration> {
-        let map = self.ip_failures.lock();
-        let (since, count) = map.get(&ip)?;
-        let left = self.policy.lockout.checked_sub(since.elapsed())?;
-        (*count >= self.policy.ip_failures).then_some(left)
-    }
-
-    fn ip_failed(&self, ip: IpAddr) {
-        let mut map = self.ip_failures.lock();
-        if map.len() > 100_000 {
-            let lockout = self.policy.lockout;
-            map.retain(|_, (since, _)| since.elapsed() < lockout);
-        }
-        let e = map.entry(ip).or_insert((Instant::now(), 0));
-        if e.0.elapsed() >= self.policy.lockout {
-            *e = (Instant::now(), 0);
-        }
-        e.1 += 1;
+    /// Whether `ip` is one the account's owner logged in from lately (a backend error counts as no).
+    fn trusted(&self, account: &AccountRecord, ip: IpAddr) -> bool {
+        self.accounts.logged_in_from(account.id, &ip.to_string(), self.policy.trusted_address_for).unwrap_or(false)
     }
 
     /// Logs in with a password.
+    ///
+    /// Two lockouts are in force. Per address: `security.ip_lockout_failures` failed logins from one address within
+    /// `security.lockout_secs` lock that address out of every account. Per account: `security.lockout_failures`
+    /// failures lock the account for `security.lockout_secs`, except from addresses it logged in from lately
+    /// (failures from those do not count either). A locked account answers `LOCKED_OUT` whatever the password and
+    /// spends no hash on it, so the lockout is no oracle.
     pub fn login(&self, username: &str, password: &str, ip: IpAddr) -> Result<LoginGrant, Refusal> {
-        if let Some(left) = self.ip_locked(ip) {
-            return Err(Refusal {
-                retry_after: left,
-                ..Refusal::new(LoginErrorReason::LoginErrorLockedOut, "too many failed logins from this address")
-            });
+        let now = Instant::now();
+        let (failures, left) = self.ip_failures.current(ip, now);
+        if failures >= self.policy.ip_failures {
+            return Err(Refusal::locked(left, "too many failed logins from this address"));
         }
         let account =
             if valid_username(username) { self.accounts.find(username).map_err(|e| Refusal::busy(&e))? } else { None };
-        let ok = self.hasher.verify(password, account.as_ref().map(|a| a.password_hash.as_str()));
-        let Some(account) = account.filter(|_| ok) else {
-            self.ip_failed(ip);
-            if let Some(a) = self.accounts.find(username).ok().flatten() {
-                let _ = self.accounts.record_failure(a.id, self.policy.account_failures, self.policy.lockout);
+        let wall = SystemTime::now();
+        let mut trusted = None;
+        if let Some(a) = &account {
+            if let Some(until) = a.locked_until.filter(|u| *u > wall) {
+                if !*trusted.get_or_insert_with(|| self.trusted(a, ip)) {
+                    let left = until.duration_since(wall).unwrap_or_default();
+                    return Err(Refusal::locked(left, "account temporarily locked"));
+                }
             }
-            return Err(Refusal::invalid());
-        };
-        let now = SystemTime::now();
-        if let Some(until) = account.locked_until.filter(|u| *u > now) {
-            let left = until.duration_since(now).unwrap_or_default();
-            return Err(Refusal {
-                retry_after: left,
-                ..Refusal::new(LoginErrorReason::LoginErrorLockedOut, "account temporarily locked")
-            });
         }
-        if account.is_banned(now) {
+        let ok = self
+            .hasher
+            .verify(password, account.as_ref().map(|a| a.password_hash.as_str()))
+            .map_err(Refusal::hash_failed)?;
+        let account = match account {
+            Some(a) if ok => a,
+            other => {
+                self.ip_failures.add(ip, now);
+                if let Some(a) = other {
+                    if !*trusted.get_or_insert_with(|| self.trusted(&a, ip)) {
+                        let _ = self.accounts.record_failure(a.id, self.policy.account_failures, self.policy.lockout);
+                    }
+                }
+                return Err(Refusal::invalid());
+            }
+        };
+        if account.is_banned(wall) {
             return Err(Refusal::new(LoginErrorReason::LoginErrorBanned, "this account is banned"));
         }
         self.accounts.record_success(account.id).map_err(|e| Refusal::busy(&e))?;
         self.claim(account.id, &account.username, ip)
     }
 
-    /// Creates an account and logs in with it.
+    /// Creates an account and logs in with it. At most `security.register_rate_max` registrations per address per
+    /// `security.register_rate_window_secs` (refused with `RATE_LIMITED` before any hash).
     pub fn register(&self, username: &str, password: &str, ip: IpAddr) -> Result<LoginGrant, Refusal> {
         if !valid_username(username) {
             return Err(Refusal::new(
@@ -194,10 +272,21 @@ impl LoginService {
         if !(8..=128).contains(&password.len()) {
             return Err(Refusal::new(LoginErrorReason::LoginErrorWeakPassword, "passwords are 8 to 128 bytes"));
         }
-        let hash = self.hasher.hash(password).map_err(|e| {
-            log::error!("{e}");
-            Refusal::new(LoginErrorReason::LoginErrorServerBusy, "try again shortly")
-        })?;
+        // A taken name costs neither a hash nor a registration from the address's allowance (clients fall back
+        // to Login on it). The create below still catches a race with another registration of the same name.
+        if self.accounts.find(username).map_err(|e| Refusal::busy(&e))?.is_some() {
+            return Err(Refusal::new(LoginErrorReason::LoginErrorUsernameTaken, "that name is taken"));
+        }
+        let now = Instant::now();
+        let (count, left) = self.registrations.current(ip, now);
+        if count >= self.policy.register_max {
+            return Err(Refusal {
+                retry_after: left,
+                ..Refusal::new(LoginErrorReason::LoginErrorRateLimited, "too many registrations from this address")
+            });
+        }
+        self.registrations.add(ip, now);
+        let hash = self.hasher.hash(password).map_err(Refusal::hash_failed)?;
         let id = match self.accounts.create(username, &hash) {
             Ok(id) => id,
             Err(StoreError::UsernameTaken) => {
@@ -258,6 +347,9 @@ mod tests {
             account_failures: 3,
             ip_failures: 5,
             lockout: Duration::from_secs(60),
+            trusted_address_for: Duration::from_secs(86_400),
+            register_max: 5,
+            register_window: Duration::from_secs(60),
             lock_ttl: Duration::from_secs(10),
             zone: "z".into(),
             session_ttl: Duration::from_secs(60),
@@ -327,6 +419,57 @@ mod tests {
             s.login("mallory", "whatever1", ip(31)).unwrap_err().reason,
             LoginErrorReason::LoginErrorInvalidCredentials
         );
+    }
+
+    #[test]
+    fn a_locked_account_answers_the_same_whatever_the_password_and_spends_no_hash() {
+        let s = service(Arc::default());
+        let g = s.register("alice", "password1", ip(1)).unwrap();
+        s.locks.release(g.player_id, &g.lock_token).unwrap();
+        for n in 0..3 {
+            assert_eq!(s.login("alice", "wrong-pass", ip(10 + n)).unwrap_err().reason, Refusal::invalid().reason);
+        }
+        let hashes = s.hasher.hashes_computed();
+        let right = s.login("alice", "password1", ip(20)).unwrap_err();
+        let wrong = s.login("alice", "wrong-pass", ip(21)).unwrap_err();
+        assert_eq!(right.reason, LoginErrorReason::LoginErrorLockedOut);
+        assert_eq!((right.reason, &right.message), (wrong.reason, &wrong.message), "no password oracle");
+        assert_eq!(s.hasher.hashes_computed(), hashes, "a locked account costs no hash");
+    }
+
+    #[test]
+    fn the_owner_logs_in_from_a_known_address_through_a_lockout_strangers_triggered() {
+        let s = service(Arc::default());
+        let g = s.register("alice", "password1", ip(1)).unwrap();
+        s.locks.release(g.player_id, &g.lock_token).unwrap();
+        for n in 0..3 {
+            s.login("alice", "wrong-pass", ip(10 + n)).unwrap_err();
+        }
+        assert_eq!(s.login("alice", "password1", ip(20)).unwrap_err().reason, LoginErrorReason::LoginErrorLockedOut);
+        // A typo from home does not extend the lockout, and the right password gets in.
+        assert_eq!(
+            s.login("alice", "typo-typo", ip(1)).unwrap_err().reason,
+            LoginErrorReason::LoginErrorInvalidCredentials
+        );
+        let back = s.login("alice", "password1", ip(1)).expect("the owner's address is exempt");
+        assert_eq!(back.player_id, g.player_id);
+    }
+
+    #[test]
+    fn registrations_per_address_are_limited_before_any_hash() {
+        let s = service(Arc::default());
+        for n in 0..5 {
+            s.register(&format!("user{n}"), "password1", ip(1)).unwrap();
+        }
+        let hashes = s.hasher.hashes_computed();
+        let refused = s.register("user9", "password1", ip(1)).unwrap_err();
+        assert_eq!(refused.reason, LoginErrorReason::LoginErrorRateLimited);
+        assert!(refused.retry_after > Duration::ZERO);
+        assert_eq!(s.hasher.hashes_computed(), hashes);
+        let taken = s.register("user0", "password1", ip(1)).unwrap_err();
+        assert_eq!(taken.reason, LoginErrorReason::LoginErrorUsernameTaken, "a taken name is not rate limited");
+        assert_eq!(s.hasher.hashes_computed(), hashes, "a taken name costs no hash");
+        s.register("user9", "password1", ip(2)).expect("other addresses are not affected");
     }
 
     #[test]

@@ -23,6 +23,8 @@ struct AccountsInner {
     by_name: HashMap<String, u64>,
     accounts: HashMap<u64, AccountRecord>,
     sessions: Vec<(u64, [u8; 32], SystemTime)>,
+    /// (player, address, when) of every successful login.
+    logins: Vec<(u64, String, SystemTime)>,
     next_id: u64,
 }
 
@@ -90,13 +92,22 @@ impl AccountStore for MemoryAccounts {
         player_id: u64,
         token_hash: [u8; 32],
         expires: SystemTime,
-        _ip: &str,
+        ip: &str,
     ) -> Result<(), StoreError> {
         let mut inner = self.inner.lock();
         let now = SystemTime::now();
         inner.sessions.retain(|s| s.2 > now);
         inner.sessions.push((player_id, token_hash, expires));
+        match inner.logins.iter().position(|(p, a, _)| *p == player_id && a == ip) {
+            Some(i) => inner.logins[i].2 = now,
+            None => inner.logins.push((player_id, ip.to_owned(), now)),
+        }
         Ok(())
+    }
+
+    fn logged_in_from(&self, player_id: u64, ip: &str, within: Duration) -> Result<bool, StoreError> {
+        let since = SystemTime::now() - within;
+        Ok(self.inner.lock().logins.iter().any(|(p, a, at)| *p == player_id && a == ip && *at >= since))
     }
 
     fn session_valid(&self, player_id: u64, token_hash: [u8; 32]) -> Result<bool, StoreError> {

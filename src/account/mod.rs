@@ -90,6 +90,9 @@ pub trait AccountStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Whether a session with this token hash exists and has not expired (compared in constant time).
     fn session_valid(&self, player_id: u64, token_hash: [u8; 32]) -> Result<bool, StoreError>;
+    /// Whether the account logged in successfully from `ip` within the last `within` (its owner's usual
+    /// addresses: an account lockout triggered by strangers does not apply to them).
+    fn logged_in_from(&self, player_id: u64, ip: &str, within: Duration) -> Result<bool, StoreError>;
 }
 
 /// A player's persistent game state.

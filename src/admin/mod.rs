@@ -8,7 +8,9 @@
 //! scrapes out; `server.rs` says why this and not a per-address cap) and one response per connection
 //! (`Connection: close`). The same loop runs the freeze watchdog: when the tick has not advanced for
 //! `admin.freeze_after_ms`, `/health` says `frozen` (503), `/ready` is 503, and one warning is logged per freeze
-//! episode.
+//! episode. Once the io threads are attached ([`AdminState::attach_net`]), `/health` and `/ready` also say whether
+//! a player could connect: an io thread that stopped is `io_stopped` (503: restarting helps), every slot held by a
+//! logged-in player is `full` (200 — restarting would drop them all — but not `ok`, and `/ready` is 503).
 //!
 //! The listener binds `admin.host`, loopback by default: whatever probes or scrapes it from outside the process's
 //! network namespace (kubelet, Prometheus, a published container port) needs `admin.host = "0.0.0.0"`
@@ -105,8 +107,13 @@ impl BackendState {
 pub enum HealthStatus {
     /// The tick has not advanced for `admin.freeze_after_ms`. HTTP 503.
     Frozen,
+    /// An io thread stopped: it accepts nothing and its players are gone. HTTP 503.
+    IoStopped,
     /// A configured backend is down. HTTP 503.
     Degraded,
+    /// Every connection slot holds a logged-in player: no one else can connect. HTTP 200 (restarting would
+    /// drop them all), but `/ready` is 503.
+    Full,
     /// Shutting down. HTTP 200.
     Draining,
     /// Not ready yet. HTTP 200.
@@ -120,6 +127,8 @@ impl HealthStatus {
     pub fn label(self) -> &'static str {
         match self {
             HealthStatus::Frozen => "frozen",
+            HealthStatus::IoStopped => "io_stopped",
+            HealthStatus::Full => "full",
             HealthStatus::Degraded => "degraded",
             HealthStatus::Draining => "draining",
             HealthStatus::Starting => "starting",
@@ -129,7 +138,7 @@ impl HealthStatus {
 
     /// Whether `/health` answers 200.
     pub fn is_healthy(self) -> bool {
-        !matches!(self, HealthStatus::Frozen | HealthStatus::Degraded)
+        !matches!(self, HealthStatus::Frozen | HealthStatus::IoStopped | HealthStatus::Degraded)
     }
 }
 
@@ -198,6 +207,8 @@ pub struct AdminState {
     ready_since_ms: AtomicU64,
     /// The watchdog has logged the current freeze episode.
     freeze_reported: AtomicBool,
+    /// The io threads' shared state, once attached: whether a player could connect now.
+    net: std::sync::OnceLock<Arc<crate::net::io::NetShared>>,
 }
 
 impl AdminState {
@@ -217,7 +228,22 @@ impl AdminState {
             last_tick_ms: AtomicU64::new(NEVER),
             ready_since_ms: AtomicU64::new(NEVER),
             freeze_reported: AtomicBool::new(false),
+            net: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Lets `/health` and `/ready` report whether the io threads can take a new player (see the module doc).
+    pub fn attach_net(&self, net: Arc<crate::net::io::NetShared>) {
+        let _ = self.net.set(net);
+    }
+
+    fn accepting(&self) -> crate::net::io::Accepting {
+        self.net.get().map_or(crate::net::io::Accepting::Yes, |n| n.accepting())
+    }
+
+    /// Whether a new player could connect now (always true until the io threads are attached).
+    pub fn accepts_players(&self) -> bool {
+        self.accepting() == crate::net::io::Accepting::Yes
     }
 
     /// State from the configuration: zone `server.zone`, this crate's version, `admin.freeze_after_ms`; a
@@ -301,9 +327,9 @@ impl AdminState {
         self.stalled_ms(now).is_some_and(|ms| ms >= self.freeze_after_ms)
     }
 
-    /// `/ready`: Ready and not frozen.
+    /// `/ready`: Ready, not frozen, and a player could connect.
     pub fn is_ready(&self, now: Instant) -> bool {
-        self.phase() == Phase::Ready && !self.is_frozen(now)
+        self.phase() == Phase::Ready && !self.is_frozen(now) && self.accepts_players()
     }
 
     /// The `/health` reading at `now`.
@@ -312,10 +338,15 @@ impl AdminState {
         let database = BackendState::from_u8(self.database.load(Ordering::Relaxed));
         let redis = BackendState::from_u8(self.redis.load(Ordering::Relaxed));
         let last = self.last_tick_ms.load(Ordering::Relaxed);
+        let accepting = self.accepting();
         let status = if self.is_frozen(now) {
             HealthStatus::Frozen
+        } else if accepting == crate::net::io::Accepting::IoStopped {
+            HealthStatus::IoStopped
         } else if database == BackendState::Down || redis == BackendState::Down {
             HealthStatus::Degraded
+        } else if accepting == crate::net::io::Accepting::Full && phase == Phase::Ready {
+            HealthStatus::Full
         } else {
             match phase {
                 Phase::Draining => HealthStatus::Draining,

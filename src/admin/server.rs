@@ -388,6 +388,7 @@ impl AdminLoop {
                     return Response::text(Status::Unavailable, "frozen\n");
                 }
                 match self.state.phase() {
+                    Phase::Ready if !self.state.accepts_players() => Response::text(Status::Unavailable, "full\n"),
                     Phase::Ready => Response::text(Status::Ok, "ready\n"),
                     other => Response::text(Status::Unavailable, format!("{}\n", other.label())),
                 }

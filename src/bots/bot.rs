@@ -625,6 +625,11 @@ impl Bot {
                 }
             };
             match msg.body {
+                Some(DataBody::UdpChallenge(c)) if self.state == State::Binding => {
+                    let n =
+                        channel.seal_challenge_response(&c, ctx.buf).map_err(|e| Fail(format!("client:seal:{e}")))?;
+                    send_datagram(udp, &ctx.buf[..n], ctx.stats)?;
+                }
                 Some(DataBody::UdpWelcome(w)) if self.state == State::Binding => {
                     if self.game.is_some_and(|g| g.session_id != w.session_id) {
                         return Err(Fail::new("protocol:welcome_for_another_session"));

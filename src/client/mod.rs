@@ -94,6 +94,17 @@ impl Connection {
             .next()
             .ok_or_else(|| connect_err(io::Error::new(io::ErrorKind::NotFound, "no address")))?;
         let tcp = TcpStream::connect_timeout(&target, timeout).map_err(connect_err)?;
+        Self::over(tcp, server_name, tls, timeout)
+    }
+
+    /// Completes the TLS handshake over a TCP stream the caller connected (from a chosen local address, say).
+    pub fn over(
+        tcp: TcpStream,
+        server_name: &str,
+        tls: Arc<ClientConfig>,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let target = tcp.peer_addr()?;
         tcp.set_nodelay(true)?;
         tcp.set_read_timeout(Some(timeout))?;
         let name =
@@ -112,6 +123,11 @@ impl Connection {
     /// The server's address.
     pub fn server_addr(&self) -> SocketAddr {
         self.server
+    }
+
+    /// The TCP socket underneath (socket options, local address).
+    pub fn socket(&self) -> &TcpStream {
+        &self.tls.sock
     }
 
     /// Sends Hello and waits for HelloOk.
@@ -225,7 +241,8 @@ impl UdpLink {
         Ok(link)
     }
 
-    /// (Re)sends UdpHello until UdpWelcome arrives; used again after a NAT rebind.
+    /// (Re)sends UdpHello until UdpWelcome arrives, answering the server's UdpChallenge on the way; used again after
+    /// a NAT rebind.
     pub fn hello(&mut self, timeout: Duration) -> Result<(), ClientError> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
@@ -236,6 +253,14 @@ impl UdpLink {
             while Instant::now() < until {
                 match self.recv(until.saturating_duration_since(Instant::now())) {
                     Ok(DataMessage { body: Some(DataBody::UdpWelcome(_)) }) => return Ok(()),
+                    // The server proves our address before binding it: echo the challenge from this socket.
+                    Ok(DataMessage { body: Some(DataBody::UdpChallenge(c)) }) => {
+                        let n = self
+                            .channel
+                            .seal_challenge_response(&c, &mut self.buf)
+                            .map_err(|_| ClientError::Unexpected("seal"))?;
+                        self.socket.send_to(&self.buf[..n], self.server)?;
+                    }
                     Ok(_) => continue,
                     Err(ClientError::Timeout) => break,
                     Err(e) => return Err(e),

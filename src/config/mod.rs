@@ -215,6 +215,21 @@ pub struct NetConfig {
     pub inbound_credits_per_tick: u32,
     /// Consecutive flooding ticks before the session is kicked.
     pub flood_kick_ticks: u32,
+    /// A connection not logged in this long after it was accepted is closed (time the server spends answering a
+    /// login does not count).
+    pub login_timeout_ms: u64,
+    /// Register/Login/TransferLogin requests allowed on one connection; the next one closes it.
+    pub max_login_attempts: u32,
+    /// A closing connection whose peer does not take its last bytes is dropped after this.
+    pub close_linger_ms: u64,
+    /// Most open connections from one source address (0 = no cap).
+    pub max_connections_per_ip: usize,
+    /// Most connections from one source address that have not logged in yet (0 = no cap).
+    pub max_unauthenticated_per_ip: usize,
+    /// A UDP binding challenge must come back within this.
+    pub udp_challenge_timeout_ms: u64,
+    /// The server stops sending to a bound UDP address it has not heard from for this long.
+    pub udp_silence_timeout_ms: u64,
 }
 
 /// `[tls]`
@@ -331,6 +346,17 @@ pub struct SecurityConfig {
     pub lockout_failures: u32,
     /// Lockout length in seconds.
     pub lockout_secs: u64,
+    /// Failed logins from one source address within `lockout_secs` before that address is locked out.
+    pub ip_lockout_failures: u32,
+    /// An account lockout does not apply to addresses the account logged in from within this many days.
+    pub lockout_trusted_days: u32,
+    /// Registrations per source address per `register_rate_window_secs`.
+    pub register_rate_max: u32,
+    /// The registration window, in seconds.
+    pub register_rate_window_secs: u64,
+    /// Longest wait of a hash for a registration or an unknown name for its share of the hashing slots, in
+    /// milliseconds (0 = none: SERVER_BUSY at once; a login worker that waits cannot pick up the next login).
+    pub anonymous_hash_wait_ms: u64,
 }
 
 /// `[log]`
@@ -380,6 +406,13 @@ impl Default for NetConfig {
             write_buffer_cap_bytes: 256 * 1024,
             inbound_credits_per_tick: 8,
             flood_kick_ticks: 40,
+            login_timeout_ms: 15_000,
+            max_login_attempts: 3,
+            close_linger_ms: 2_000,
+            max_connections_per_ip: 256,
+            max_unauthenticated_per_ip: 32,
+            udp_challenge_timeout_ms: 5_000,
+            udp_silence_timeout_ms: 10_000,
         }
     }
 }
@@ -438,7 +471,17 @@ impl Default for WorkerConfig {
 
 impl Default for SecurityConfig {
     fn default() -> Self {
-        Self { token_secret: String::new(), max_concurrent_hashes: 2, lockout_failures: 5, lockout_secs: 300 }
+        Self {
+            token_secret: String::new(),
+            max_concurrent_hashes: 2,
+            lockout_failures: 5,
+            lockout_secs: 300,
+            ip_lockout_failures: 20,
+            lockout_trusted_days: 30,
+            register_rate_max: 20,
+            register_rate_window_secs: 3600,
+            anonymous_hash_wait_ms: 0,
+        }
     }
 }
 
@@ -536,6 +579,31 @@ impl Config {
         )?;
         check(n.max_connections >= 1, "net.max_connections", n.max_connections, "must be at least 1")?;
         check(
+            n.login_timeout_ms >= n.handshake_timeout_ms,
+            "net.login_timeout_ms",
+            n.login_timeout_ms,
+            "must be >= net.handshake_timeout_ms",
+        )?;
+        check(n.max_login_attempts >= 1, "net.max_login_attempts", n.max_login_attempts, "must be at least 1")?;
+        check(
+            (10..=60_000).contains(&n.close_linger_ms),
+            "net.close_linger_ms",
+            n.close_linger_ms,
+            "must be 10..=60000",
+        )?;
+        check(
+            n.udp_challenge_timeout_ms >= 100,
+            "net.udp_challenge_timeout_ms",
+            n.udp_challenge_timeout_ms,
+            "must be >= 100",
+        )?;
+        check(
+            n.udp_silence_timeout_ms >= 1_000,
+            "net.udp_silence_timeout_ms",
+            n.udp_silence_timeout_ms,
+            "must be >= 1000 (the server pings every 2 s)",
+        )?;
+        check(
             n.connect_rate_window_secs >= 1,
             "net.connect_rate_window_secs",
             n.connect_rate_window_secs,
@@ -608,6 +676,21 @@ impl Config {
             "security.max_concurrent_hashes",
             self.security.max_concurrent_hashes,
             "must be at least 1",
+        )?;
+        let sec = &self.security;
+        check(sec.lockout_failures >= 1, "security.lockout_failures", sec.lockout_failures, "must be at least 1")?;
+        check(
+            sec.ip_lockout_failures >= 1,
+            "security.ip_lockout_failures",
+            sec.ip_lockout_failures,
+            "must be at least 1",
+        )?;
+        check(sec.register_rate_max >= 1, "security.register_rate_max", sec.register_rate_max, "must be at least 1")?;
+        check(
+            sec.register_rate_window_secs >= 1,
+            "security.register_rate_window_secs",
+            sec.register_rate_window_secs,
+            "must be >= 1",
         )?;
         check(
             ["error", "warn", "info", "debug", "trace", "off"].contains(&self.log.level.to_ascii_lowercase().as_str()),

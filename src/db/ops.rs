@@ -394,6 +394,14 @@ impl Database {
         })
     }
 
+    /// Whether `player_id` logged in from `ip` within the last `within` (a session row was created from there).
+    pub fn logged_in_from(&self, player_id: u64, ip: &str, within: Duration) -> Result<bool, DbError> {
+        const S: &str = "session_from_address";
+        let mut c = self.primary()?;
+        let row = c.query_one(S, &[&to_db_id(player_id)?, &ip, &within.as_secs_f64()])?;
+        col(&row, 0, S, c.pool_name())
+    }
+
     /// The unexpired session whose token hashes to `token_hash`.
     pub fn find_session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRecord>, DbError> {
         const S: &str = "find_session_by_token_hash";

@@ -103,6 +103,12 @@ pub static STATEMENTS: &[StatementDef] = &[
          VALUES ($1, $2, now() + make_interval(secs => $3::float8), $4, $5) RETURNING id, expires_at",
     ),
     def(
+        "session_from_address",
+        Target::Primary,
+        "SELECT EXISTS (SELECT 1 FROM sessions WHERE player_id = $1 AND ip_address = $2 \
+         AND created_at > now() - make_interval(secs => $3::float8))",
+    ),
+    def(
         "find_session_by_token_hash",
         Target::Primary,
         "SELECT id, player_id, token_hash, expires_at FROM sessions WHERE token_hash = $1 AND expires_at > now()",
@@ -419,6 +425,7 @@ mod tests {
             "ban_check",
             "insert_session",
             "find_session_by_token_hash",
+            "session_from_address",
             "claim_player",
             "load_progress",
             "save_player",

@@ -78,6 +78,10 @@ impl AccountStore for PgAccounts {
         self.db.insert_session(player_id, &token_hash, ttl, Some(ip), None).map(drop).map_err(unavailable)
     }
 
+    fn logged_in_from(&self, player_id: u64, ip: &str, within: Duration) -> Result<bool, StoreError> {
+        self.db.logged_in_from(player_id, ip, within).map_err(unavailable)
+    }
+
     fn session_valid(&self, player_id: u64, token_hash: [u8; 32]) -> Result<bool, StoreError> {
         let found = self.db.find_session(&token_hash).map_err(unavailable)?;
         Ok(found.is_some_and(|s| s.player_id == player_id && constant_time_eq(&s.token_hash, &token_hash)))

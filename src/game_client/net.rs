@@ -218,6 +218,7 @@ pub fn reason_text(reason: LoginErrorReason) -> &'static str {
         LoginErrorReason::LoginErrorServerBusy => "server busy",
         LoginErrorReason::LoginErrorInvalidTransfer => "invalid transfer",
         LoginErrorReason::LoginErrorProtocolVersion => "protocol version mismatch",
+        LoginErrorReason::LoginErrorRateLimited => "too many attempts from this address",
     }
 }
 
@@ -235,6 +236,9 @@ pub fn kick_text(reason: KickReason) -> &'static str {
         KickReason::CheatDetected => "cheat detected",
         KickReason::DuplicateLogin => "logged in elsewhere",
         KickReason::Banned => "banned",
+        KickReason::LoginTimeout => "not logged in in time",
+        KickReason::LoginAttempts => "too many login attempts",
+        KickReason::ConnectionLimit => "server full",
     }
 }
 

@@ -88,6 +88,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "game_server_lock_losses_total",
     "game_server_lock_acquire_duration_seconds",
     "game_server_saves_total",
+    "game_server_login_refusals_total",
     "game_server_save_failures_total",
     // Simulation totals (set_sim_totals).
     "game_server_inputs_applied_total",
@@ -105,6 +106,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "game_server_tls_handshakes_total",
     "game_server_connections_accepted_total",
     "game_server_connections_open",
+    "game_server_connections_authenticated",
+    "game_server_io_threads_running",
     "game_server_connections_refused_total",
     "game_server_udp_sessions",
     "game_server_udp_endpoints_bound",
@@ -271,6 +274,8 @@ pub struct Metrics {
     /// `game_server_chat_refused_total{reason}`.
     pub chat_refusals: ChatRefusals,
     queue_depth: IntGaugeVec,
+    /// `game_server_login_refusals_total{reason}`, indexed by `LoginErrorReason` number.
+    login_refusals: Vec<IntCounter>,
     sessions: [IntGauge; SESSION_STATES.len()],
     scraped: Arc<scrape::Scraped>,
 }
@@ -377,6 +382,21 @@ impl Metrics {
             ),
         };
 
+        let refusals_vec = registered(
+            r,
+            prometheus::IntCounterVec::new(
+                Opts::new("game_server_login_refusals_total", "Register/Login/TransferLogin refused, by reason."),
+                &["reason"],
+            ),
+        );
+        let login_refusals = (0..)
+            .map_while(|n| crate::proto::LoginErrorReason::try_from(n).ok())
+            .map(|r| {
+                let label = r.as_str_name().trim_start_matches("LOGIN_ERROR_").to_ascii_lowercase();
+                refusals_vec.with_label_values(&[&label])
+            })
+            .collect();
+
         let chat_refused = registered(
             r,
             prometheus::IntCounterVec::new(
@@ -416,9 +436,17 @@ impl Metrics {
             save_failures: counter(r, "game_server_save_failures_total", "Player record saves that failed."),
             chat_refusals,
             queue_depth,
+            login_refusals,
             sessions,
             scraped,
             registry,
+        }
+    }
+
+    /// Counts a refused login, register or transfer login by its reason.
+    pub fn login_refused(&self, reason: crate::proto::LoginErrorReason) {
+        if let Some(c) = self.login_refusals.get(reason as usize) {
+            c.inc();
         }
     }
 

@@ -277,6 +277,13 @@ const HANDSHAKES: Spec = spec(
 );
 const ACCEPTED: Spec = spec("game_server_connections_accepted_total", COUNTER, &[], "TCP connections accepted.");
 const OPEN: Spec = spec("game_server_connections_open", GAUGE, &[], "TCP connections open.");
+const AUTHENTICATED: Spec = spec(
+    "game_server_connections_authenticated",
+    GAUGE,
+    &[],
+    "Open TCP connections that logged in (the others may be evicted at net.max_connections).",
+);
+const IO_RUNNING: Spec = spec("game_server_io_threads_running", GAUGE, &[], "io event-loop threads running.");
 const REFUSED: Spec =
     spec("game_server_connections_refused_total", COUNTER, &["reason"], "TCP connections refused, by reason.");
 const UDP_SESSIONS: Spec = spec("game_server_udp_sessions", GAUGE, &[], "Sessions registered on the UDP data channel.");
@@ -338,6 +345,8 @@ const SPECS: &[&Spec] = &[
     &HANDSHAKES,
     &ACCEPTED,
     &OPEN,
+    &AUTHENTICATED,
+    &IO_RUNNING,
     &REFUSED,
     &UDP_SESSIONS,
     &UDP_BOUND,
@@ -533,10 +542,14 @@ impl ScrapeCollector {
         out.one(&HANDSHAKES, load(&s.handshakes));
         out.one(&ACCEPTED, load(&s.accepted));
         out.one(&OPEN, s.open_connections.load(Ordering::Relaxed) as f64);
+        out.one(&AUTHENTICATED, s.authenticated_connections.load(Ordering::Relaxed) as f64);
+        out.one(&IO_RUNNING, s.io_threads_running.load(Ordering::Relaxed) as f64);
         let mut refused = Family::new(&REFUSED);
         refused
             .value(&[("reason", "max_connections")], load(&s.refused_max_connections))
-            .value(&[("reason", "rate_limited")], load(&s.refused_rate_limited));
+            .value(&[("reason", "rate_limited")], load(&s.refused_rate_limited))
+            .value(&[("reason", "per_ip")], load(&s.refused_per_ip))
+            .value(&[("reason", "unauthenticated_per_ip")], load(&s.refused_unauthenticated_per_ip));
         out.add(refused);
         // Both take the session table's read lock for a moment (a map length); io threads only write it when a
         // session registers or binds.

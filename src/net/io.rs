@@ -25,7 +25,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
 use rustls::ServerConfig;
 
-use crate::net::session::{CloseReason, ControlSession, SessionEvent, SessionLimits};
+use crate::net::session::{CloseReason, ControlSession, SessionEvent, SessionLimits, SessionState};
 use crate::net::udp::batch::{bind_reuseport, RecvBatch, SendBatch};
 use crate::net::udp::{self, DataKeys, SessionTable, EXPORTER_LABEL};
 use crate::proto::{control_message::Body, ControlMessage, DataMessage, KickReason};
@@ -158,10 +158,18 @@ pub struct NetStats {
     pub refused_max_connections: AtomicU64,
     /// Connections refused by the per-IP rate limit.
     pub refused_rate_limited: AtomicU64,
+    /// Connections refused because their address had `net.max_connections_per_ip` open.
+    pub refused_per_ip: AtomicU64,
+    /// Connections refused because their address had `net.max_unauthenticated_per_ip` open and not logged in.
+    pub refused_unauthenticated_per_ip: AtomicU64,
     /// Sessions that completed TLS + Hello.
     pub handshakes: AtomicU64,
     /// Open TCP connections.
     pub open_connections: AtomicUsize,
+    /// Open TCP connections that logged in (the rest can be evicted to make room at `max_connections`).
+    pub authenticated_connections: AtomicUsize,
+    /// io threads whose event loop is running.
+    pub io_threads_running: AtomicUsize,
     /// Inbound control messages dropped for lack of credits.
     pub control_dropped_flood: AtomicU64,
     /// Sessions closed, by [`CloseReason::label`] (index in [`CLOSE_LABELS`]).
@@ -200,6 +208,9 @@ pub const CLOSE_LABELS: &[&str] = &[
     "slow_consumer",
     "kicked",
     "io_error",
+    "login_timeout",
+    "login_attempts",
+    "evicted",
 ];
 
 impl NetStats {
@@ -262,6 +273,71 @@ impl ConnectRateLimiter {
     }
 }
 
+/// Open connections per source address, shared by all io threads: how many, and how many of them have not logged
+/// in. A flood of silent or half-open connections from a few addresses cannot take every slot.
+pub struct PerAddress {
+    max_open: usize,
+    max_unauthenticated: usize,
+    open: Mutex<HashMap<IpAddr, (u32, u32)>>,
+}
+
+/// Why [`PerAddress::admit`] refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressRefusal {
+    /// `net.max_connections_per_ip` connections from this address are open.
+    Open,
+    /// `net.max_unauthenticated_per_ip` connections from this address are open and not logged in.
+    Unauthenticated,
+}
+
+impl PerAddress {
+    /// Caps of open and of not-yet-authenticated connections per address (0 = no cap).
+    pub fn new(max_open: usize, max_unauthenticated: usize) -> Self {
+        Self { max_open, max_unauthenticated, open: Mutex::new(HashMap::new()) }
+    }
+
+    /// Counts a new (unauthenticated) connection from `ip`, or refuses it.
+    pub fn admit(&self, ip: IpAddr) -> Result<(), AddressRefusal> {
+        let mut open = self.open.lock();
+        let (all, unauthenticated) = open.entry(ip).or_insert((0, 0));
+        if self.max_open > 0 && *all as usize >= self.max_open {
+            return Err(AddressRefusal::Open);
+        }
+        if self.max_unauthenticated > 0 && *unauthenticated as usize >= self.max_unauthenticated {
+            return Err(AddressRefusal::Unauthenticated);
+        }
+        *all += 1;
+        *unauthenticated += 1;
+        Ok(())
+    }
+
+    /// A connection from `ip` logged in.
+    pub fn authenticated(&self, ip: IpAddr) {
+        if let Some((_, unauthenticated)) = self.open.lock().get_mut(&ip) {
+            *unauthenticated = unauthenticated.saturating_sub(1);
+        }
+    }
+
+    /// A connection from `ip` ended.
+    pub fn release(&self, ip: IpAddr, was_authenticated: bool) {
+        let mut open = self.open.lock();
+        if let Some((all, unauthenticated)) = open.get_mut(&ip) {
+            *all = all.saturating_sub(1);
+            if !was_authenticated {
+                *unauthenticated = unauthenticated.saturating_sub(1);
+            }
+            if *all == 0 {
+                open.remove(&ip);
+            }
+        }
+    }
+
+    /// (open, unauthenticated) connections from `ip`.
+    pub fn count(&self, ip: IpAddr) -> (u32, u32) {
+        self.open.lock().get(&ip).copied().unwrap_or((0, 0))
+    }
+}
+
 /// Everything the io threads share.
 pub struct NetShared {
     /// UDP sessions (any io thread may receive any session's datagrams).
@@ -270,24 +346,71 @@ pub struct NetShared {
     pub stats: NetStats,
     /// Per-IP connection rate limit.
     pub rate: ConnectRateLimiter,
+    /// Per-IP caps of open and of unauthenticated connections.
+    pub per_address: PerAddress,
     /// Max simultaneous connections.
     pub max_connections: usize,
     /// Set when the io threads stop accepting (drain).
     pub draining: AtomicBool,
+    /// io threads started by [`spawn`].
+    pub io_threads: AtomicUsize,
+}
+
+/// Whether a new player could connect now, as `/ready` and `/health` report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepting {
+    /// A connection would be accepted (a free slot, or one not logged in to evict).
+    Yes,
+    /// Every slot holds a logged-in player: new connections are refused until one leaves.
+    Full,
+    /// An io thread stopped: its sockets and players are gone and it accepts nothing.
+    IoStopped,
+}
+
+impl std::fmt::Debug for NetShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetShared")
+            .field("max_connections", &self.max_connections)
+            .field("open", &self.stats.open_connections.load(Ordering::Relaxed))
+            .field("accepting", &self.accepting())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NetShared {
+    /// Whether a new player could connect now.
+    pub fn accepting(&self) -> Accepting {
+        let s = &self.stats;
+        if s.io_threads_running.load(Ordering::Relaxed) < self.io_threads.load(Ordering::Relaxed) {
+            return Accepting::IoStopped;
+        }
+        let open = s.open_connections.load(Ordering::Relaxed);
+        let authenticated = s.authenticated_connections.load(Ordering::Relaxed);
+        if open >= self.max_connections && authenticated >= open {
+            Accepting::Full
+        } else {
+            Accepting::Yes
+        }
+    }
 }
 
 impl NetShared {
     /// Shared state from the configuration.
     pub fn new(config: &crate::config::Config) -> Self {
         Self {
-            udp: SessionTable::new(),
+            udp: SessionTable::with_limits(udp::BindingLimits {
+                challenge_timeout: Duration::from_millis(config.net.udp_challenge_timeout_ms),
+                silence_timeout: Duration::from_millis(config.net.udp_silence_timeout_ms),
+            }),
             stats: NetStats::default(),
             rate: ConnectRateLimiter::new(
                 config.net.connect_rate_max,
                 Duration::from_secs(config.net.connect_rate_window_secs),
             ),
+            per_address: PerAddress::new(config.net.max_connections_per_ip, config.net.max_unauthenticated_per_ip),
             max_connections: config.net.max_connections,
             draining: AtomicBool::new(false),
+            io_threads: AtomicUsize::new(0),
         }
     }
 }
@@ -355,6 +478,7 @@ pub fn spawn<E: From<Inbound> + Send + 'static>(
             conns: Vec::new(),
             free: Vec::new(),
             by_session: HashMap::new(),
+            unauthenticated: std::collections::VecDeque::new(),
             outbound: rx,
             backlog,
             inbound: inbound.clone(),
@@ -366,10 +490,18 @@ pub fn spawn<E: From<Inbound> + Send + 'static>(
             shutting_down: None,
         };
         let nice = config.server.io_nice;
+        let running = Arc::clone(&shared);
+        running.io_threads.fetch_add(1, Ordering::Relaxed);
+        running.stats.io_threads_running.fetch_add(1, Ordering::Relaxed);
         let join = std::thread::Builder::new().name(format!("realm-io-{index}")).spawn(move || {
             crate::os::place_current_thread(&format!("realm-io-{index}"), core, nice, 0);
-            if let Err(e) = thread.run() {
+            let result = thread.run();
+            if let Err(e) = &result {
                 log::error!("realm-io-{index} stopped: {e}");
+            }
+            // Counted as stopped unless it ended because it was told to shut down.
+            if result.is_err() || thread.shutting_down.is_none() {
+                running.stats.io_threads_running.fetch_sub(1, Ordering::Relaxed);
             }
         })?;
         joins.push(join);
@@ -411,6 +543,8 @@ struct Conn {
     interest: Interest,
     reported_disconnect: bool,
     udp_registered: bool,
+    /// Counted as authenticated in [`PerAddress`] (the session sent `LoginOk`).
+    authenticated: bool,
 }
 
 struct IoThread<E> {
@@ -423,6 +557,9 @@ struct IoThread<E> {
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     by_session: HashMap<SessionId, usize>,
+    /// Connections in accept order that had not logged in when accepted (lazily pruned): at `max_connections`
+    /// the oldest of them still not logged in is closed to make room.
+    unauthenticated: std::collections::VecDeque<(usize, SessionId)>,
     outbound: queue::Consumer<Outbound>,
     backlog: Arc<AtomicUsize>,
     inbound: Producer<E>,
@@ -450,12 +587,18 @@ impl<E: From<Inbound>> IoThread<E> {
                 return Err(e);
             }
             let now = Instant::now();
+            self.shared.udp.advance_clock(now);
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(now),
                     UDP => self.receive_datagrams(now),
                     WAKER => {}
-                    Token(t) => self.conn_ready(t - FIRST_CONN, event.is_readable(), now),
+                    // A reset arrives as an error/hang-up event: read it too, so the session sees the error.
+                    Token(t) => self.conn_ready(
+                        t - FIRST_CONN,
+                        event.is_readable() || event.is_error() || event.is_read_closed(),
+                        now,
+                    ),
                 }
             }
             self.drain_outbound(now);
@@ -496,22 +639,33 @@ impl<E: From<Inbound>> IoThread<E> {
                     return;
                 }
             };
-            let stats = &self.shared.stats;
             if self.shutting_down.is_some() || self.shared.draining.load(Ordering::Relaxed) {
                 continue; // dropping the stream closes it
             }
-            if stats.open_connections.load(Ordering::Relaxed) >= self.shared.max_connections {
-                stats.refused_max_connections.fetch_add(1, Ordering::Relaxed);
+            if !self.shared.rate.allow(addr.ip(), now) {
+                self.shared.stats.refused_rate_limited.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            if !self.shared.rate.allow(addr.ip(), now) {
-                stats.refused_rate_limited.fetch_add(1, Ordering::Relaxed);
+            if self.shared.stats.open_connections.load(Ordering::Relaxed) >= self.shared.max_connections
+                && !self.evict_oldest_unauthenticated()
+            {
+                self.shared.stats.refused_max_connections.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let stats = &self.shared.stats;
+            if let Err(refusal) = self.shared.per_address.admit(addr.ip()) {
+                let counter = match refusal {
+                    AddressRefusal::Open => &stats.refused_per_ip,
+                    AddressRefusal::Unauthenticated => &stats.refused_unauthenticated_per_ip,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             let session = match ControlSession::new(Arc::clone(&self.tls), self.limits.clone(), now) {
                 Ok(s) => s,
                 Err(e) => {
                     log::error!("cannot create TLS session: {e}");
+                    self.shared.per_address.release(addr.ip(), false);
                     continue;
                 }
             };
@@ -522,6 +676,7 @@ impl<E: From<Inbound>> IoThread<E> {
             if let Err(e) = self.poll.registry().register(&mut stream, Token(slot + FIRST_CONN), Interest::READABLE) {
                 log::warn!("cannot register connection from {addr}: {e}");
                 self.free.push(slot);
+                self.shared.per_address.release(addr.ip(), false);
                 continue;
             }
             let _ = stream.set_nodelay(true);
@@ -530,6 +685,7 @@ impl<E: From<Inbound>> IoThread<E> {
             self.next_session += 1;
             let id = ((self.index as u64) << 56) | self.next_session;
             self.by_session.insert(id, slot);
+            self.unauthenticated.push_back((slot, id));
             self.conns[slot] = Some(Conn {
                 stream,
                 session,
@@ -538,10 +694,43 @@ impl<E: From<Inbound>> IoThread<E> {
                 interest: Interest::READABLE,
                 reported_disconnect: false,
                 udp_registered: false,
+                authenticated: false,
             });
             stats.accepted.fetch_add(1, Ordering::Relaxed);
             stats.open_connections.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// At capacity: closes this thread's oldest connection that has not logged in, so a flood of silent or
+    /// half-open connections costs its own members their slots instead of refusing every new player. Returns
+    /// whether a slot was freed.
+    #[cold]
+    fn evict_oldest_unauthenticated(&mut self) -> bool {
+        for _ in 0..self.unauthenticated.len() {
+            let Some((slot, id)) = self.unauthenticated.pop_front() else { break };
+            let Some(Some(conn)) = self.conns.get_mut(slot) else { continue };
+            if conn.id != id || conn.session.is_authenticated() || conn.session.is_closing() {
+                continue;
+            }
+            if conn.session.state() == SessionState::Authenticating {
+                // Its login is with the server now: it is spared, and goes to the back of the line in case that
+                // login fails.
+                self.unauthenticated.push_back((slot, id));
+                continue;
+            }
+            log::debug!("session {id:#x} from {} evicted: at net.max_connections", conn.addr);
+            conn.session.close(
+                KickReason::ConnectionLimit,
+                "server full: closing connections that have not logged in",
+                CloseReason::Evicted,
+            );
+            // One attempt to hand over the Kick; the slot is needed now, so nothing waits for the peer.
+            let _ = conn.session.write_tls(&mut conn.stream);
+            self.after_io(slot);
+            self.remove(slot);
+            return true;
+        }
+        false
     }
 
     fn conn_ready(&mut self, slot: usize, readable: bool, now: Instant) {
@@ -583,7 +772,17 @@ impl<E: From<Inbound>> IoThread<E> {
                 }
             }
         }
+        // A write error closes and abandons the session (its Closed event is collected below, next call).
         let _ = conn.session.write_tls(&mut conn.stream);
+        while let Some(SessionEvent::Closed(reason)) = conn.session.poll_event() {
+            self.shared.stats.count_close(&reason);
+            if conn.udp_registered {
+                self.shared.udp.unregister(conn.id);
+                conn.udp_registered = false;
+            }
+            conn.reported_disconnect = true;
+            self.pending.push(Inbound::Disconnected { session: conn.id, reason });
+        }
         let t = conn.session.take_traffic();
         let stats = &self.shared.stats;
         if t != Default::default() {
@@ -592,7 +791,7 @@ impl<E: From<Inbound>> IoThread<E> {
             stats.tcp_bytes_in.fetch_add(t.bytes_in, Ordering::Relaxed);
             stats.tcp_bytes_out.fetch_add(t.bytes_out, Ordering::Relaxed);
         }
-        if conn.session.is_closing() && !conn.session.wants_write() {
+        if conn.session.is_finished() {
             self.remove(slot);
             return;
         }
@@ -615,6 +814,10 @@ impl<E: From<Inbound>> IoThread<E> {
         }
         if !conn.reported_disconnect {
             self.pending.push(Inbound::Disconnected { session: conn.id, reason: CloseReason::PeerClosed });
+        }
+        self.shared.per_address.release(conn.addr.ip(), conn.authenticated);
+        if conn.authenticated {
+            self.shared.stats.authenticated_connections.fetch_sub(1, Ordering::Relaxed);
         }
         self.by_session.remove(&conn.id);
         self.free.push(slot);
@@ -639,7 +842,13 @@ impl<E: From<Inbound>> IoThread<E> {
                     let Some(&slot) = self.by_session.get(&session) else { continue };
                     let Some(Some(conn)) = self.conns.get_mut(slot) else { continue };
                     let login_ok = matches!(msg.body, Some(Body::LoginOk(_)));
-                    if conn.session.send(&msg).is_ok() && login_ok && !conn.udp_registered {
+                    let sent = conn.session.send(&msg).is_ok();
+                    if sent && login_ok && !conn.authenticated {
+                        conn.authenticated = true;
+                        self.shared.per_address.authenticated(conn.addr.ip());
+                        self.shared.stats.authenticated_connections.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if sent && login_ok && !conn.udp_registered {
                         match conn.session.export_keying_material(EXPORTER_LABEL, &session.to_be_bytes()) {
                             Ok(material) => {
                                 let keys = DataKeys::from_keying_material(&material);
@@ -739,6 +948,16 @@ impl<E: From<Inbound>> IoThread<E> {
             for (src, buf) in self.recv.iter_mut() {
                 shared.stats.udp_bytes_in.fetch_add(buf.len() as u64, Ordering::Relaxed);
                 match shared.udp.handle_datagram(src, buf, now) {
+                    Ok(udp::Inbound::Challenged { reply_len, .. }) => {
+                        shared.stats.udp_in.fetch_add(1, Ordering::Relaxed);
+                        if self.send.is_full() {
+                            let flushed = self.send.flush(&self.udp);
+                            shared.stats.udp_out.fetch_add(flushed.sent as u64, Ordering::Relaxed);
+                            self.send.clear();
+                        }
+                        self.send.push(src, &buf[..reply_len]);
+                        shared.stats.udp_bytes_out.fetch_add(reply_len as u64, Ordering::Relaxed);
+                    }
                     Ok(udp::Inbound::Bound { session_id, reply_len, .. }) => {
                         shared.stats.udp_in.fetch_add(1, Ordering::Relaxed);
                         if self.send.is_full() {
@@ -761,6 +980,13 @@ impl<E: From<Inbound>> IoThread<E> {
     }
 
     fn sweep(&mut self, now: Instant) {
+        // The eviction order is pruned lazily; keep it proportional to the connections it can name.
+        if self.unauthenticated.len() > 2 * self.by_session.len() + 64 {
+            let conns = &self.conns;
+            self.unauthenticated.retain(
+                |&(slot, id)| matches!(conns.get(slot), Some(Some(c)) if c.id == id && !c.session.is_authenticated()),
+            );
+        }
         for slot in 0..self.conns.len() {
             let Some(Some(conn)) = self.conns.get_mut(slot) else { continue };
             if conn.session.next_deadline().is_some_and(|d| now >= d) {

@@ -54,6 +54,14 @@ pub struct SessionLimits {
     pub credit_window: Duration,
     /// Consecutive flooded windows before the session is kicked.
     pub flood_kick_windows: u32,
+    /// A connection must be logged in (or entered by transfer) within this of being accepted; time spent
+    /// waiting for the server's own answer (state `Authenticating`) does not count against the client.
+    pub login_timeout: Duration,
+    /// Register/Login/TransferLogin requests one connection may make; the next one closes it.
+    pub max_login_attempts: u32,
+    /// After the session decides to close, the Kick and close_notify may take this long to flush; then the
+    /// socket is dropped whatever is left (a peer that never reads cannot hold its slot).
+    pub close_linger: Duration,
     /// Zone name reported in `HelloOk`.
     pub zone: String,
 }
@@ -69,6 +77,9 @@ impl SessionLimits {
             credits_per_window: c.net.inbound_credits_per_tick,
             credit_window: Duration::from_secs(1) / c.game.tick_rate.max(1),
             flood_kick_windows: c.net.flood_kick_ticks,
+            login_timeout: Duration::from_millis(c.net.login_timeout_ms),
+            max_login_attempts: c.net.max_login_attempts,
+            close_linger: Duration::from_millis(c.net.close_linger_ms),
             zone: c.server.zone.clone(),
         }
     }
@@ -98,6 +109,13 @@ pub enum CloseReason {
     Kicked(KickReason),
     /// The socket failed.
     Io(io::ErrorKind),
+    /// Not logged in within `net.login_timeout_ms` of being accepted.
+    LoginTimeout,
+    /// More login attempts on one connection than `net.max_login_attempts`.
+    LoginAttempts,
+    /// Closed to make room: the server was at `net.max_connections` and this was its oldest connection that had
+    /// not logged in.
+    Evicted,
 }
 
 impl CloseReason {
@@ -114,6 +132,9 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::Kicked(_) => "kicked",
             CloseReason::Io(_) => "io_error",
+            CloseReason::LoginTimeout => "login_timeout",
+            CloseReason::LoginAttempts => "login_attempts",
+            CloseReason::Evicted => "evicted",
         }
     }
 }
@@ -167,6 +188,14 @@ pub struct ControlSession {
     state: SessionState,
     limits: SessionLimits,
     handshake_deadline: Instant,
+    login_deadline: Instant,
+    /// Set on entering `Closing`: past it the socket is dropped even with ciphertext left to send.
+    close_deadline: Option<Instant>,
+    /// The socket failed (reset, broken pipe) or the close linger expired: nothing more can be sent.
+    abandoned: bool,
+    /// The latest `now` this session was given (closing has no `now` of its own).
+    clock: Instant,
+    login_attempts: u32,
     last_activity: Instant,
     window_start: Instant,
     window_used: u32,
@@ -187,6 +216,11 @@ impl ControlSession {
             decoder: FrameDecoder::new(limits.max_frame),
             state: SessionState::Handshaking,
             handshake_deadline: now + limits.handshake_timeout,
+            login_deadline: now + limits.login_timeout,
+            close_deadline: None,
+            abandoned: false,
+            clock: now,
+            login_attempts: 0,
             last_activity: now,
             window_start: now,
             window_used: 0,
@@ -207,9 +241,21 @@ impl ControlSession {
         self.state == SessionState::Closing
     }
 
-    /// True when there is ciphertext to send.
+    /// True when there is ciphertext to send (and a socket that can still take it).
     pub fn wants_write(&self) -> bool {
-        self.tls.wants_write()
+        !self.abandoned && self.tls.wants_write()
+    }
+
+    /// True once the socket can be dropped: the session is closing and its last bytes are flushed, or the socket
+    /// failed, or the close linger expired. Every way a connection ends reaches this within
+    /// `close_linger` of the decision to close, so no ending can hold a slot or a file descriptor.
+    pub fn is_finished(&self) -> bool {
+        self.is_closing() && !self.wants_write()
+    }
+
+    /// True once the client has logged in (or entered by transfer).
+    pub fn is_authenticated(&self) -> bool {
+        self.state == SessionState::InGame
     }
 
     /// Traffic since the last call (the io thread adds it to its counters).
@@ -225,6 +271,7 @@ impl ControlSession {
     /// Reads ciphertext from `rd` until it would block, then processes it. Returns `Ok(true)` when the peer sent
     /// EOF. Socket errors other than `WouldBlock`/`Interrupted` close the session.
     pub fn read_tls(&mut self, rd: &mut dyn Read, now: Instant) -> bool {
+        self.clock = now;
         let mut eof = false;
         loop {
             if self.is_closing() {
@@ -244,8 +291,12 @@ impl ControlSession {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // rustls reports a full plaintext buffer as "other" when the peer sends faster than we decode:
-                    // that only happens to a flooding peer, because we decode everything after each read.
+                    // that only happens to a flooding peer, because we decode everything after each read. A
+                    // socket error (a reset above all) means nothing more can be sent either.
                     self.close_without_kick(CloseReason::Io(e.kind()));
+                    if e.kind() != io::ErrorKind::Other {
+                        self.abandoned = true;
+                    }
                     return eof;
                 }
             }
@@ -261,14 +312,23 @@ impl ControlSession {
     }
 
     /// Writes pending ciphertext to `wr` until done or it would block.
+    ///
+    /// A write error (EPIPE, ECONNRESET) closes the session and abandons what is left: the socket will never take
+    /// it, so [`ControlSession::is_finished`] becomes true at once.
     pub fn write_tls(&mut self, wr: &mut dyn Write) -> io::Result<()> {
-        while self.tls.wants_write() {
+        while self.wants_write() {
             match self.tls.write_tls(wr) {
+                Ok(0) => {
+                    self.close_without_kick(CloseReason::Io(io::ErrorKind::WriteZero));
+                    self.abandoned = true;
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
                 Ok(n) => self.traffic.bytes_out += n as u64,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.close_without_kick(CloseReason::Io(e.kind()));
+                    self.abandoned = true;
                     return Err(e);
                 }
             }
@@ -278,15 +338,18 @@ impl ControlSession {
 
     /// The earliest instant at which [`ControlSession::handle_timeout`] has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
+        let idle = self.last_activity + self.limits.idle_timeout;
         match self.state {
             SessionState::Handshaking | SessionState::AwaitHello => Some(self.handshake_deadline),
-            SessionState::Closing => None,
-            _ => Some(self.last_activity + self.limits.idle_timeout),
+            SessionState::Closing => self.close_deadline.filter(|_| !self.abandoned),
+            SessionState::Greeted => Some(idle.min(self.login_deadline)),
+            SessionState::Authenticating | SessionState::InGame => Some(idle),
         }
     }
 
     /// Applies the handshake and idle timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.clock = now;
         match self.state {
             SessionState::Handshaking if now >= self.handshake_deadline => {
                 self.close_without_kick(CloseReason::HandshakeTimeout)
@@ -294,10 +357,17 @@ impl ControlSession {
             SessionState::AwaitHello if now >= self.handshake_deadline => {
                 self.close(KickReason::IdleTimeout, "no Hello in time", CloseReason::HandshakeTimeout)
             }
+            SessionState::Greeted if now >= self.login_deadline => {
+                self.close(KickReason::LoginTimeout, "not logged in in time", CloseReason::LoginTimeout)
+            }
             SessionState::Greeted | SessionState::Authenticating | SessionState::InGame
                 if now >= self.last_activity + self.limits.idle_timeout =>
             {
                 self.close(KickReason::IdleTimeout, "idle for too long", CloseReason::IdleTimeout)
+            }
+            SessionState::Closing if self.close_deadline.is_some_and(|d| now >= d) => {
+                // The peer does not take our last bytes: give up on them, not on the slot.
+                self.abandoned = true;
             }
             _ => {}
         }
@@ -316,7 +386,13 @@ impl ControlSession {
         self.write_frame(msg)?;
         match &msg.body {
             Some(Body::LoginOk(_)) => self.state = SessionState::InGame,
-            Some(Body::LoginError(_)) if self.state == SessionState::Authenticating => {
+            Some(Body::LoginError(e)) if self.state == SessionState::Authenticating => {
+                // The server's own time answering does not count against the client's login deadline, and a
+                // "busy, retry" tested no password: it does not use up an attempt.
+                self.login_deadline = self.login_deadline.max(self.clock + self.limits.login_timeout / 2);
+                if e.reason == crate::proto::LoginErrorReason::LoginErrorServerBusy as i32 {
+                    self.login_attempts = self.login_attempts.saturating_sub(1);
+                }
                 self.state = SessionState::Greeted
             }
             _ => {}
@@ -351,6 +427,7 @@ impl ControlSession {
             return;
         }
         self.state = SessionState::Closing;
+        self.close_deadline = Some(self.clock + self.limits.close_linger);
         self.tls.send_close_notify();
         self.events.push_back(SessionEvent::Closed(reason));
     }
@@ -471,6 +548,12 @@ impl ControlSession {
                 }
             }
             Body::Register(_) | Body::Login(_) | Body::TransferLogin(_) => {
+                self.login_attempts += 1;
+                if self.login_attempts > self.limits.max_login_attempts {
+                    let text = format!("more than {} login attempts on one connection", self.limits.max_login_attempts);
+                    self.close(KickReason::LoginAttempts, &text, CloseReason::LoginAttempts);
+                    return;
+                }
                 self.state = SessionState::Authenticating;
                 self.events.push_back(SessionEvent::Message(msg));
             }
@@ -525,6 +608,9 @@ mod tests {
             credits_per_window: 8,
             credit_window: Duration::from_millis(50),
             flood_kick_windows: 3,
+            login_timeout: Duration::from_secs(20),
+            max_login_attempts: 3,
+            close_linger: Duration::from_secs(2),
             zone: "test-zone".into(),
         }
     }
@@ -721,6 +807,9 @@ mod tests {
     fn idle_session_is_kicked() {
         let mut p = Pair::new(limits());
         p.greet();
+        p.client_send(ControlMessage::new(Body::Login(Login { username: "a".into(), password: "b".into() })));
+        p.server.send(&ControlMessage::new(Body::LoginOk(Default::default()))).unwrap();
+        p.events();
         let deadline = p.server.next_deadline().unwrap();
         p.server.handle_timeout(deadline);
         assert_eq!(p.events(), vec![SessionEvent::Closed(CloseReason::IdleTimeout)]);
@@ -770,6 +859,116 @@ mod tests {
         }
         assert_eq!(result, Err(SendError::SlowConsumer));
         assert!(matches!(p.events()[..], [SessionEvent::Closed(CloseReason::SlowConsumer)]));
+    }
+
+    /// A socket whose every read and write fails as a reset one does.
+    struct Reset;
+
+    impl Read for Reset {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::ConnectionReset.into())
+        }
+    }
+
+    impl Write for Reset {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A socket that takes nothing (the peer never reads and its window is full).
+    struct Full;
+
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_reset_after_the_handshake_finishes_the_session_at_once() {
+        let mut p = Pair::new(limits());
+        p.greet();
+        p.server.read_tls(&mut Reset, p.now);
+        assert!(matches!(p.events()[..], [SessionEvent::Closed(CloseReason::Io(io::ErrorKind::ConnectionReset))]));
+        assert!(p.server.is_finished(), "nothing can be sent on a reset socket: the slot is free at once");
+        assert!(p.server.write_tls(&mut Reset).is_ok(), "no write is attempted");
+    }
+
+    #[test]
+    fn a_write_error_while_closing_finishes_the_session() {
+        let mut p = Pair::new(limits());
+        p.greet();
+        p.server.close(KickReason::Flood, "bye", CloseReason::Flood);
+        assert!(p.server.is_closing() && !p.server.is_finished(), "the Kick and close_notify are queued");
+        assert!(p.server.write_tls(&mut Reset).is_err());
+        assert!(p.server.is_finished(), "EPIPE while flushing the close frees the slot");
+    }
+
+    #[test]
+    fn a_peer_that_never_reads_is_dropped_after_the_close_linger() {
+        let mut p = Pair::new(limits());
+        p.greet();
+        p.server.close(KickReason::IdleTimeout, "bye", CloseReason::IdleTimeout);
+        p.server.write_tls(&mut Full).unwrap();
+        assert!(!p.server.is_finished());
+        let deadline = p.server.next_deadline().expect("closing has a deadline");
+        assert!(deadline <= p.now + limits().close_linger);
+        p.server.handle_timeout(deadline);
+        assert!(p.server.is_finished(), "the slot is not held by a peer that does not read");
+        assert_eq!(p.server.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_greeted_connection_that_does_not_log_in_is_closed_at_the_login_deadline() {
+        let mut l = limits();
+        l.login_timeout = Duration::from_secs(10);
+        let mut p = Pair::new(l);
+        p.greet();
+        let deadline = p.server.next_deadline().unwrap();
+        assert_eq!(deadline, p.now + Duration::from_secs(10), "shorter than the idle timeout");
+        // A ping now and then does not keep an unauthenticated connection alive.
+        p.now += Duration::from_secs(5);
+        p.client_send(ControlMessage::new(Body::Ping(Ping { nonce: 1, client_time_us: 0 })));
+        assert_eq!(p.server.next_deadline(), Some(deadline));
+        p.server.handle_timeout(deadline);
+        assert_eq!(p.events(), vec![SessionEvent::Closed(CloseReason::LoginTimeout)]);
+        p.drive();
+        assert_eq!(kick_reason(&p.client_received()), Some(KickReason::LoginTimeout));
+    }
+
+    #[test]
+    fn the_fourth_login_attempt_on_one_connection_closes_it() {
+        let mut p = Pair::new(limits());
+        p.greet();
+        let login = ControlMessage::new(Body::Login(Login { username: "a".into(), password: "b".into() }));
+        let refused = ControlMessage::new(Body::LoginError(crate::proto::LoginError {
+            reason: crate::proto::LoginErrorReason::LoginErrorInvalidCredentials as i32,
+            ..Default::default()
+        }));
+        let busy = ControlMessage::new(Body::LoginError(crate::proto::LoginError {
+            reason: crate::proto::LoginErrorReason::LoginErrorServerBusy as i32,
+            ..Default::default()
+        }));
+        for attempt in 0..4 {
+            p.client_send(login.clone());
+            assert_eq!(p.events(), vec![SessionEvent::Message(login.clone())], "attempt {attempt}");
+            // A busy answer tested no password and does not count.
+            p.server.send(if attempt == 0 { &busy } else { &refused }).unwrap();
+        }
+        p.client_send(login.clone());
+        assert_eq!(p.events(), vec![SessionEvent::Closed(CloseReason::LoginAttempts)]);
+        p.drive();
+        assert!(p
+            .client_received()
+            .iter()
+            .any(|m| matches!(&m.body, Some(Body::Kick(k)) if k.reason == KickReason::LoginAttempts as i32)));
     }
 
     #[test]

@@ -464,6 +464,9 @@ impl SimRunner {
     }
 
     fn login_error(&mut self, session: SessionId, reason: LoginErrorReason, message: &str, retry_after: Duration) {
+        if let Some(t) = &self.telemetry {
+            t.metrics.login_refused(reason);
+        }
         let e = LoginError {
             reason: reason as i32,
             message: message.into(),

@@ -31,7 +31,9 @@ impl ServerProcess {
     /// Starts `realm-server` on loopback with embedded defaults plus `env`, and waits until it is ready.
     pub fn start(env: &[(&str, &str)]) -> ServerProcess {
         let (port, admin) = (free_port(), free_port());
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_realm-server"));
+        // REALM_TEST_SERVER_BIN runs the same attacks against another build (an older commit, say).
+        let bin = std::env::var("REALM_TEST_SERVER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_realm-server").into());
+        let mut cmd = Command::new(bin);
         cmd.env("REALM_SERVER_HOST", "127.0.0.1")
             .env("REALM_SERVER_PORT", port.to_string())
             .env("REALM_ADMIN_HOST", "127.0.0.1")
@@ -65,8 +67,9 @@ impl ServerProcess {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line =
-                rx.recv_timeout(left).unwrap_or_else(|_| panic!("server never became ready: {:?}", log.lock().unwrap()));
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("server never became ready: {:?}", log.lock().unwrap()));
             if let Some(rest) = line.split("written to ").nth(1) {
                 cert = rest.split(')').next().map(PathBuf::from);
             }
@@ -91,7 +94,8 @@ impl ServerProcess {
 
     /// A connection through TLS and Hello.
     pub fn connect(&self) -> Result<Connection, realm::client::ClientError> {
-        let mut c = Connection::connect(&self.game.to_string(), "localhost", self.client_tls(), Duration::from_secs(10))?;
+        let mut c =
+            Connection::connect(&self.game.to_string(), "localhost", self.client_tls(), Duration::from_secs(10))?;
         c.hello("attack-test")?;
         Ok(c)
     }

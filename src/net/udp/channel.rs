@@ -10,7 +10,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, NONCE_LEN};
 use super::keys::{DataKeys, Direction};
 use super::replay::ReplayWindow;
 use super::{UdpError, HEADER_BYTES, KIND_DATA_V1, MAX_DATAGRAM_BYTES, MIN_DATAGRAM_BYTES, TAG_BYTES};
-use crate::proto::{data_message::Body, DataMessage, UdpHello};
+use crate::proto::{data_message::Body, DataMessage, UdpChallenge, UdpChallengeResponse, UdpHello};
 
 /// The cleartext header of a datagram (authenticated as AEAD associated data, not encrypted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,6 +219,16 @@ impl DataChannel {
     pub fn seal_hello(&mut self, out: &mut [u8]) -> Result<usize, UdpError> {
         let hello = padded_hello(self.session_id, MAX_DATAGRAM_BYTES);
         self.seal(&hello, out)
+    }
+
+    /// Seals the answer to a server's `UdpChallenge` (client side): send it from the address the challenge came
+    /// to; the server binds that address and answers `UdpWelcome`.
+    pub fn seal_challenge_response(&mut self, challenge: &UdpChallenge, out: &mut [u8]) -> Result<usize, UdpError> {
+        let response = DataMessage::new(Body::UdpChallengeResponse(UdpChallengeResponse {
+            session_id: self.session_id,
+            challenge: challenge.challenge.clone(),
+        }));
+        self.seal(&response, out)
     }
 
     /// Opens a received datagram in place: header checks, replay check (before any crypto), authentication and

@@ -33,16 +33,26 @@
 //! # Binding an endpoint
 //!
 //! 1. After `LoginOk` the client sends a `DataMessage { udp_hello: UdpHello { session_id, padding } }`, padding
-//!    chosen so the whole datagram is 1200 bytes; the server rejects hellos under [`MIN_HELLO_BYTES`]. The
-//!    client repeats it (new sequence each time) until a welcome arrives.
-//! 2. A hello that authenticates binds its source address to the session and the server answers with a sealed
-//!    `UdpWelcome { session_id, server_tick }` of about 50 bytes: the reply is always smaller than the request,
-//!    so the server cannot be used to amplify traffic towards a spoofed address.
-//! 3. Only the bound address may use the session. A datagram from any other address is dropped (before
-//!    decryption) — unless the client asked for a rebind with `UdpRebind` over its live TLS session; then the
-//!    next authentic hello from a new address moves the binding there. An address already bound to another live
-//!    session cannot be taken over.
-//! 4. The server sends only to the bound address; before binding it has nowhere to send.
+//!    chosen so the whole datagram is exactly 1200 bytes ([`MAX_DATAGRAM_BYTES`]); the server drops hellos under
+//!    [`MIN_HELLO_BYTES`] (and, like every datagram, over 1200). The client repeats it (new sequence each time,
+//!    every 250 ms or so) until a challenge or a welcome arrives.
+//! 2. An authentic hello from an address the session is not bound to binds nothing. The server answers that
+//!    address with a sealed `UdpChallenge { session_id, challenge }` (16 random bytes, about 60 bytes in all:
+//!    always smaller than the hello, so the exchange cannot amplify traffic towards a spoofed address).
+//! 3. The client answers with `UdpChallengeResponse { session_id, challenge }` from the same address. A response
+//!    from that address with those bytes within `net.udp_challenge_timeout_ms` (default 5 s) binds the address
+//!    and the server answers `UdpWelcome { session_id, server_tick }`. Only the latest challenge counts. Someone
+//!    who holds the session's keys but not the address (a spoofed source) never sees the challenge and so can
+//!    never point the session's stream at a victim.
+//! 4. Only the bound address may use the session. A datagram from any other address is dropped (before
+//!    decryption) — unless the client asked for a rebind with `UdpRebind` over its live TLS session; then an
+//!    authentic hello from a new address is challenged as in 2-3 and the response moves the binding there. An
+//!    address already bound to another live session cannot be taken over. A hello from the bound address is
+//!    answered with a welcome at once.
+//! 5. The server sends only to the bound address, and only while it hears from it: a bound address silent for
+//!    `net.udp_silence_timeout_ms` (default 10 s; the server pings every 2 s and clients answer) gets nothing
+//!    more until any authentic datagram (a hello, an input, a pong) arrives from it again. The session itself
+//!    stays on TLS until it re-binds or times out there.
 //!
 //! # The invariant a reader must not break
 //!
@@ -63,7 +73,7 @@ mod table;
 pub use self::channel::{DataChannel, DatagramHeader};
 pub use self::keys::{DataKeys, Direction, EXPORTER_LABEL, KEYING_MATERIAL_BYTES};
 pub use self::replay::{ReplayWindow, REPLAY_WINDOW};
-pub use self::table::{Inbound, SessionTable, UdpSessionInfo};
+pub use self::table::{BindingLimits, Inbound, SessionTable, UdpSessionInfo, CHALLENGE_BYTES};
 pub use crate::proto::MAX_DATAGRAM_BYTES;
 
 /// The only datagram kind of protocol version 1: a sealed `DataMessage`.
@@ -146,6 +156,13 @@ pub enum UdpError {
     /// The sending sequence reached `u64::MAX`; the session must be re-keyed (log in again).
     #[error("sequence numbers exhausted")]
     SequenceExhausted,
+    /// A challenge response from another address than the challenge went to, with the wrong bytes, too late,
+    /// or with no challenge outstanding.
+    #[error("challenge response does not answer the outstanding challenge")]
+    ChallengeFailed,
+    /// Not sent: the bound endpoint has been silent for longer than `net.udp_silence_timeout_ms`.
+    #[error("bound endpoint is silent")]
+    Silent,
 }
 
 impl UdpError {
@@ -171,6 +188,8 @@ impl UdpError {
             UdpError::BufferTooSmall => "buffer_too_small",
             UdpError::MessageTooLarge => "message_too_large",
             UdpError::SequenceExhausted => "sequence_exhausted",
+            UdpError::ChallengeFailed => "challenge_failed",
+            UdpError::Silent => "silent",
         }
     }
 
@@ -195,6 +214,8 @@ impl UdpError {
         "buffer_too_small",
         "message_too_large",
         "sequence_exhausted",
+        "challenge_failed",
+        "silent",
     ];
 }
 
@@ -224,6 +245,8 @@ mod tests {
             UdpError::BufferTooSmall,
             UdpError::MessageTooLarge,
             UdpError::SequenceExhausted,
+            UdpError::ChallengeFailed,
+            UdpError::Silent,
         ];
         let labels: Vec<_> = all.iter().map(UdpError::reason).collect();
         assert_eq!(labels, UdpError::REASONS);

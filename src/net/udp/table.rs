@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use prost::Message;
@@ -34,13 +34,22 @@ use prost::Message;
 use super::channel::{DatagramHeader, Opener, Plaintext, Sealer};
 use super::keys::{DataKeys, Direction};
 use super::{UdpError, MIN_HELLO_BYTES};
-use crate::proto::{data_message::Body, DataMessage, UdpWelcome};
+use crate::proto::{data_message::Body, DataMessage, UdpChallenge, UdpWelcome};
 
 /// What the io loop does with an accepted datagram.
 #[derive(Debug, PartialEq)]
 #[non_exhaustive]
 pub enum Inbound<O> {
-    /// A hello bound (or re-confirmed) the source address. The first `reply_len` bytes of the receive buffer now
+    /// An authentic hello from an address the session is not bound to: the first `reply_len` bytes of the receive
+    /// buffer now hold a sealed `UdpChallenge` for the source address, always smaller than the hello. Nothing is
+    /// bound until the challenge comes back from that address.
+    Challenged {
+        /// The session the hello belongs to.
+        session_id: u64,
+        /// Length of the challenge written at the start of the buffer.
+        reply_len: usize,
+    },
+    /// A hello from the bound address, or a challenge response, bound (or re-confirmed) the source address. The first `reply_len` bytes of the receive buffer now
     /// hold the sealed `UdpWelcome`: send them back to the source address. `reply_len` is always smaller than the
     /// hello that was received.
     Bound {
@@ -86,6 +95,9 @@ struct UdpSession<O> {
     sealer: Sealer,
     /// Next server -> client sequence. Only ever incremented; `u64::MAX` means exhausted.
     next_send_sequence: AtomicU64,
+    /// When the bound endpoint was last heard from, in the table's clock (milliseconds since its epoch). The send
+    /// side reads it without the receive lock to stop streaming to an address that fell silent.
+    last_heard_ms: AtomicU64,
     receive: Mutex<ReceiveState>,
 }
 
@@ -94,6 +106,34 @@ struct ReceiveState {
     endpoint: Option<SocketAddr>,
     rebind_allowed: bool,
     last_seen: Option<Instant>,
+    /// The challenge sent to the latest authentic hello from an unbound address.
+    pending: Option<Pending>,
+}
+
+/// An outstanding challenge: only `addr` may answer it, with `challenge`, before `expires`.
+struct Pending {
+    addr: SocketAddr,
+    challenge: [u8; CHALLENGE_BYTES],
+    expires: Instant,
+}
+
+/// Length of a binding challenge.
+pub const CHALLENGE_BYTES: usize = 16;
+
+/// How long a challenge stays valid, and how long a bound endpoint may be silent before the server stops sending
+/// to it (from `net.udp_challenge_timeout_ms` and `net.udp_silence_timeout_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindingLimits {
+    /// A challenge must come back within this.
+    pub challenge_timeout: Duration,
+    /// Nothing is sent to a bound endpoint not heard from for this long (a hello or any datagram revives it).
+    pub silence_timeout: Duration,
+}
+
+impl Default for BindingLimits {
+    fn default() -> Self {
+        Self { challenge_timeout: Duration::from_secs(5), silence_timeout: Duration::from_secs(10) }
+    }
 }
 
 struct Maps<O> {
@@ -113,6 +153,11 @@ struct Entry<O> {
 pub struct SessionTable<O = u32> {
     maps: RwLock<Maps<O>>,
     server_tick: AtomicU64,
+    limits: BindingLimits,
+    /// The table's clock: `now_ms` is the latest instant any io thread reported ([`SessionTable::advance_clock`]
+    /// and [`SessionTable::handle_datagram`]), in milliseconds since `epoch`.
+    epoch: Instant,
+    now_ms: AtomicU64,
 }
 
 impl<O: Copy> Default for SessionTable<O> {
@@ -122,12 +167,33 @@ impl<O: Copy> Default for SessionTable<O> {
 }
 
 impl<O: Copy> SessionTable<O> {
-    /// An empty table.
+    /// An empty table with the default binding limits.
     pub fn new() -> Self {
+        Self::with_limits(BindingLimits::default())
+    }
+
+    /// An empty table.
+    pub fn with_limits(limits: BindingLimits) -> Self {
         Self {
             maps: RwLock::new(Maps { by_id: HashMap::new(), by_endpoint: HashMap::new() }),
             server_tick: AtomicU64::new(0),
+            limits,
+            epoch: Instant::now(),
+            now_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Moves the table's clock forward to `now` (never back) and returns it in the table's milliseconds. The io
+    /// threads call this once per poll iteration; the send side judges silence by it, so sealing needs no clock
+    /// of its own.
+    pub fn advance_clock(&self, now: Instant) -> u64 {
+        let ms = self.millis(now);
+        // Relaxed: a clock a few microseconds stale in another thread only shifts a timeout of seconds.
+        self.now_ms.fetch_max(ms, Ordering::Relaxed).max(ms)
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     /// Adds a logged-in session with its exported keys; no endpoint is bound until its first hello.
@@ -137,11 +203,13 @@ impl<O: Copy> SessionTable<O> {
             owner,
             sealer: Sealer::new(keys, Direction::ServerToClient, session_id),
             next_send_sequence: AtomicU64::new(0),
+            last_heard_ms: AtomicU64::new(0),
             receive: Mutex::new(ReceiveState {
                 opener: Opener::new(keys, Direction::ClientToServer),
                 endpoint: None,
                 rebind_allowed: false,
                 last_seen: None,
+                pending: None,
             }),
         });
         let mut maps = self.maps.write();
@@ -230,6 +298,7 @@ impl<O: Copy> SessionTable<O> {
     /// written to `buf[..reply_len]`. Every `Err` means "drop and count `err.reason()`"; none of them is fatal for
     /// the session, and none allocates.
     pub fn handle_datagram(&self, src: SocketAddr, buf: &mut [u8], now: Instant) -> Result<Inbound<O>, UdpError> {
+        let now_ms = self.advance_clock(now);
         let header = DatagramHeader::parse(buf)?;
         let session = self.session(header.session_id).ok_or(UdpError::UnknownSession)?;
         let mut receive = session.receive.lock();
@@ -259,25 +328,70 @@ impl<O: Copy> SessionTable<O> {
                 if hello.session_id != header.session_id {
                     return Err(UdpError::HelloSessionMismatch);
                 }
-                let rebound = if from_bound {
-                    false
-                } else {
-                    let previous = receive.endpoint;
+                receive.opener.window.commit(header.sequence);
+                if from_bound {
+                    // The bound address already proved it receives: confirm at once (and it is heard again).
+                    receive.last_seen = Some(now);
+                    session.last_heard_ms.store(now_ms, Ordering::Relaxed);
+                    drop(receive);
+                    let reply_len = self.seal_welcome(&session, header.session_id, &mut buf[..datagram_len - 1])?;
+                    return Ok(Inbound::Bound {
+                        session_id: header.session_id,
+                        owner: session.owner,
+                        reply_len,
+                        rebound: false,
+                    });
+                }
+                // A new address proves nothing yet: whoever holds the keys can put any source address on a
+                // hello. Answer that address with a challenge smaller than the hello and bind only when it comes
+                // back from there (netcode.io's rule), so no stream is ever aimed at an address that did not ask.
+                let mut challenge = [0u8; CHALLENGE_BYTES];
+                rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut challenge);
+                receive.pending = Some(Pending { addr: src, challenge, expires: now + self.limits.challenge_timeout });
+                drop(receive);
+                let reply = DataMessage::new(Body::UdpChallenge(UdpChallenge {
+                    session_id: header.session_id,
+                    challenge: challenge.to_vec(),
+                }));
+                // Sealing into a buffer one byte shorter than the request makes "never larger" structural.
+                let reply_len = seal_next(&session, Plaintext::Message(&reply), &mut buf[..datagram_len - 1])?;
+                Ok(Inbound::Challenged { session_id: header.session_id, reply_len })
+            }
+            Some(Body::UdpChallengeResponse(response)) => {
+                let answered = match &receive.pending {
+                    Some(p) => {
+                        p.addr == src
+                            && now < p.expires
+                            && response.session_id == header.session_id
+                            && crate::account::password::constant_time_eq(&p.challenge, &response.challenge)
+                    }
+                    None => false,
+                };
+                if !answered {
+                    if from_bound {
+                        receive.opener.window.commit(header.sequence);
+                    }
+                    return Err(UdpError::ChallengeFailed);
+                }
+                let previous = receive.endpoint;
+                if !from_bound {
                     self.bind(header.session_id, &session, src, previous)?;
                     receive.endpoint = Some(src);
-                    previous.is_some()
-                };
+                }
+                receive.pending = None;
                 receive.rebind_allowed = false;
                 receive.opener.window.commit(header.sequence);
                 receive.last_seen = Some(now);
+                session.last_heard_ms.store(now_ms, Ordering::Relaxed);
                 drop(receive);
-                let welcome = DataMessage::new(Body::UdpWelcome(UdpWelcome {
+                // The address is proven now; the welcome still never exceeds the response that asked for it.
+                let reply_len = self.seal_welcome(&session, header.session_id, &mut buf[..datagram_len])?;
+                Ok(Inbound::Bound {
                     session_id: header.session_id,
-                    server_tick: self.server_tick.load(Ordering::Relaxed),
-                }));
-                // Sealing into a buffer one byte shorter than the request makes "never larger" structural.
-                let reply_len = seal_next(&session, Plaintext::Message(&welcome), &mut buf[..datagram_len - 1])?;
-                Ok(Inbound::Bound { session_id: header.session_id, owner: session.owner, reply_len, rebound })
+                    owner: session.owner,
+                    reply_len,
+                    rebound: previous.is_some() && !from_bound,
+                })
             }
             _ if !from_bound => {
                 Err(if receive.endpoint.is_none() { UdpError::NotBound } else { UdpError::WrongAddress })
@@ -286,16 +400,31 @@ impl<O: Copy> SessionTable<O> {
                 receive.opener.window.commit(header.sequence);
                 Err(UdpError::EmptyMessage)
             }
-            Some(Body::UdpWelcome(_) | Body::Snapshot(_)) => {
+            Some(Body::UdpWelcome(_) | Body::Snapshot(_) | Body::UdpChallenge(_)) => {
                 receive.opener.window.commit(header.sequence);
                 Err(UdpError::UnexpectedMessage)
             }
             Some(_) => {
                 receive.opener.window.commit(header.sequence);
                 receive.last_seen = Some(now);
+                session.last_heard_ms.store(now_ms, Ordering::Relaxed);
                 Ok(Inbound::Message { session_id: header.session_id, owner: session.owner, msg })
             }
         }
+    }
+
+    fn seal_welcome(&self, session: &UdpSession<O>, session_id: u64, out: &mut [u8]) -> Result<usize, UdpError> {
+        let welcome = DataMessage::new(Body::UdpWelcome(UdpWelcome {
+            session_id,
+            server_tick: self.server_tick.load(Ordering::Relaxed),
+        }));
+        seal_next(session, Plaintext::Message(&welcome), out)
+    }
+
+    /// Whether the session's bound endpoint has been silent past the silence timeout (the send side stops).
+    fn silent(&self, session: &UdpSession<O>) -> bool {
+        let heard = session.last_heard_ms.load(Ordering::Relaxed);
+        self.now_ms.load(Ordering::Relaxed).saturating_sub(heard) > self.limits.silence_timeout.as_millis() as u64
     }
 
     /// Seals `msg` for `session_id` into `out` and returns the datagram length and the address to send it to.
@@ -331,6 +460,9 @@ impl<O: Copy> SessionTable<O> {
             let entry = maps.by_id.get(&session_id).ok_or(UdpError::UnknownSession)?;
             (Arc::clone(&entry.session), entry.endpoint.ok_or(UdpError::NotBound)?)
         };
+        if self.silent(&session) {
+            return Err(UdpError::Silent);
+        }
         let len = seal_next(&session, msg, out)?;
         Ok((len, endpoint))
     }
@@ -435,22 +567,129 @@ mod tests {
         buf
     }
 
-    fn bind(table: &SessionTable<u32>, client: &mut DataChannel, from: SocketAddr) -> Inbound<u32> {
+    /// The whole binding exchange from `from`: hello, then (for a new address) the challenge answered from there.
+    fn try_bind(
+        table: &SessionTable<u32>,
+        client: &mut DataChannel,
+        from: SocketAddr,
+    ) -> Result<Inbound<u32>, UdpError> {
         let mut datagram = hello(client);
-        table.handle_datagram(from, &mut datagram, Instant::now()).unwrap()
+        let reply_len = match table.handle_datagram(from, &mut datagram, Instant::now())? {
+            Inbound::Challenged { reply_len, .. } => reply_len,
+            bound => return Ok(bound),
+        };
+        let challenge = match client.open(&mut datagram[..reply_len]).unwrap().body {
+            Some(Body::UdpChallenge(c)) => c,
+            other => panic!("expected a challenge, got {other:?}"),
+        };
+        let mut response = vec![0u8; MAX_DATAGRAM_BYTES];
+        let n = client.seal_challenge_response(&challenge, &mut response).unwrap();
+        response.truncate(n);
+        let bound = table.handle_datagram(from, &mut response, Instant::now())?;
+        if let Inbound::Bound { reply_len, .. } = bound {
+            let welcome = client.open(&mut response[..reply_len]).unwrap();
+            assert!(matches!(welcome.body, Some(Body::UdpWelcome(_))), "{welcome:?}");
+        }
+        Ok(bound)
+    }
+
+    fn bind(table: &SessionTable<u32>, client: &mut DataChannel, from: SocketAddr) -> Inbound<u32> {
+        try_bind(table, client, from).unwrap()
+    }
+
+    /// Sends a hello from `from` and returns the challenge the server answered with.
+    fn challenge_for(
+        table: &SessionTable<u32>,
+        client: &mut DataChannel,
+        from: SocketAddr,
+        now: Instant,
+    ) -> UdpChallenge {
+        let mut datagram = hello(client);
+        let reply_len = match table.handle_datagram(from, &mut datagram, now).unwrap() {
+            Inbound::Challenged { reply_len, .. } => reply_len,
+            other => panic!("expected a challenge, got {other:?}"),
+        };
+        match client.open(&mut datagram[..reply_len]).unwrap().body {
+            Some(Body::UdpChallenge(c)) => c,
+            other => panic!("expected a challenge, got {other:?}"),
+        }
+    }
+
+    fn respond(client: &mut DataChannel, challenge: &UdpChallenge) -> Vec<u8> {
+        let mut out = vec![0u8; MAX_DATAGRAM_BYTES];
+        let n = client.seal_challenge_response(challenge, &mut out).unwrap();
+        out.truncate(n);
+        out
     }
 
     #[test]
-    fn hello_binds_the_source_address_and_the_welcome_opens_at_the_client() {
+    fn a_hello_binds_nothing_until_its_challenge_comes_back_from_the_same_address() {
+        let (table, mut client) = table_with_client();
+        let now = Instant::now();
+        let challenge = challenge_for(&table, &mut client, addr(9), now);
+        assert_eq!(challenge.challenge.len(), CHALLENGE_BYTES);
+        assert_eq!(table.endpoint_of(SESSION), None, "a hello alone binds nothing");
+        let mut out = [0u8; MAX_DATAGRAM_BYTES];
+        let snapshot = DataMessage::new(Body::Snapshot(Snapshot::default()));
+        assert_eq!(table.seal_for(SESSION, &snapshot, &mut out), Err(UdpError::NotBound), "nothing is streamed");
+        // The challenge answered from elsewhere (the spoofer's real address) does not bind either address.
+        let mut elsewhere = respond(&mut client, &challenge);
+        assert_eq!(table.handle_datagram(addr(1), &mut elsewhere, now), Err(UdpError::ChallengeFailed));
+        // Wrong bytes from the right address do not bind.
+        let mut forged = respond(&mut client, &UdpChallenge { session_id: SESSION, challenge: vec![0; 16] });
+        assert_eq!(table.handle_datagram(addr(9), &mut forged, now), Err(UdpError::ChallengeFailed));
+        assert_eq!(table.bound_endpoints(), 0);
+        let mut right = respond(&mut client, &challenge);
+        assert!(matches!(table.handle_datagram(addr(9), &mut right, now), Ok(Inbound::Bound { rebound: false, .. })));
+        assert_eq!(table.endpoint_of(SESSION), Some(addr(9)));
+        // One use: the same challenge again is refused.
+        let mut again = respond(&mut client, &challenge);
+        assert_eq!(table.handle_datagram(addr(9), &mut again, now), Err(UdpError::ChallengeFailed));
+    }
+
+    #[test]
+    fn a_late_challenge_response_is_refused() {
+        let table = SessionTable::with_limits(BindingLimits {
+            challenge_timeout: Duration::from_secs(5),
+            silence_timeout: Duration::from_secs(10),
+        });
+        table.register(SESSION, &keys(1), 3).unwrap();
+        let mut client = DataChannel::client(SESSION, &keys(1));
+        let now = Instant::now();
+        let challenge = challenge_for(&table, &mut client, addr(1), now);
+        let mut late = respond(&mut client, &challenge);
+        let later = now + Duration::from_secs(5);
+        assert_eq!(table.handle_datagram(addr(1), &mut late, later), Err(UdpError::ChallengeFailed));
+        assert_eq!(table.endpoint_of(SESSION), None);
+    }
+
+    #[test]
+    fn a_bound_address_that_falls_silent_stops_receiving_until_it_is_heard_again() {
+        let (table, mut client) = table_with_client();
+        bind(&table, &mut client, addr(1));
+        let snapshot = DataMessage::new(Body::Snapshot(Snapshot::default()));
+        let mut out = [0u8; MAX_DATAGRAM_BYTES];
+        assert!(table.seal_for(SESSION, &snapshot, &mut out).is_ok());
+        let later = Instant::now() + BindingLimits::default().silence_timeout + Duration::from_secs(1);
+        table.advance_clock(later);
+        assert_eq!(table.seal_for(SESSION, &snapshot, &mut out), Err(UdpError::Silent));
+        let mut pong = seal(&mut client, &DataMessage::new(Body::Pong(crate::proto::Pong::default())));
+        assert!(matches!(table.handle_datagram(addr(1), &mut pong, later), Ok(Inbound::Message { .. })));
+        assert!(table.seal_for(SESSION, &snapshot, &mut out).is_ok(), "heard again: the stream resumes");
+    }
+
+    #[test]
+    fn the_challenge_response_binds_the_source_address_and_the_welcome_opens_at_the_client() {
         let (table, mut client) = table_with_client();
         table.publish_server_tick(77);
-        let mut datagram = hello(&mut client);
+        let challenge = challenge_for(&table, &mut client, addr(1), Instant::now());
+        let mut datagram = respond(&mut client, &challenge);
         let request_len = datagram.len();
         let reply_len = match table.handle_datagram(addr(1), &mut datagram, Instant::now()).unwrap() {
             Inbound::Bound { session_id: SESSION, owner: 3, reply_len, rebound: false } => reply_len,
             other => panic!("unexpected {other:?}"),
         };
-        assert!(reply_len < request_len);
+        assert!(reply_len <= request_len);
         assert_eq!(table.endpoint_of(SESSION), Some(addr(1)));
         assert_eq!(table.session_for_endpoint(addr(1)), Some(SESSION));
         let welcome = client.open(&mut datagram[..reply_len]).unwrap();
@@ -467,7 +706,9 @@ mod tests {
             let request_len = datagram.len();
             assert!(request_len >= MIN_HELLO_BYTES);
             match table.handle_datagram(addr(1), &mut datagram, Instant::now()).unwrap() {
-                Inbound::Bound { reply_len, .. } => assert!(reply_len < request_len, "{reply_len} >= {request_len}"),
+                Inbound::Challenged { reply_len, .. } | Inbound::Bound { reply_len, .. } => {
+                    assert!(reply_len < request_len, "{reply_len} >= {request_len}")
+                }
                 other => panic!("unexpected {other:?}"),
             }
         }
@@ -581,8 +822,7 @@ mod tests {
         table.register(SESSION + 1, &keys(2), 0).unwrap();
         let mut other = DataChannel::client(SESSION + 1, &keys(2));
         bind(&table, &mut client, addr(1));
-        let mut datagram = hello(&mut other);
-        assert_eq!(table.handle_datagram(addr(1), &mut datagram, Instant::now()), Err(UdpError::EndpointInUse));
+        assert_eq!(try_bind(&table, &mut other, addr(1)), Err(UdpError::EndpointInUse));
         assert_eq!(table.session_for_endpoint(addr(1)), Some(SESSION));
         assert_eq!(table.endpoint_of(SESSION + 1), None);
     }
@@ -615,10 +855,10 @@ mod tests {
         assert_eq!(table.seal_for(SESSION, &snapshot, &mut out), Err(UdpError::NotBound));
         assert_eq!(table.seal_for(SESSION + 9, &snapshot, &mut out), Err(UdpError::UnknownSession));
         bind(&table, &mut client, addr(1));
-        // The welcome used sequence 0; skip it at the client to show sequences keep rising.
+        // The challenge and the welcome used sequences 0 and 1: sequences keep rising.
         let (n, to) = table.seal_for(SESSION, &snapshot, &mut out).unwrap();
         assert_eq!(to, addr(1));
-        assert_eq!(DatagramHeader::parse(&out[..n]).unwrap().sequence, 1);
+        assert_eq!(DatagramHeader::parse(&out[..n]).unwrap().sequence, 2);
         assert_eq!(client.open(&mut out[..n]).unwrap(), snapshot);
     }
 
@@ -642,7 +882,7 @@ mod tests {
         let last = tampered.len() - 1;
         tampered[last] ^= 0xFF;
         assert_eq!(table.handle_datagram(addr(1), &mut tampered, Instant::now()), Err(UdpError::AuthFailed));
-        assert_eq!(table.info(SESSION).unwrap().highest_received, Some(0), "only the hello");
+        assert_eq!(table.info(SESSION).unwrap().highest_received, Some(1), "only the hello and the response");
         let mut genuine = genuine;
         assert!(table.handle_datagram(addr(1), &mut genuine, Instant::now()).is_ok());
     }
