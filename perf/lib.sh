@@ -22,7 +22,8 @@ zone_name() {
 }
 
 # start_server ZONE_FILE LOG: starts realm-server, waits until ready, sets SERVER_PID GAME_ADDR ADMIN_ADDR CERT.
-# Extra REALM_* variables in the caller's environment pass through.
+# Extra REALM_* variables in the caller's environment pass through. Every bot connects from 127.0.0.1, so the
+# per-address limits (connection rate, open and unauthenticated connections, registrations) are lifted.
 start_server() {
   local zone="$1" logfile="$2" bin="${SERVER_BIN:-$REPO/target/release/realm-server}"
   [[ -x "$bin" ]] || die "$bin not built (cargo build --release --bin realm-server)"
@@ -34,6 +35,9 @@ start_server() {
     REALM_GAME_MAX_PLAYERS="${REALM_GAME_MAX_PLAYERS:-10000}" \
     REALM_NET_CONNECT_RATE_MAX="${REALM_NET_CONNECT_RATE_MAX:-1000000}" \
     REALM_NET_MAX_CONNECTIONS="${REALM_NET_MAX_CONNECTIONS:-10000}" \
+    REALM_NET_MAX_CONNECTIONS_PER_IP="${REALM_NET_MAX_CONNECTIONS_PER_IP:-0}" \
+    REALM_NET_MAX_UNAUTHENTICATED_PER_IP="${REALM_NET_MAX_UNAUTHENTICATED_PER_IP:-0}" \
+    REALM_SECURITY_REGISTER_RATE_MAX="${REALM_SECURITY_REGISTER_RATE_MAX:-1000000}" \
     REALM_SECURITY_MAX_CONCURRENT_HASHES="${REALM_SECURITY_MAX_CONCURRENT_HASHES:-2}" \
     REALM_SERVER_SIM_NICE="${SIM_NICE:-0}" \
     REALM_SERVER_SIM_REALTIME_PRIORITY="${SIM_RT:-0}" \

@@ -30,6 +30,8 @@ impl ServerProcess {
             .env("REALM_ADMIN_PORT", "0")
             .env("REALM_SERVER_IO_THREADS", "1")
             .env("REALM_SECURITY_MAX_CONCURRENT_HASHES", "2")
+            // Thirty bots register from one address: more than the default 20 registrations per address per hour.
+            .env("REALM_SECURITY_REGISTER_RATE_MAX", "100")
             .env("REALM_SERVER_SHUTDOWN_GRACE_SECS", "10")
             .env("RUST_LOG", "info")
             .env_remove("REALM_CONFIG")

@@ -150,6 +150,8 @@ fn the_same_account_cannot_be_online_twice_and_bad_credentials_are_refused() {
     first.send(&ControlMessage::new(Body::Logout(Default::default()))).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
+        // A fresh connection per try: one connection allows net.max_login_attempts (3) requests.
+        second = connect(&s);
         let again = second.authenticate(Body::Login(realm::proto::Login {
             username: "twice".into(),
             password: "password123".into(),

@@ -160,10 +160,12 @@ impl Server {
         let (mut messages, mut dropped) = (Vec::new(), Vec::new());
         for (src, datagram) in self.recv.iter_mut() {
             match self.table.handle_datagram(src, datagram, Instant::now()) {
-                Ok(Inbound::Bound { reply_len, .. }) => assert!(self.send.push(src, &datagram[..reply_len])),
+                Ok(Inbound::Bound { reply_len, .. } | Inbound::Challenged { reply_len, .. }) => {
+                    assert!(self.send.push(src, &datagram[..reply_len]))
+                }
                 Ok(Inbound::Message { session_id, msg, .. }) => messages.push((session_id, msg)),
                 Err(e) => dropped.push(e.reason()),
-                Ok(_) => unreachable!("Inbound has two variants"),
+                Ok(_) => unreachable!("Inbound has three variants"),
             }
         }
         let flushed = self.send.flush(&self.socket);
@@ -208,6 +210,17 @@ impl Client {
         n
     }
 
+    /// Answers the challenge the server sent to the last hello (the next datagram to arrive).
+    fn answer_challenge(&mut self, to: SocketAddr) {
+        let received = self.receive();
+        let Some(Body::UdpChallenge(challenge)) = &received[0].1.body else {
+            panic!("expected a challenge, got {received:?}")
+        };
+        let mut buf = [0u8; MAX_DATAGRAM_BYTES];
+        let n = self.channel.seal_challenge_response(challenge, &mut buf).unwrap();
+        self.socket.send_to(&buf[..n], to).unwrap();
+    }
+
     fn receive(&mut self) -> Vec<(usize, DataMessage)> {
         poll_recv(&mut self.poll, &self.socket, &mut self.recv)
             .into_iter()
@@ -228,6 +241,8 @@ fn bound_pair() -> (Server, Client) {
     client.send_hello(server.addr());
     let (messages, dropped) = server.step();
     assert!(messages.is_empty() && dropped.is_empty(), "{dropped:?}");
+    client.answer_challenge(server.addr());
+    server.step();
     let welcome = client.receive();
     assert!(matches!(welcome[0].1.body, Some(Body::UdpWelcome(UdpWelcome { session_id: SESSION, .. }))));
     (server, client)
@@ -246,6 +261,14 @@ fn client_binds_with_hello_then_input_and_snapshot_cross_encrypted_over_loopback
     let mut client = Client::new(SESSION, &keys(1));
 
     let hello_len = client.send_hello(server.addr());
+    server.step();
+    assert_eq!(table.endpoint_of(SESSION), None, "a hello alone binds nothing");
+    let challenge = client.receive();
+    assert!(challenge[0].0 < hello_len, "challenge {} must be smaller than hello {hello_len}", challenge[0].0);
+    let Some(Body::UdpChallenge(c)) = &challenge[0].1.body else { panic!("expected a challenge: {challenge:?}") };
+    let mut response = [0u8; MAX_DATAGRAM_BYTES];
+    let n = client.channel.seal_challenge_response(c, &mut response).unwrap();
+    client.socket.send_to(&response[..n], server.addr()).unwrap();
     server.step();
     assert_eq!(table.endpoint_of(SESSION), Some(client.addr()));
     let welcome = client.receive();
@@ -324,6 +347,9 @@ fn nat_rebinding_moves_snapshots_to_the_new_address_only_after_allow_rebind() {
     client.send_hello(server.addr());
     let (_, dropped) = server.step();
     assert!(dropped.is_empty(), "{dropped:?}");
+    assert_eq!(server.table.endpoint_of(SESSION), Some(old_socket.local_addr().unwrap()), "not before the challenge");
+    client.answer_challenge(server.addr());
+    server.step();
     assert_eq!(server.table.endpoint_of(SESSION), Some(client.addr()));
     assert!(matches!(client.receive()[0].1.body, Some(Body::UdpWelcome(_))));
 
@@ -375,7 +401,9 @@ fn two_reuseport_sockets_share_one_session_table() {
                     }
                     for (src, datagram) in recv.iter_mut() {
                         match table.handle_datagram(src, datagram, Instant::now()) {
-                            Ok(Inbound::Bound { reply_len, .. }) => assert!(send.push(src, &datagram[..reply_len])),
+                            Ok(Inbound::Bound { reply_len, .. } | Inbound::Challenged { reply_len, .. }) => {
+                                assert!(send.push(src, &datagram[..reply_len]))
+                            }
                             Ok(Inbound::Message { session_id, msg, .. }) => tx.send((session_id, msg)).unwrap(),
                             Err(e) => panic!("io-{index} dropped a genuine datagram: {e}"),
                             Ok(_) => unreachable!(),
@@ -395,6 +423,7 @@ fn two_reuseport_sockets_share_one_session_table() {
         .collect();
     for client in &mut clients {
         client.send_hello(port_addr);
+        client.answer_challenge(port_addr);
         assert!(matches!(client.receive()[0].1.body, Some(Body::UdpWelcome(_))));
         client.send(port_addr, &input(1));
     }
@@ -418,7 +447,16 @@ fn dropping_invalid_datagrams_allocates_nothing() {
     let spoofed: SocketAddr = "192.0.2.2:4000".parse().unwrap();
     let mut hello = [0u8; MAX_DATAGRAM_BYTES];
     let n = client.seal_hello(&mut hello).unwrap();
-    assert!(matches!(table.handle_datagram(bound, &mut hello[..n], Instant::now()), Ok(Inbound::Bound { .. })));
+    let reply = match table.handle_datagram(bound, &mut hello[..n], Instant::now()) {
+        Ok(Inbound::Challenged { reply_len, .. }) => reply_len,
+        other => panic!("expected a challenge, got {other:?}"),
+    };
+    let Some(Body::UdpChallenge(challenge)) = client.open(&mut hello[..reply]).unwrap().body else {
+        panic!("expected a challenge")
+    };
+    let mut response = [0u8; MAX_DATAGRAM_BYTES];
+    let n = client.seal_challenge_response(&challenge, &mut response).unwrap();
+    assert!(matches!(table.handle_datagram(bound, &mut response[..n], Instant::now()), Ok(Inbound::Bound { .. })));
 
     let mut genuine = [0u8; MAX_DATAGRAM_BYTES];
     let genuine_len = client.seal(&input(1), &mut genuine).unwrap();
