@@ -57,6 +57,7 @@ fn run(layout: Layout) -> Run {
             p,
             PlayerSpawn { player_id: p, name: format!("bot{p}"), pos: Some(pos), level: 1, xp: 0, hp: None },
         );
+        sim.set_udp_bound(p);
     }
     // Per player: current walking direction and the tick it changes.
     let mut walk: Vec<(f32, usize)> = (0..PLAYERS).map(|_| (rng.range(0.0, std::f32::consts::TAU), 0)).collect();

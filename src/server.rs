@@ -153,6 +153,7 @@ pub fn start(config: Config) -> Result<RunningServer, ServerError> {
         Arc::clone(&status),
         Arc::clone(&stop),
     )
+    .with_net(Arc::clone(&net))
     .with_telemetry(Telemetry { metrics: Arc::clone(&metrics), admin: Arc::clone(&admin_state) });
     let sim_core = sim_core(&config);
     let (sim_nice, sim_rt) = (config.server.sim_nice, config.server.sim_realtime_priority);

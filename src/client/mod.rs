@@ -141,6 +141,8 @@ impl Connection {
                 self.max_frame = ok.max_frame_bytes as usize;
                 Ok(ok)
             }
+            // LOGIN_ERROR_PROTOCOL_VERSION: this client is too old or too new for the server.
+            Some(Body::LoginError(e)) => Err(ClientError::Login(e)),
             _ => Err(ClientError::Unexpected("expected HelloOk")),
         }
     }

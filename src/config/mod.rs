@@ -872,6 +872,14 @@ fn set_key(tree: &mut toml::Table, var: &str, key: &str, raw: &str) -> Result<()
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_readme_names_every_operator_alias() {
+        let readme = include_str!("../../README.md");
+        for (alias, key) in LEGACY_ENV {
+            assert!(readme.contains(&format!("`{alias}`")), "README's Configuration section misses {alias} ({key})");
+        }
+    }
+
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }

@@ -239,6 +239,7 @@ pub fn kick_text(reason: KickReason) -> &'static str {
         KickReason::LoginTimeout => "not logged in in time",
         KickReason::LoginAttempts => "too many login attempts",
         KickReason::ConnectionLimit => "server full",
+        KickReason::LoggedOut => "logged out",
     }
 }
 

@@ -990,6 +990,12 @@ impl<E: From<Inbound>> IoThread<E> {
         for slot in 0..self.conns.len() {
             let Some(Some(conn)) = self.conns.get_mut(slot) else { continue };
             if conn.session.next_deadline().is_some_and(|d| now >= d) {
+                // Authenticated UDP traffic is activity too (looked up only when the TLS deadline is due).
+                if conn.udp_registered {
+                    if let Some(seen) = self.shared.udp.info(conn.id).and_then(|i| i.last_seen) {
+                        conn.session.note_activity(seen);
+                    }
+                }
                 conn.session.handle_timeout(now);
                 self.after_io(slot);
             }

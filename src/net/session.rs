@@ -347,6 +347,14 @@ impl ControlSession {
         }
     }
 
+    /// Counts authenticated traffic on the session's other channel (UDP inputs, pongs) as activity at `at`: a
+    /// player who plays over UDP and says nothing over TLS is not idle. Only once logged in.
+    pub fn note_activity(&mut self, at: Instant) {
+        if self.state == SessionState::InGame && at > self.last_activity {
+            self.last_activity = at;
+        }
+    }
+
     /// Applies the handshake and idle timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.clock = now;
@@ -387,10 +395,12 @@ impl ControlSession {
         match &msg.body {
             Some(Body::LoginOk(_)) => self.state = SessionState::InGame,
             Some(Body::LoginError(e)) if self.state == SessionState::Authenticating => {
-                // The server's own time answering does not count against the client's login deadline, and a
-                // "busy, retry" tested no password: it does not use up an attempt.
+                // The server's own time answering does not count against the client's login deadline. "Busy,
+                // retry" tested no password and "already online" a right one: neither uses up an attempt (the
+                // limit bounds password guesses per connection).
                 self.login_deadline = self.login_deadline.max(self.clock + self.limits.login_timeout / 2);
-                if e.reason == crate::proto::LoginErrorReason::LoginErrorServerBusy as i32 {
+                use crate::proto::LoginErrorReason::{LoginErrorAlreadyOnline, LoginErrorServerBusy};
+                if e.reason == LoginErrorServerBusy as i32 || e.reason == LoginErrorAlreadyOnline as i32 {
                     self.login_attempts = self.login_attempts.saturating_sub(1);
                 }
                 self.state = SessionState::Greeted
@@ -529,11 +539,19 @@ impl ControlSession {
             }
             Body::Hello(h) => {
                 if h.protocol_version != PROTOCOL_VERSION {
+                    // "Upgrade me", not "you sent garbage": a LoginError a client can act on, then the close
+                    // (without a Kick: the LoginError is the reason).
                     let text = format!(
                         "protocol version {} is not supported (server speaks {PROTOCOL_VERSION})",
                         h.protocol_version
                     );
-                    self.close(KickReason::ProtocolError, &text, CloseReason::Protocol(text.clone()));
+                    let refusal = crate::proto::LoginError {
+                        reason: crate::proto::LoginErrorReason::LoginErrorProtocolVersion as i32,
+                        message: text.clone(),
+                        retry_after_ms: 0,
+                    };
+                    let _ = self.write_frame(&ControlMessage::new(Body::LoginError(refusal)));
+                    self.close_without_kick(CloseReason::Protocol(text));
                     return;
                 }
                 let ok = HelloOk {
@@ -768,12 +786,19 @@ mod tests {
     }
 
     #[test]
-    fn wrong_protocol_version_is_refused_with_a_reason() {
+    fn wrong_protocol_version_is_answered_login_error_protocol_version_not_a_protocol_error() {
         let mut p = Pair::new(limits());
         p.drive();
         p.client_send(hello(99));
         assert!(p.server.is_closing());
-        assert_eq!(kick_reason(&p.client_received()), Some(KickReason::ProtocolError));
+        let got = p.client_received();
+        assert!(
+            matches!(&got[..], [ControlMessage { body: Some(Body::LoginError(e)) }]
+                if e.reason == crate::proto::LoginErrorReason::LoginErrorProtocolVersion as i32
+                    && e.message.contains("server speaks 1")),
+            "{got:?}"
+        );
+        assert_eq!(kick_reason(&got), None, "an upgrade notice, not a kick");
     }
 
     #[test]
@@ -815,6 +840,23 @@ mod tests {
         assert_eq!(p.events(), vec![SessionEvent::Closed(CloseReason::IdleTimeout)]);
         p.drive();
         assert_eq!(kick_reason(&p.client_received()), Some(KickReason::IdleTimeout));
+    }
+
+    #[test]
+    fn udp_activity_keeps_a_logged_in_session_from_the_idle_timeout() {
+        let mut p = Pair::new(limits());
+        p.greet();
+        p.client_send(ControlMessage::new(Body::Login(Login { username: "a".into(), password: "b".into() })));
+        p.server.send(&ControlMessage::new(Body::LoginOk(Default::default()))).unwrap();
+        p.events();
+        let first = p.server.next_deadline().unwrap();
+        p.server.note_activity(first - Duration::from_secs(1));
+        let later = p.server.next_deadline().unwrap();
+        assert_eq!(later, first + limits().idle_timeout - Duration::from_secs(1));
+        p.server.handle_timeout(first);
+        assert!(!p.server.is_closing(), "heard over UDP a second ago: not idle");
+        p.server.handle_timeout(later);
+        assert_eq!(p.events(), vec![SessionEvent::Closed(CloseReason::IdleTimeout)]);
     }
 
     #[test]

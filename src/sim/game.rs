@@ -387,6 +387,7 @@ impl Simulation {
             visible: Vec::new(),
             dirty: false,
             transferring: false,
+            udp_bound: false,
             // Appearing on a portal (a saved position, a transfer target) must not bounce the player on: a portal
             // fires when walked into.
             in_portal: self.zone.portals.iter().any(|pt| pt.contains(pos.x, pos.y)),
@@ -440,6 +441,15 @@ impl Simulation {
         out
     }
 
+    /// The player's UDP endpoint is bound: snapshots are built for it from the next tick on.
+    pub fn set_udp_bound(&mut self, session: SessionId) {
+        if let Some(slot) = self.sessions.get(&session).and_then(|&id| self.world.slot(id)) {
+            if let Some(p) = self.world.player[slot].as_mut() {
+                p.udp_bound = true;
+            }
+        }
+    }
+
     /// Lets a player who entered a portal move again (the transfer was refused).
     pub fn release_transfer(&mut self, session: SessionId) {
         if let Some(slot) = self.sessions.get(&session).and_then(|&id| self.world.slot(id)) {
@@ -458,10 +468,18 @@ impl Simulation {
             self.stats.inputs_rejected_stale += 1;
             return Err(Rejected::Stale);
         }
+        let mut input = input;
         let dir = input.move_dir.unwrap_or_default();
-        if !dir.x.is_finite() || !dir.y.is_finite() || dir.x * dir.x + dir.y * dir.y > 1.0001 {
+        if !dir.x.is_finite() || !dir.y.is_finite() {
             self.stats.inputs_rejected_invalid += 1;
             return Err(Rejected::InvalidMove);
+        }
+        // Longer than 1 (a keyboard diagonal (1, 1), say) is normalised, as the protocol says: the direction is
+        // what the client chooses, the speed is the server's.
+        let length_sq = dir.x * dir.x + dir.y * dir.y;
+        if length_sq > 1.0 {
+            let length = length_sq.sqrt();
+            input.move_dir = Some(proto::Vec2 { x: dir.x / length, y: dir.y / length });
         }
         if player.pending.len() >= MAX_PENDING_INPUTS {
             player.pending.pop_front();
@@ -967,7 +985,10 @@ impl Simulation {
         let mut order = std::mem::take(&mut self.scratch_order);
         order.clear();
         for (&session, &id) in &self.sessions {
-            if let Some(slot) = self.world.slot(id) {
+            // No snapshot is built for a player whose UDP endpoint is not bound yet: it could not be delivered.
+            if let Some(slot) =
+                self.world.slot(id).filter(|&s| self.world.player[s].as_ref().is_some_and(|p| p.udp_bound))
+            {
                 order.push((self.grid.cell_of_slot(slot as u32).unwrap_or(0), session, slot));
             }
         }

@@ -209,6 +209,8 @@ pub struct SimRunner {
     gauges: Option<QueueGauges>,
     epoch: Instant,
     sim: Simulation,
+    /// Where the tick is published for `UdpWelcome` (absent in tests without io threads).
+    net: Option<Arc<crate::net::io::NetShared>>,
     rx: Consumer<SimEvent>,
     io: Vec<IoHandle>,
     io_dirty: Vec<bool>,
@@ -243,6 +245,7 @@ impl SimRunner {
     ) -> Self {
         let n = io.len();
         Self {
+            net: None,
             telemetry: None,
             gauges: None,
             epoch: Instant::now(),
@@ -262,6 +265,12 @@ impl SimRunner {
             phase_times: [Duration::ZERO; PHASES.len()],
             pending_final: 0,
         }
+    }
+
+    /// Publishes each tick to the io threads' UDP table, which reports it in `UdpWelcome.server_tick`.
+    pub fn with_net(mut self, net: Arc<crate::net::io::NetShared>) -> Self {
+        self.net = Some(net);
+        self
     }
 
     /// Reports ticks, phases and counters to `telemetry`.
@@ -301,6 +310,9 @@ impl SimRunner {
             let stepped = Instant::now();
             self.route_outputs();
             let tick = self.sim.tick();
+            if let Some(net) = &self.net {
+                net.udp.publish_server_tick(tick);
+            }
             let ping_every = u64::from(PING_EVERY_SECS * self.config.tick_rate);
             self.ping_slice(tick % ping_every, ping_every);
             if drain_deadline.is_none() {
@@ -487,7 +499,7 @@ impl SimRunner {
             }
             SimEvent::Net(Inbound::Control { session, msg }) => self.on_control(session, msg),
             SimEvent::Net(Inbound::Data { session, msg }) => self.on_data(session, msg),
-            SimEvent::Net(Inbound::UdpBound { .. }) => {}
+            SimEvent::Net(Inbound::UdpBound { session, .. }) => self.sim.set_udp_bound(session),
             SimEvent::Net(Inbound::Disconnected { session, .. }) => self.leave(session),
             SimEvent::Login { session, result } => self.on_login(session, result),
             SimEvent::Saved { reason, outcomes } => self.on_saved(reason, outcomes),
@@ -589,7 +601,7 @@ impl SimRunner {
             }
             Some(Body::Logout(_)) => {
                 // Queue the goodbye first: `leave` forgets the session's io thread.
-                self.kick(session, KickReason::Unspecified, "logged out");
+                self.kick(session, KickReason::LoggedOut, "logged out");
                 self.leave(session);
             }
             _ => {}

@@ -49,10 +49,12 @@ respawn_secs = 2
 }
 
 fn spawn(sim: &mut Simulation, session: u64, at: Vec2) -> u64 {
-    sim.spawn_player(
+    let id = sim.spawn_player(
         session,
         PlayerSpawn { player_id: session, name: format!("p{session}"), pos: Some(at), level: 1, xp: 0, hp: None },
-    )
+    );
+    sim.set_udp_bound(session);
+    id
 }
 
 fn input(seq: u32, x: f32, y: f32) -> Input {
@@ -99,10 +101,41 @@ fn players_move_at_their_speed_and_no_faster_however_many_inputs_they_send() {
 }
 
 #[test]
+fn a_keyboard_diagonal_longer_than_one_is_normalised_and_moves_at_full_speed() {
+    let mut sim = Simulation::new(zone(""), RATE, 1);
+    let me = spawn(&mut sim, 1, Vec2::new(100.0, 100.0));
+    let mut out = Vec::new();
+    for seq in 1..=RATE {
+        sim.queue_input(1, input(seq, 1.0, 1.0)).expect("(1, 1) is a direction, not an error");
+        sim.step(&mut out);
+    }
+    let p = pos(&sim, me);
+    let moved = ((p.x - 100.0).powi(2) + (p.y - 100.0).powi(2)).sqrt();
+    assert!((moved - 6.0).abs() < 0.01, "one second diagonally at 6 m/s moved {moved}");
+    assert!((p.x - p.y).abs() < 0.01, "along the diagonal");
+}
+
+#[test]
+fn no_snapshot_is_built_for_a_player_whose_udp_is_not_bound() {
+    let mut sim = Simulation::new(zone(""), RATE, 1);
+    sim.spawn_player(
+        7,
+        PlayerSpawn { player_id: 7, name: "p7".into(), pos: Some(Vec2::new(50.0, 50.0)), level: 1, xp: 0, hp: None },
+    );
+    let mut out = Vec::new();
+    sim.step(&mut out);
+    assert!(!out.iter().any(|o| matches!(o, Output::Snapshot { .. })), "nothing to deliver it to");
+    sim.set_udp_bound(7);
+    out.clear();
+    sim.step(&mut out);
+    assert!(out.iter().any(|o| matches!(o, Output::Snapshot { .. })));
+}
+
+#[test]
 fn invalid_and_stale_inputs_are_rejected_and_counted() {
     let mut sim = Simulation::new(zone(""), RATE, 1);
     spawn(&mut sim, 1, Vec2::new(100.0, 100.0));
-    assert_eq!(sim.queue_input(1, input(1, 3.0, 0.0)), Err(Rejected::InvalidMove));
+    assert_eq!(sim.queue_input(1, input(1, f32::INFINITY, 0.0)), Err(Rejected::InvalidMove));
     assert_eq!(sim.queue_input(1, input(2, f32::NAN, 0.0)), Err(Rejected::InvalidMove));
     sim.queue_input(1, input(5, 1.0, 0.0)).unwrap();
     assert_eq!(sim.queue_input(1, input(5, 1.0, 0.0)), Err(Rejected::Stale));
@@ -182,6 +215,7 @@ fn enough_xp_levels_up_and_raises_max_hp() {
         1,
         PlayerSpawn { player_id: 1, name: "a".into(), pos: Some(Vec2::new(101.0, 100.0)), level: 1, xp: 95, hp: None },
     );
+    sim.set_udp_bound(1);
     let mut out = Vec::new();
     let mut seq = 0;
     let mut levelled = false;

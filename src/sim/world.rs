@@ -110,6 +110,8 @@ pub struct PlayerData {
     pub transferring: bool,
     /// Inside a portal's area: a portal fires when a player walks in, not on every tick spent inside.
     pub in_portal: bool,
+    /// The player's UDP endpoint is bound (snapshots are built only then).
+    pub udp_bound: bool,
 }
 
 /// What an NPC is doing.
