@@ -44,6 +44,8 @@ fn main() {
     let flood: Vec<ControlMessage> = std::iter::once(hello_msg()).chain((0..40).map(|_| ping_msg())).collect();
     write(&dir, "seed-ping-flood", &[&[9, 0, 0], &frames(&flood)[..]].concat());
     write(&dir, "seed-idle", &[&[0, 0, 255], &hello[..]].concat());
+    let old_version = ControlMessage::new(Body::Hello(Hello { protocol_version: 99, client_name: "fuzz/0.1".into() }));
+    write(&dir, "seed-hello-wrong-version", &[&[0, 0, 1], &frames(&[old_version])[..]].concat());
 
     // udp_datagram: [mode][ops]
     let dir = target(&corpus, "udp_datagram");

@@ -11,9 +11,10 @@
 //! by `2 * step` ms and `handle_timeout` runs. Finally the client closes (close_notify, then EOF).
 //!
 //! Checked: the session's event invariant (at most one `Closed`, nothing after it); the server only ever sends
-//! well-formed frames no larger than its `max_frame`; nothing follows a `Kick`; a session closed for a protocol
-//! error, flood, idle timeout or by the server tells the client why (a `Kick` with the matching reason); EOF
-//! closes the session.
+//! well-formed frames no larger than its `max_frame`; nothing follows its last word (a `Kick`, or the
+//! `LoginError { PROTOCOL_VERSION }` that refuses a Hello); a session closed for a protocol error, flood, idle
+//! timeout or by the server tells the client why (that last word, with the matching reason); EOF closes the
+//! session.
 #![no_main]
 
 use std::io::{Read, Write};
@@ -22,7 +23,9 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use realm::net::framing::FrameDecoder;
 use realm::net::session::{CloseReason, ControlSession, SessionEvent, SessionState};
-use realm::proto::{control_message::Body, ChatMessage, ControlMessage, Kick, KickReason, LoginError, LoginOk};
+use realm::proto::{
+    control_message::Body, ChatMessage, ControlMessage, Kick, KickReason, LoginError, LoginErrorReason, LoginOk,
+};
 use realm_fuzz::{
     client_tls_config, server_tls_config, session_limits, Chunker, EventChecker, Input, WouldBlockReader,
 };
@@ -36,8 +39,18 @@ struct Pair {
     checker: EventChecker,
     /// The client's view of the server's frames.
     received: FrameDecoder,
-    kick: Option<KickReason>,
+    /// The server's last word, once it said it.
+    told: Option<Told>,
     responder: u8,
+}
+
+/// How the server tells a client why it closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Told {
+    /// A `Kick` with this reason.
+    Kick(KickReason),
+    /// `LoginError { PROTOCOL_VERSION }`: the answer to a Hello with another protocol version.
+    VersionRefused,
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -79,7 +92,7 @@ impl Pair {
         let name = ServerName::try_from("localhost").expect("server name");
         let client = ClientConnection::new(client_tls_config(), name).expect("new client");
         let received = FrameDecoder::new(session_limits().max_frame);
-        Pair { server, client, now, checker: EventChecker::default(), received, kick: None, responder }
+        Pair { server, client, now, checker: EventChecker::default(), received, told: None, responder }
     }
 
     /// Moves bytes both ways until quiet, draining (and answering) the session's events.
@@ -95,6 +108,13 @@ impl Pair {
             self.drain();
             let mut s2c = Vec::new();
             let _ = self.server.write_tls(&mut s2c);
+            realm_fuzz::trace!(
+                "c2s {} bytes, s2c {} bytes, state {:?}, closed {:?}",
+                c2s.len(),
+                s2c.len(),
+                self.server.state(),
+                self.checker.closed
+            );
             if !s2c.is_empty() {
                 let mut rd = &s2c[..];
                 while !rd.is_empty() {
@@ -153,9 +173,17 @@ impl Pair {
         loop {
             match self.received.decode() {
                 Ok(Some(msg)) => {
-                    assert!(self.kick.is_none(), "frame {msg:?} after the Kick");
-                    if let Some(Body::Kick(k)) = &msg.body {
-                        self.kick = Some(KickReason::try_from(k.reason).unwrap_or(KickReason::Unspecified));
+                    realm_fuzz::trace!("client received {msg:?}");
+                    assert!(self.told.is_none(), "frame {msg:?} after the server's last word {:?}", self.told);
+                    match &msg.body {
+                        Some(Body::Kick(k)) => {
+                            self.told =
+                                Some(Told::Kick(KickReason::try_from(k.reason).unwrap_or(KickReason::Unspecified)))
+                        }
+                        Some(Body::LoginError(e)) if e.reason == LoginErrorReason::LoginErrorProtocolVersion as i32 => {
+                            self.told = Some(Told::VersionRefused)
+                        }
+                        _ => {}
                     }
                 }
                 Ok(None) => return,
@@ -172,24 +200,26 @@ impl Pair {
         }
     }
 
-    /// A session that closes for a reason the client caused or can act on sends a `Kick` saying which: the exact
-    /// reason for the reasons this target knows, some `Kick` for reasons added since. Only a close the client
-    /// started (close_notify, EOF), a TLS or socket failure, or a full outbound buffer goes without.
+    /// A session that closes for a reason the client caused or can act on says which: the exact reason for the
+    /// reasons this target knows, some last word for reasons added since. Only a close the client started
+    /// (close_notify, EOF), a TLS or socket failure, or a full outbound buffer goes without.
     fn check_told_why(&self, closed: Option<CloseReason>) {
         let expected = match &closed {
             None
             | Some(CloseReason::PeerClosed | CloseReason::Tls(_) | CloseReason::Io(_) | CloseReason::SlowConsumer) => {
                 return
             }
+            // A refused protocol version is a protocol error the client can act on: either answer is fine.
+            Some(CloseReason::Protocol(_)) if self.told == Some(Told::VersionRefused) => None,
             Some(CloseReason::Protocol(_) | CloseReason::Frame(_)) => Some(KickReason::ProtocolError),
             Some(CloseReason::Flood) => Some(KickReason::Flood),
             Some(CloseReason::IdleTimeout | CloseReason::HandshakeTimeout) => Some(KickReason::IdleTimeout),
             Some(CloseReason::Kicked(reason)) => Some(*reason),
             Some(_) => None,
         };
-        assert!(self.kick.is_some(), "closed with {closed:?} without a Kick");
+        assert!(self.told.is_some(), "closed with {closed:?} without telling the client why");
         if let Some(expected) = expected {
-            assert_eq!(self.kick, Some(expected), "closed with {closed:?}");
+            assert_eq!(self.told, Some(Told::Kick(expected)), "closed with {closed:?}");
         }
     }
 }
