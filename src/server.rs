@@ -149,6 +149,7 @@ pub fn start(config: Config) -> Result<RunningServer, ServerError> {
             max_players: config.game.max_players,
             grace: Duration::from_secs(config.server.shutdown_grace_secs),
             transfers_enabled,
+            resume_grace: Duration::from_secs(config.game.resume_grace_secs),
         },
         Arc::clone(&status),
         Arc::clone(&stop),

@@ -213,6 +213,24 @@ fn a_scripted_player_registers_walks_chats_and_logs_out_and_a_wrong_password_is_
 }
 
 #[test]
+fn a_dropped_connection_is_resumed_by_the_client_with_the_same_character() {
+    let server = ServerProcess::start();
+    let name = format!("resumer_{}", std::process::id() % 100_000);
+    let script =
+        format!("register {name} password123\nmove 1 0 1\ndrop-connection\nwait 1\nmove 1 0 1\nexpect-moved\nlogout\n");
+    let out = run_script(&server, &script);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}", out.status, text(&out.stderr));
+    let joined: Vec<&str> = stdout.lines().filter(|l| l.starts_with("logged-in player=")).collect();
+    assert_eq!(joined.len(), 2, "logged in, then resumed:\n{stdout}");
+    let entity = |l: &str| l.split_whitespace().find(|w| w.starts_with("entity=")).map(str::to_owned);
+    assert_eq!(entity(joined[0]), entity(joined[1]), "the same character came back:\n{stdout}");
+    assert!(stdout.contains("notice connection lost"), "{stdout}");
+    assert!(!stdout.contains("notice the session expired"), "resumed, not logged in again:\n{stdout}");
+    assert_eq!(stdout.lines().last(), Some("logged-out"), "{stdout}");
+}
+
+#[test]
 fn a_player_online_when_the_server_stops_is_told_why_and_the_client_fails() {
     let server = ServerProcess::start();
     let name = format!("stayer_{}", std::process::id() % 100_000);

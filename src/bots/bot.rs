@@ -7,6 +7,7 @@
 //! ```text
 //! Waiting --start_at--> Connecting --TCP up--> AwaitHelloOk --HelloOk--> AwaitLogin --LoginOk--> Binding
 //!    Binding --UdpWelcome--> Playing --run over--> Closing --server closes / 1 s--> Done
+//!    Playing --drop (--drop-rate)--> Connecting --HelloOk--> AwaitLogin (Resume; refused: Login) --LoginOk--> Binding
 //!    (any state) --error, kick, timeout--> Done(failed: kind)
 //! ```
 //!
@@ -54,6 +55,8 @@ pub(crate) struct Shared {
     pub login_timeout: Duration,
     /// UdpHello must be welcomed within this.
     pub udp_timeout: Duration,
+    /// Probability per second that a playing bot drops its connection and resumes (`--drop-rate`).
+    pub drop_rate: f64,
 }
 
 /// Everything a bot may touch while handling an event.
@@ -195,6 +198,12 @@ pub(crate) struct Bot {
     pos: Option<(f32, f32)>,
     target: Option<Target>,
     stopping: bool,
+    /// The token of the latest LoginOk (what a Resume presents).
+    resume_token: Vec<u8>,
+    /// Set from a deliberate drop until the resume is answered.
+    resuming: Option<Instant>,
+    /// xorshift state for the drop decisions (seeded per bot: runs repeat).
+    rng: u64,
     /// The wake-up time currently in the driver's timer heap (the driver owns this field).
     pub scheduled: Option<Instant>,
     /// How the bot is doing.
@@ -236,6 +245,9 @@ impl Bot {
             pos: None,
             target: None,
             stopping: false,
+            resume_token: Vec::new(),
+            resuming: None,
+            rng: seed | 1,
             scheduled: None,
             outcome: Outcome::default(),
         }
@@ -342,6 +354,36 @@ impl Bot {
         *ctx.stats.errors.entry(fail.0.clone()).or_default() += 1;
         self.outcome.failure = Some(fail.0);
         self.close(ctx);
+    }
+
+    /// `--drop-rate`: whether to drop the connection this input period (probability `drop_rate` per second).
+    fn should_drop(&mut self, ctx: &Ctx<'_>, period: Duration) -> bool {
+        if ctx.shared.drop_rate <= 0.0 || self.stopping || self.resume_token.is_empty() {
+            return false;
+        }
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let p = ctx.shared.drop_rate * period.as_secs_f64();
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+
+    /// Drops the connection the way a phone losing its network does (a reset, no Logout) and reconnects at once
+    /// to resume the session with its token.
+    fn drop_and_resume(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Fail> {
+        ctx.stats.drops += 1;
+        if let Some(mut tcp) = self.tcp.take() {
+            let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+            let _ = ctx.registry.deregister(&mut tcp);
+        }
+        if let Some(mut udp) = self.udp.take() {
+            let _ = ctx.registry.deregister(&mut udp);
+        }
+        self.tls = None;
+        self.channel = None;
+        self.decoder = FrameDecoder::new(4096);
+        self.resuming = Some(ctx.now);
+        self.connect(ctx)
     }
 
     fn close(&mut self, ctx: &mut Ctx<'_>) {
@@ -472,6 +514,14 @@ impl Bot {
                 self.max_frame = (ok.max_frame_bytes as usize).clamp(64, 1 << 20);
                 self.send_login(ctx)
             }
+            (State::AwaitLogin, Body::LoginError(e)) if self.resuming.is_some() => {
+                // The token was refused (expired, say): log in with the password like a new connection.
+                ctx.stats.resume_failures += 1;
+                *ctx.stats.errors.entry(format!("resume_refused:{}", login_reason_name(e.reason))).or_default() += 1;
+                self.resuming = None;
+                self.registering = false;
+                self.send_login(ctx)
+            }
             (State::AwaitLogin, Body::LoginError(e)) => {
                 let taken = e.reason == LoginErrorReason::LoginErrorUsernameTaken as i32;
                 let busy = e.reason == LoginErrorReason::LoginErrorServerBusy as i32;
@@ -516,7 +566,9 @@ impl Bot {
 
     fn send_login(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Fail> {
         let (username, password) = (self.name.clone(), ctx.shared.password.clone());
-        let body = if self.registering {
+        let body = if self.resuming.is_some() {
+            Body::Resume(crate::proto::Resume { session_token: self.resume_token.clone() })
+        } else if self.registering {
             Body::Register(Register { username, password })
         } else {
             Body::Login(Login { username, password })
@@ -531,7 +583,16 @@ impl Bot {
 
     fn on_login_ok(&mut self, ctx: &mut Ctx<'_>, ok: &crate::proto::LoginOk) -> Result<(), Fail> {
         self.outcome.logged_in = true;
-        ctx.stats.login_time.record(micros(ctx.now.saturating_duration_since(self.connect_started)));
+        if let Some(dropped) = self.resuming.take() {
+            ctx.stats.resumes += 1;
+            ctx.stats.resume_time.record(micros(ctx.now.saturating_duration_since(dropped)));
+            if self.game.is_some_and(|g| g.entity_id != ok.entity_id) {
+                return Err(Fail::new("protocol:resumed_another_entity"));
+            }
+        } else {
+            ctx.stats.login_time.record(micros(ctx.now.saturating_duration_since(self.connect_started)));
+        }
+        self.resume_token = ok.session_token.clone();
         if ok.tick_rate_hz == 0 || ok.tick_rate_hz > 1000 {
             return Err(Fail::new("protocol:bad_tick_rate"));
         }
@@ -714,6 +775,9 @@ impl Bot {
         let now_us = ctx.now_us();
         let Some(game) = self.game else { return Ok(()) };
         if now >= self.next_input {
+            if self.should_drop(ctx, game.period) {
+                return self.drop_and_resume(ctx);
+            }
             self.send_input(ctx, now_us)?;
             self.next_input += game.period;
             if self.next_input <= now {

@@ -84,6 +84,10 @@ pub struct Args {
     /// Seconds a bot may wait for LoginOk (logins queue behind the server's argon2 limit).
     #[arg(long, default_value_t = 60.0)]
     pub login_timeout: f64,
+    /// Each playing bot drops its connection (a TCP reset, as a phone losing its network) with this probability
+    /// per second, reconnects at once and resumes its session with its token (reported as resumes).
+    #[arg(long, default_value_t = 0.0)]
+    pub drop_rate: f64,
     /// Exit with status 0 even when bots failed.
     #[arg(long)]
     pub allow_failures: bool,
@@ -143,6 +147,9 @@ impl Args {
                 return Err(invalid(flag, format!("{v} is not 0..=86400 seconds")));
             }
         }
+        if !self.drop_rate.is_finite() || !(0.0..=10.0).contains(&self.drop_rate) {
+            return Err(invalid("--drop-rate", format!("{} is not 0..=10 per second", self.drop_rate)));
+        }
         if self.ca.is_none() && !self.insecure {
             return Err(invalid("--ca", "give the server's certificate with --ca PEM, or --insecure"));
         }
@@ -193,6 +200,7 @@ pub fn run(args: &Args) -> Result<Report, BotsError> {
         handshake_timeout: Duration::from_secs(10),
         login_timeout: Duration::from_secs_f64(args.login_timeout),
         udp_timeout: Duration::from_secs(5),
+        drop_rate: args.drop_rate,
     });
     let end = epoch + ramp + settle + duration;
     let threads = args.threads.min(args.bots);

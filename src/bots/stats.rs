@@ -33,6 +33,14 @@ pub(crate) struct ThreadStats {
     pub udp_send_dropped: u64,
     /// Logins the server called busy and the bot retried.
     pub login_retries: u64,
+    /// Connections the bots dropped on purpose (`--drop-rate`).
+    pub drops: u64,
+    /// Sessions resumed with their token after a drop.
+    pub resumes: u64,
+    /// Resumes refused (the bot then logged in with its password).
+    pub resume_failures: u64,
+    /// Drop -> LoginOk of the resume, microseconds (reconnect, TLS and Hello included).
+    pub resume_time: Histogram,
     /// Chat lines sent.
     pub chats_sent: u64,
     /// Chat lines received.
@@ -73,6 +81,10 @@ impl ThreadStats {
         self.udp_rejected += other.udp_rejected;
         self.udp_send_dropped += other.udp_send_dropped;
         self.login_retries += other.login_retries;
+        self.drops += other.drops;
+        self.resumes += other.resumes;
+        self.resume_failures += other.resume_failures;
+        self.resume_time.merge(&other.resume_time);
         self.chats_sent += other.chats_sent;
         self.chats_received += other.chats_received;
         self.combat_events += other.combat_events;
@@ -268,6 +280,14 @@ pub struct Report {
     pub control_rtt_ms: Quantiles,
     /// Logins retried after SERVER_BUSY.
     pub login_retries: u64,
+    /// Connections dropped on purpose (`--drop-rate`).
+    pub drops: u64,
+    /// Of those, sessions resumed with their token.
+    pub resumes: u64,
+    /// Resumes refused (the bot fell back to its password).
+    pub resume_failures: u64,
+    /// Drop -> LoginOk of the resume, milliseconds (reconnect, TLS and Hello included).
+    pub resume_ms: Quantiles,
     /// Inputs skipped because a bot thread fell a tick behind (the load generator itself was overloaded).
     pub inputs_skipped: u64,
     /// Datagrams from the server that did not authenticate or decode.
@@ -334,6 +354,10 @@ impl Report {
             login_ms: ms(&stats.login_time),
             control_rtt_ms: ms(&stats.control_rtt),
             login_retries: stats.login_retries,
+            drops: stats.drops,
+            resumes: stats.resumes,
+            resume_failures: stats.resume_failures,
+            resume_ms: ms(&stats.resume_time),
             inputs_skipped: stats.inputs_skipped,
             udp_rejected: stats.udp_rejected,
             udp_send_dropped: stats.udp_send_dropped,
@@ -380,6 +404,16 @@ impl Report {
         let _ = writeln!(s, "  tick delay (client-side estimate): {}", q(&self.tick_delay_ms, "ms"));
         let _ = writeln!(s, "  snapshot fan-out: {}", q(&self.snapshot_fan_out_ms, "ms"));
         let _ = writeln!(s, "  login:      {}  ({} busy retries)", q(&self.login_ms, "ms"), self.login_retries);
+        if self.drops > 0 {
+            let _ = writeln!(
+                s,
+                "  resume:     {}  ({} drops, {} resumed, {} refused)",
+                q(&self.resume_ms, "ms"),
+                self.drops,
+                self.resumes,
+                self.resume_failures
+            );
+        }
         let _ = writeln!(s, "  TLS rtt:    {}", q(&self.control_rtt_ms, "ms"));
         let _ = writeln!(
             s,

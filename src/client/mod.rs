@@ -160,6 +160,13 @@ impl Connection {
         }
     }
 
+    /// Re-attaches a session whose connection dropped, with the `session_token` of its latest `LoginOk` (send it
+    /// on a new connection, after [`Connection::hello`]). A refusal (`LOGIN_ERROR_INVALID_RESUME`) means: log in
+    /// with the password. The new `LoginOk` carries the token for the next resume.
+    pub fn resume(&mut self, session_token: &[u8]) -> Result<LoginOk, ClientError> {
+        self.authenticate(Body::Resume(crate::proto::Resume { session_token: session_token.to_vec() }))
+    }
+
     /// Sends one message.
     pub fn send(&mut self, msg: &ControlMessage) -> Result<(), ClientError> {
         self.scratch.clear();

@@ -258,6 +258,9 @@ pub struct GameConfig {
     pub seed: u64,
     /// Seconds between periodic saves of dirty players.
     pub save_interval_secs: u64,
+    /// A player whose connection drops without Logout stays in the world this long, resumable with its session
+    /// token (0 = no resumption: the player is saved and released at once).
+    pub resume_grace_secs: u64,
 }
 
 /// `[chat]`: chat limits (see `sim::chat`). A line over a limit is not delivered; its sender gets `ChatRefused`.
@@ -426,6 +429,7 @@ impl Default for GameConfig {
             zone_file: String::new(),
             seed: 0x5EED,
             save_interval_secs: 30,
+            resume_grace_secs: 30,
         }
     }
 }
@@ -548,6 +552,7 @@ impl Config {
         check(g.max_players >= 1, "game.max_players", g.max_players, "must be at least 1")?;
         check((64..=1_000_000).contains(&g.world_size), "game.world_size", g.world_size, "must be 64..=1000000")?;
         check(g.save_interval_secs >= 1, "game.save_interval_secs", g.save_interval_secs, "must be at least 1")?;
+        check(g.resume_grace_secs <= 600, "game.resume_grace_secs", g.resume_grace_secs, "must be 0..=600")?;
         let chat = &self.chat;
         check((1..=1000).contains(&chat.zone_burst), "chat.zone_burst", chat.zone_burst, "must be 1..=1000")?;
         check(

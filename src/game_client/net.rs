@@ -23,7 +23,7 @@ use crate::client::{ClientError, Connection, UdpLink};
 use crate::net::tls::{self, ServerTrust, TlsError};
 use crate::proto::{
     control_message::Body, data_message::Body as DataBody, Chat, ChatChannel, ChatMessage, CombatEvent, ControlMessage,
-    DataMessage, Input, KickReason, Login, LoginErrorReason, Logout, LootReceived, Ping, PlayerStats, Register,
+    DataMessage, Input, KickReason, Login, LoginErrorReason, Logout, LootReceived, Ping, PlayerStats, Register, Resume,
     Snapshot, TransferLogin, ZoneTransfer,
 };
 
@@ -39,6 +39,10 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 const LOGOUT_TIMEOUT: Duration = Duration::from_secs(5);
 /// UDP round-trip measurements this often.
 const RTT_PING: Duration = Duration::from_secs(1);
+/// Tries to resume a dropped session before giving up (the server keeps it `game.resume_grace_secs`, 30 s).
+const RESUME_TRIES: u32 = 10;
+/// Wait between resume tries.
+const RESUME_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Where a session connects and how it trusts the server.
 #[derive(Clone)]
@@ -219,6 +223,7 @@ pub fn reason_text(reason: LoginErrorReason) -> &'static str {
         LoginErrorReason::LoginErrorInvalidTransfer => "invalid transfer",
         LoginErrorReason::LoginErrorProtocolVersion => "protocol version mismatch",
         LoginErrorReason::LoginErrorRateLimited => "too many attempts from this address",
+        LoginErrorReason::LoginErrorInvalidResume => "session expired: log in again",
     }
 }
 
@@ -291,6 +296,8 @@ pub enum NetEvent {
 enum ControlCommand {
     Chat(ChatChannel, String),
     Logout,
+    /// Reset the control connection (tests of resumption).
+    Drop,
 }
 
 enum UdpCommand {
@@ -314,7 +321,13 @@ impl NetSession {
         let (events_tx, events) = crossbeam_channel::unbounded();
         let client_name = client_name.to_owned();
         let thread = std::thread::Builder::new().name("realm-client-tls".into()).spawn(move || {
-            let mut control = ControlThread { control: control_rx, udp: udp_rx, events: events_tx, client_name };
+            let mut control = ControlThread {
+                control: control_rx,
+                udp: udp_rx,
+                events: events_tx,
+                client_name,
+                resume_token: Vec::new(),
+            };
             let end = control.run(endpoint, credentials);
             let _ = control.events.send(NetEvent::Ended(end));
         })?;
@@ -339,6 +352,12 @@ impl NetSession {
     /// Say something (nearby players) or shout it to the zone.
     pub fn chat(&self, channel: ChatChannel, text: &str) {
         let _ = self.control.send(ControlCommand::Chat(channel, text.to_owned()));
+    }
+
+    /// Resets the control connection the way a network failure does (scripts test resumption with it): the
+    /// client reconnects and resumes its session, announcing a new [`NetEvent::Joined`].
+    pub fn drop_connection(&self) {
+        let _ = self.control.send(ControlCommand::Drop);
     }
 
     /// Ask the server to log out; [`NetEvent::Ended`] with [`SessionEnd::LoggedOut`] follows.
@@ -377,6 +396,8 @@ impl Drop for NetSession {
 enum ZoneOutcome {
     End(SessionEnd),
     Transfer(ZoneTransfer),
+    /// The connection failed while playing (not logging out): resumable.
+    Dropped(String),
 }
 
 struct ControlThread {
@@ -384,6 +405,8 @@ struct ControlThread {
     udp: Receiver<UdpCommand>,
     events: Sender<NetEvent>,
     client_name: String,
+    /// The latest LoginOk's session token: what a resume after a dropped connection presents.
+    resume_token: Vec<u8>,
 }
 
 struct UdpThread {
@@ -404,10 +427,25 @@ impl ControlThread {
         let mut endpoint = first;
         let mut request = credentials.request();
         let mut transferring_to: Option<String> = None;
+        // A dropped connection is resumed with the latest LoginOk's token: a few tries, then the password.
+        let mut resume_tries = 0;
         loop {
+            let resuming = matches!(request, Body::Resume(_));
             let entered = self.enter(&endpoint, request, &username);
-            let (mut conn, udp) = match entered {
-                Ok(pair) => pair,
+            let (mut conn, udp, token) = match entered {
+                Ok(entered) => entered,
+                Err(SessionEnd::LoginRefused { reason: LoginErrorReason::LoginErrorInvalidResume, .. }) => {
+                    let _ = self.events.send(NetEvent::Notice("the session expired: logging in again".into()));
+                    request = credentials.request();
+                    continue;
+                }
+                Err(end) if resuming && resume_tries < RESUME_TRIES => {
+                    resume_tries += 1;
+                    let _ = self.events.send(NetEvent::Notice(format!("reconnecting ({end})")));
+                    std::thread::sleep(RESUME_BACKOFF);
+                    request = Body::Resume(Resume { session_token: self.resume_token.clone() });
+                    continue;
+                }
                 Err(end) => {
                     return match (transferring_to, end) {
                         (Some(zone), end) => SessionEnd::TransferFailed { zone, message: end.to_string() },
@@ -415,9 +453,16 @@ impl ControlThread {
                     }
                 }
             };
+            self.resume_token = token;
+            resume_tries = 0;
             let outcome = self.play(&mut conn);
             udp.stop();
             match outcome {
+                ZoneOutcome::Dropped(why) => {
+                    let _ = self.events.send(NetEvent::Notice(format!("connection lost ({why}): resuming")));
+                    request = Body::Resume(Resume { session_token: self.resume_token.clone() });
+                    transferring_to = None;
+                }
                 ZoneOutcome::End(end) => {
                     conn.close();
                     return end;
@@ -443,7 +488,7 @@ impl ControlThread {
         endpoint: &Endpoint,
         request: Body,
         username: &str,
-    ) -> Result<(Connection, UdpThread), SessionEnd> {
+    ) -> Result<(Connection, UdpThread, Vec<u8>), SessionEnd> {
         let connect_failed = |e: ClientError| {
             let message = match e {
                 // Its text names the address again.
@@ -498,7 +543,7 @@ impl ControlThread {
             .name("realm-client-udp".into())
             .spawn(move || driver.run())
             .map_err(|e| SessionEnd::ConnectFailed { address: udp_addr.to_string(), message: e.to_string() })?;
-        Ok((conn, UdpThread { stop, join }))
+        Ok((conn, UdpThread { stop, join }, ok.session_token))
     }
 
     /// Relays commands and messages until the session ends or the server transfers the player.
@@ -512,6 +557,11 @@ impl ControlThread {
                     Ok(ControlCommand::Chat(channel, text)) => Body::Chat(Chat { channel: channel as i32, text }),
                     // Disconnected: the UI is gone; log out as if the player asked.
                     Ok(ControlCommand::Logout) | Err(TryRecvError::Disconnected) => Body::Logout(Logout {}),
+                    Ok(ControlCommand::Drop) => {
+                        let _ = socket2::SockRef::from(conn.socket()).set_linger(Some(Duration::ZERO));
+                        let _ = conn.socket().shutdown(std::net::Shutdown::Both);
+                        return ZoneOutcome::Dropped("dropped on request".into());
+                    }
                     Err(TryRecvError::Empty) => break,
                 };
                 if matches!(msg, Body::Logout(_)) {
@@ -546,7 +596,12 @@ impl ControlThread {
                 },
                 Ok(ControlMessage { body: None }) => continue,
                 Err(ClientError::Timeout) => continue,
-                Err(e) => return ZoneOutcome::End(ended_by(e, logging_out)),
+                Err(e) => {
+                    return match ended_by(e, logging_out) {
+                        SessionEnd::ConnectionLost(why) if !logging_out => ZoneOutcome::Dropped(why),
+                        end => ZoneOutcome::End(end),
+                    }
+                }
             };
             // Nobody listening is fine: the closed command channel makes the next round log out.
             let _ = self.events.send(event);
@@ -554,10 +609,11 @@ impl ControlThread {
     }
 }
 
-/// Maps a control-channel failure to how the session ended. After a Logout, the server's goodbye (a kick without
-/// a reason, or a plain close) is the confirmation.
+/// Maps a control-channel failure to how the session ended. After a Logout, the server's goodbye
+/// (`KICK_REASON_LOGGED_OUT`; from older servers a kick without a reason, or a plain close) is the confirmation.
 fn ended_by(e: ClientError, logging_out: bool) -> SessionEnd {
     match e {
+        ClientError::Kicked { reason: KickReason::LoggedOut, .. } => SessionEnd::LoggedOut,
         ClientError::Kicked { reason: KickReason::Unspecified, .. } | ClientError::Closed if logging_out => {
             SessionEnd::LoggedOut
         }
@@ -708,6 +764,8 @@ mod tests {
 
     #[test]
     fn the_goodbye_after_a_logout_is_a_clean_end_but_not_before() {
+        let goodbye = ClientError::Kicked { reason: KickReason::LoggedOut, message: "logged out".into() };
+        assert_eq!(ended_by(goodbye, true), SessionEnd::LoggedOut);
         let bye = || ClientError::Kicked { reason: KickReason::Unspecified, message: "logged out".into() };
         assert_eq!(ended_by(bye(), true), SessionEnd::LoggedOut);
         assert!(matches!(ended_by(bye(), false), SessionEnd::Kicked { .. }));

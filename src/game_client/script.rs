@@ -85,6 +85,8 @@ pub enum Command {
     ExpectMoved,
     /// `expect-chat TEXT`.
     ExpectChat(String),
+    /// `drop-connection`: reset the control connection as a network failure would (the client then resumes).
+    DropConnection,
     /// `logout`.
     Logout,
 }
@@ -203,6 +205,10 @@ pub fn parse(source: &str) -> Result<Vec<Step>, ScriptError> {
                 Command::ExpectMoved
             }
             "expect-chat" => Command::ExpectChat(text_arg("expect-chat TEXT")?),
+            "drop-connection" => {
+                arity(0, "drop-connection")?;
+                Command::DropConnection
+            }
             "logout" => {
                 arity(0, "logout")?;
                 Command::Logout
@@ -346,6 +352,10 @@ impl<'a> Runner<'a> {
             Command::Logout => {
                 self.session()?;
                 self.logout()
+            }
+            Command::DropConnection => {
+                self.session()?.drop_connection();
+                Ok(())
             }
         }
     }

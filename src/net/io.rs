@@ -273,6 +273,25 @@ impl ConnectRateLimiter {
     }
 }
 
+/// Wakes the simulation thread between ticks for what a player waits on (a login, a resume): otherwise it is
+/// handled at the next tick, up to a tick later. Inputs and chat never wake it: they wait for their tick anyway.
+#[derive(Debug, Default)]
+pub struct SimWaker(std::sync::OnceLock<std::thread::Thread>);
+
+impl SimWaker {
+    /// Called once by the simulation thread: wake-ups go to the calling thread.
+    pub fn register_current(&self) {
+        let _ = self.0.set(std::thread::current());
+    }
+
+    /// Wakes the simulation thread if it is parked between ticks (a no-op before it registered).
+    pub fn wake(&self) {
+        if let Some(t) = self.0.get() {
+            t.unpark();
+        }
+    }
+}
+
 /// Open connections per source address, shared by all io threads: how many, and how many of them have not logged
 /// in. A flood of silent or half-open connections from a few addresses cannot take every slot.
 pub struct PerAddress {
@@ -354,6 +373,8 @@ pub struct NetShared {
     pub draining: AtomicBool,
     /// io threads started by [`spawn`].
     pub io_threads: AtomicUsize,
+    /// Wakes the simulation between ticks for logins and resumes.
+    pub sim_waker: SimWaker,
 }
 
 /// Whether a new player could connect now, as `/ready` and `/health` report it.
@@ -411,6 +432,7 @@ impl NetShared {
             max_connections: config.net.max_connections,
             draining: AtomicBool::new(false),
             io_threads: AtomicUsize::new(0),
+            sim_waker: SimWaker::default(),
         }
     }
 }
@@ -483,6 +505,7 @@ pub fn spawn<E: From<Inbound> + Send + 'static>(
             backlog,
             inbound: inbound.clone(),
             pending: Vec::with_capacity(256),
+            wake_sim: false,
             shared: Arc::clone(&shared),
             next_session: 0,
             recv: RecvBatch::new(32),
@@ -565,6 +588,8 @@ struct IoThread<E> {
     inbound: Producer<E>,
     /// Inbound items of this poll iteration, published with one `push_chain`.
     pending: Vec<Inbound>,
+    /// `pending` holds a login or resume: wake the simulation when publishing.
+    wake_sim: bool,
     shared: Arc<NetShared>,
     next_session: u64,
     recv: RecvBatch,
@@ -625,6 +650,9 @@ impl<E: From<Inbound>> IoThread<E> {
             chain.push(E::from(item));
         }
         self.inbound.push_chain(chain);
+        if std::mem::take(&mut self.wake_sim) {
+            self.shared.sim_waker.wake();
+        }
     }
 
     fn accept(&mut self, now: Instant) {
@@ -754,6 +782,10 @@ impl<E: From<Inbound>> IoThread<E> {
                     if let Some(Body::UdpRebind(_)) = msg.body {
                         self.shared.udp.allow_rebind(conn.id);
                     } else {
+                        self.wake_sim |= matches!(
+                            msg.body,
+                            Some(Body::Login(_) | Body::Register(_) | Body::TransferLogin(_) | Body::Resume(_))
+                        );
                         self.pending.push(Inbound::Control { session: conn.id, msg });
                     }
                 }

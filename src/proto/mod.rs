@@ -47,6 +47,7 @@ impl ControlMessage {
             Some(Error(_)) => "error",
             Some(Loot(_)) => "loot",
             Some(ChatRefused(_)) => "chat_refused",
+            Some(Resume(_)) => "resume",
         }
     }
 }

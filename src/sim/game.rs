@@ -388,6 +388,7 @@ impl Simulation {
             dirty: false,
             transferring: false,
             udp_bound: false,
+            detached: false,
             // Appearing on a portal (a saved position, a transfer target) must not bounce the player on: a portal
             // fires when walked into.
             in_portal: self.zone.portals.iter().any(|pt| pt.contains(pos.x, pos.y)),
@@ -448,6 +449,34 @@ impl Simulation {
                 p.udp_bound = true;
             }
         }
+    }
+
+    /// The player's connection dropped: it stays in the world, standing, untargetable, without snapshots, until
+    /// [`Simulation::reattach_player`] or [`Simulation::despawn_player`].
+    pub fn detach_player(&mut self, session: SessionId) {
+        if let Some(slot) = self.sessions.get(&session).and_then(|&id| self.world.slot(id)) {
+            if let Some(p) = self.world.player[slot].as_mut() {
+                p.detached = true;
+                p.udp_bound = false;
+                p.pending.clear();
+            }
+            self.world.vel[slot] = Vec2::default();
+        }
+    }
+
+    /// A detached player resumes under a new session id; returns its entity (unchanged). Its inputs start over
+    /// (the new connection's first input may carry any sequence above 0).
+    pub fn reattach_player(&mut self, old: SessionId, new: SessionId) -> Option<EntityId> {
+        let id = self.sessions.remove(&old)?;
+        self.sessions.insert(new, id);
+        let slot = self.world.slot(id)?;
+        if let Some(p) = self.world.player[slot].as_mut() {
+            p.session = new;
+            p.detached = false;
+            p.udp_bound = false;
+            p.last_input = 0;
+        }
+        Some(id)
     }
 
     /// Lets a player who entered a portal move again (the transfer was refused).
@@ -630,7 +659,7 @@ impl Simulation {
             // Chase validity is checked every tick: a dead or vanished target, or the leash, ends it.
             if let NpcState::Chase(t) = state {
                 let valid = self.world.slot(t).is_some_and(|ts| {
-                    !self.world.health[ts].is_dead() && self.world.player[ts].as_ref().is_some_and(|p| !p.transferring)
+                    !self.world.health[ts].is_dead() && self.world.player[ts].as_ref().is_some_and(|p| p.targetable())
                 });
                 if !valid || pos.dist2(home) > leash * leash {
                     state = NpcState::Return;
@@ -686,7 +715,7 @@ impl Simulation {
                 return;
             }
             if let Some(p) = world.player[s].as_ref() {
-                if p.transferring || world.health[s].is_dead() {
+                if !p.targetable() || world.health[s].is_dead() {
                     return;
                 }
                 if best.is_none_or(|(bd, bs)| d2 < bd || (d2 == bd && s < bs)) {

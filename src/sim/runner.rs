@@ -136,6 +136,12 @@ pub struct SimStatus {
     pub logins: AtomicU64,
     /// Logins refused.
     pub login_refusals: AtomicU64,
+    /// Sessions resumed with a token.
+    pub resumes: AtomicU64,
+    /// Resumes refused (token unknown, used or expired).
+    pub resume_refused: AtomicU64,
+    /// Detached players whose grace period ran out (saved and released).
+    pub resume_expired: AtomicU64,
     /// Snapshots not queued because their io thread was too far behind (back-pressure).
     pub snapshots_dropped: AtomicU64,
     /// Set when the drain after a stop request completed.
@@ -157,12 +163,17 @@ struct Owned {
     player_id: u64,
     epoch: u64,
     lock_token: String,
+    /// SHA-256 of the session token the client holds now (its latest LoginOk's): what a Resume must present.
+    resume_hash: [u8; 32],
 }
 
 struct SessionCtx {
     io: usize,
     addr: SocketAddr,
     state: SessionState,
+    /// Set while the control connection is gone and the player waits to be resumed (still `InGame`: its lock is
+    /// renewed, it is saved periodically and at the drain, like any player online).
+    detached_until: Option<Instant>,
 }
 
 /// Settings the runner needs.
@@ -184,6 +195,8 @@ pub struct RunnerConfig {
     pub grace: Duration,
     /// Whether portals hand players to other zones (needs the shared database and Redis).
     pub transfers_enabled: bool,
+    /// How long a dropped player may be resumed (zero: no resumption).
+    pub resume_grace: Duration,
 }
 
 /// Where the sim thread reports: Prometheus metrics and the admin state behind /health and /ready.
@@ -227,6 +240,10 @@ pub struct SimRunner {
     phase_times: [Duration; PHASES.len()],
     /// Final saves still in flight during a drain.
     pending_final: usize,
+    /// Detached sessions by the SHA-256 of their resume token.
+    resumable: HashMap<[u8; 32], SessionId>,
+    /// Detached sessions in the order they expire (one grace period for all, so detaching appends in order).
+    expiries: std::collections::VecDeque<(Instant, SessionId)>,
 }
 
 impl SimRunner {
@@ -264,6 +281,8 @@ impl SimRunner {
             out: Vec::new(),
             phase_times: [Duration::ZERO; PHASES.len()],
             pending_final: 0,
+            resumable: HashMap::new(),
+            expiries: std::collections::VecDeque::new(),
         }
     }
 
@@ -291,16 +310,15 @@ impl SimRunner {
 
     /// Runs until a stop is requested and the drain finishes (every player saved, or the grace period over).
     pub fn run(mut self) -> TickCounters {
+        if let Some(net) = &self.net {
+            net.sim_waker.register_current();
+        }
         let mut clock = TickClock::new(self.config.tick_rate, Instant::now());
         let save_every = (self.config.save_interval.as_secs_f64() * f64::from(self.config.tick_rate)).max(1.0) as u64;
         let renew_every = (self.config.renew_interval.as_secs_f64() * f64::from(self.config.tick_rate)).max(1.0) as u64;
         let mut drain_deadline: Option<Instant> = None;
         loop {
-            let due = clock.next_due();
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
+            self.idle_until(clock.next_due());
             let started = Instant::now();
             let lateness = clock.start(started);
             self.drain_events();
@@ -310,6 +328,9 @@ impl SimRunner {
             let stepped = Instant::now();
             self.route_outputs();
             let tick = self.sim.tick();
+            if !self.expiries.is_empty() {
+                self.expire_detached(started);
+            }
             if let Some(net) = &self.net {
                 net.udp.publish_server_tick(tick);
             }
@@ -438,6 +459,27 @@ impl SimRunner {
         s.dropped.store(c.dropped, Ordering::Relaxed);
     }
 
+    /// Waits for the next tick. Woken early (a login or resume arrived: see `SimWaker`), it handles what is
+    /// queued at once, so a player waits on its answer, not on the tick; inputs and chat handled early only
+    /// queue for the tick as they would have at its start.
+    fn idle_until(&mut self, due: Instant) {
+        loop {
+            let now = Instant::now();
+            if now >= due {
+                return;
+            }
+            if self.net.is_none() {
+                std::thread::sleep(due - now);
+                return;
+            }
+            std::thread::park_timeout(due - now);
+            if Instant::now() < due {
+                self.drain_events();
+                self.wake_io();
+            }
+        }
+    }
+
     fn drain_events(&mut self) {
         // Bounded so a flood cannot stretch one tick forever; what is left waits for the next tick.
         for _ in 0..100_000 {
@@ -495,12 +537,13 @@ impl SimRunner {
     fn handle(&mut self, event: SimEvent) {
         match event {
             SimEvent::Net(Inbound::Connected { session, io, addr }) => {
-                self.sessions.insert(session, SessionCtx { io, addr, state: SessionState::Greeted });
+                self.sessions
+                    .insert(session, SessionCtx { io, addr, state: SessionState::Greeted, detached_until: None });
             }
             SimEvent::Net(Inbound::Control { session, msg }) => self.on_control(session, msg),
             SimEvent::Net(Inbound::Data { session, msg }) => self.on_data(session, msg),
             SimEvent::Net(Inbound::UdpBound { session, .. }) => self.sim.set_udp_bound(session),
-            SimEvent::Net(Inbound::Disconnected { session, .. }) => self.leave(session),
+            SimEvent::Net(Inbound::Disconnected { session, reason }) => self.disconnected(session, &reason),
             SimEvent::Login { session, result } => self.on_login(session, result),
             SimEvent::Saved { reason, outcomes } => self.on_saved(reason, outcomes),
             SimEvent::SaveFailed { reason, rows, attempt, locks } => self.on_save_failed(reason, rows, attempt, locks),
@@ -599,6 +642,7 @@ impl SimRunner {
                     );
                 }
             }
+            Some(Body::Resume(r)) => self.resume(session, &r.session_token),
             Some(Body::Logout(_)) => {
                 // Queue the goodbye first: `leave` forgets the session's io thread.
                 self.kick(session, KickReason::LoggedOut, "logged out");
@@ -672,6 +716,7 @@ impl SimRunner {
                 player_id: grant.player_id,
                 epoch: grant.epoch,
                 lock_token: grant.lock_token,
+                resume_hash: crate::account::password::sha256(&grant.session_token),
             });
         }
         let ok = LoginOk {
@@ -751,9 +796,100 @@ impl SimRunner {
         }
     }
 
+    /// The control connection ended. A player in game whose connection dropped (the peer closed it, or the
+    /// network failed) stays in the world for the resume grace period; every other ending leaves at once.
+    fn disconnected(&mut self, session: SessionId, reason: &crate::net::session::CloseReason) {
+        use crate::net::session::CloseReason;
+        let dropped = matches!(reason, CloseReason::PeerClosed | CloseReason::Io(_) | CloseReason::Tls(_));
+        let grace = self.config.resume_grace;
+        let draining = self.stop.load(Ordering::Relaxed);
+        let Some(ctx) = self.sessions.get_mut(&session) else { return };
+        let SessionState::InGame(owned) = &ctx.state else { return self.leave(session) };
+        if !dropped || grace.is_zero() || draining || ctx.detached_until.is_some() {
+            return self.leave(session);
+        }
+        let until = Instant::now() + grace;
+        ctx.detached_until = Some(until);
+        self.resumable.insert(owned.resume_hash, session);
+        self.expiries.push_back((until, session));
+        self.sim.detach_player(session);
+        log::debug!("session {session:#x} (player {}) detached until resumed or {grace:?}", owned.player_id);
+    }
+
+    /// Detached players whose grace period is over leave the world: final save and lock release, once.
+    fn expire_detached(&mut self, now: Instant) {
+        while let Some(&(until, session)) = self.expiries.front() {
+            if until > now {
+                break;
+            }
+            self.expiries.pop_front();
+            // Resumed (or gone) meanwhile: that entry is stale.
+            let Some(ctx) = self.sessions.get(&session) else { continue };
+            if ctx.detached_until != Some(until) {
+                continue;
+            }
+            if let SessionState::InGame(owned) = &ctx.state {
+                self.resumable.remove(&owned.resume_hash);
+            }
+            self.status.resume_expired.fetch_add(1, Ordering::Relaxed);
+            self.leave(session);
+        }
+    }
+
+    /// `Resume { session_token }` on a new connection: re-attaches the detached session the token belongs to. No
+    /// hash, no save, no claim: the character never left; the token is used up and a new one issued.
+    fn resume(&mut self, session: SessionId, token: &[u8]) {
+        // The token is 256 random bits and the map is keyed by its SHA-256, so a lookup's timing tells nothing
+        // useful about any stored token (what a constant-time comparison protects).
+        let hash = crate::account::password::sha256(token);
+        if !self.sessions.contains_key(&session) {
+            return;
+        }
+        let Some(old) = self.resumable.remove(&hash) else {
+            self.status.resume_refused.fetch_add(1, Ordering::Relaxed);
+            self.login_error(
+                session,
+                LoginErrorReason::LoginErrorInvalidResume,
+                "resume token unknown, used, expired or for another zone: log in with your password",
+                Duration::ZERO,
+            );
+            return;
+        };
+        // `resumable` only names detached sessions in game (they leave it whenever they stop being one).
+        let Some(SessionCtx { state: SessionState::InGame(mut owned), .. }) = self.sessions.remove(&old) else {
+            return;
+        };
+        let Some(entity) = self.sim.reattach_player(old, session) else { return };
+        let Some(new_ctx) = self.sessions.get_mut(&session) else { return };
+        let (token, token_hash) = crate::account::password::new_token();
+        owned.resume_hash = token_hash;
+        let player_id = owned.player_id;
+        new_ctx.state = SessionState::InGame(owned);
+        self.online.insert(player_id, session);
+        self.status.resumes.fetch_add(1, Ordering::Relaxed);
+        let pos = self.sim.player_record(session).map(|r| r.pos).unwrap_or_default();
+        log::debug!("session {old:#x} (player {player_id}) resumed as {session:#x}");
+        let ok = LoginOk {
+            session_id: session,
+            player_id,
+            zone: self.config.zone.clone(),
+            tick_rate_hz: self.config.tick_rate,
+            udp_port: u32::from(self.config.udp_port),
+            entity_id: entity,
+            session_token: token.to_vec(),
+            position: Some(proto::Vec2 { x: pos.x, y: pos.y }),
+        };
+        self.send_control(session, ControlMessage::new(Body::LoginOk(ok)));
+    }
+
     /// The player leaves the world (logout, disconnect, shutdown): final save, then lock release.
     fn leave(&mut self, session: SessionId) {
         let Some(ctx) = self.sessions.get_mut(&session) else { return };
+        if ctx.detached_until.take().is_some() {
+            if let SessionState::InGame(owned) = &ctx.state {
+                self.resumable.remove(&owned.resume_hash);
+            }
+        }
         let state = std::mem::replace(&mut ctx.state, SessionState::Closed);
         if let SessionState::InGame(owned) = state {
             self.online.remove(&owned.player_id);

@@ -112,6 +112,16 @@ pub struct PlayerData {
     pub in_portal: bool,
     /// The player's UDP endpoint is bound (snapshots are built only then).
     pub udp_bound: bool,
+    /// The player's connection dropped and it waits to be resumed: it stands still, NPCs ignore it (so it cannot
+    /// be killed while away) and no snapshot is built for it.
+    pub detached: bool,
+}
+
+impl PlayerData {
+    /// Whether NPCs may chase and hit this player.
+    pub fn targetable(&self) -> bool {
+        !self.transferring && !self.detached
+    }
 }
 
 /// What an NPC is doing.
