@@ -338,10 +338,16 @@ fn at_max_connections_the_oldest_connection_not_logged_in_makes_room() {
     let mut third = Connection::connect(&h.addr.to_string(), "localhost", cfg, Duration::from_secs(2))
         .expect("a newcomer is not refused while a connection that has not logged in can make room");
     third.hello("c").unwrap();
-    match a.recv() {
-        Err(ClientError::Kicked { reason: KickReason::ConnectionLimit, .. }) => {}
-        other => panic!("the oldest connection not logged in is closed with a reason, got {other:?}"),
-    }
+    // With two io threads the one that accepted the newcomer may hold neither a nor b: then the other closes its
+    // oldest at its next sweep. Either way exactly one of them goes, with the reason.
+    let kicked = [&mut a, &mut b]
+        .into_iter()
+        .filter_map(|c| {
+            c.set_timeout(Duration::from_millis(500)).unwrap();
+            matches!(c.recv(), Err(ClientError::Kicked { reason: KickReason::ConnectionLimit, .. })).then_some(())
+        })
+        .count();
+    assert_eq!(kicked, 1, "one connection not logged in made room");
     assert_eq!(h.shared.stats.closed_by("evicted"), 1);
     assert_eq!(h.shared.stats.refused_max_connections.load(Ordering::Relaxed), 0);
 }

@@ -375,6 +375,9 @@ pub struct NetShared {
     pub io_threads: AtomicUsize,
     /// Wakes the simulation between ticks for logins and resumes.
     pub sim_waker: SimWaker,
+    /// Connections accepted over `max_connections` by a thread that had none of its own to evict: another io
+    /// thread closes one of its connections that have not logged in for each (at its next sweep).
+    pub evictions_owed: AtomicUsize,
 }
 
 /// Whether a new player could connect now, as `/ready` and `/health` report it.
@@ -433,6 +436,7 @@ impl NetShared {
             draining: AtomicBool::new(false),
             io_threads: AtomicUsize::new(0),
             sim_waker: SimWaker::default(),
+            evictions_owed: AtomicUsize::new(0),
         }
     }
 }
@@ -676,6 +680,7 @@ impl<E: From<Inbound>> IoThread<E> {
             }
             if self.shared.stats.open_connections.load(Ordering::Relaxed) >= self.shared.max_connections
                 && !self.evict_oldest_unauthenticated()
+                && !self.owe_eviction()
             {
                 self.shared.stats.refused_max_connections.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -759,6 +764,38 @@ impl<E: From<Inbound>> IoThread<E> {
             return true;
         }
         false
+    }
+
+    /// At capacity with nothing of its own to evict: accepts anyway when another thread holds a connection that
+    /// has not logged in and is not already owed, and leaves that thread a debt to pay at its next sweep.
+    #[cold]
+    fn owe_eviction(&self) -> bool {
+        let s = &self.shared.stats;
+        let evictable = s
+            .open_connections
+            .load(Ordering::Relaxed)
+            .saturating_sub(s.authenticated_connections.load(Ordering::Relaxed));
+        self.shared
+            .evictions_owed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |owed| (owed < evictable).then_some(owed + 1))
+            .is_ok()
+    }
+
+    /// Pays evictions another thread owed (see `owe_eviction`), from this thread's connections not logged in.
+    fn pay_evictions(&mut self) {
+        let shared = Arc::clone(&self.shared);
+        let owed = &shared.evictions_owed;
+        if shared.stats.open_connections.load(Ordering::Relaxed) <= shared.max_connections {
+            // Back under the limit (connections closed on their own): nothing is owed any more.
+            owed.store(0, Ordering::Relaxed);
+            return;
+        }
+        while owed.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+            if !self.evict_oldest_unauthenticated() {
+                owed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
     }
 
     fn conn_ready(&mut self, slot: usize, readable: bool, now: Instant) {
@@ -1012,6 +1049,9 @@ impl<E: From<Inbound>> IoThread<E> {
     }
 
     fn sweep(&mut self, now: Instant) {
+        if self.shared.evictions_owed.load(Ordering::Relaxed) > 0 {
+            self.pay_evictions();
+        }
         // The eviction order is pruned lazily; keep it proportional to the connections it can name.
         if self.unauthenticated.len() > 2 * self.by_session.len() + 64 {
             let conns = &self.conns;
