@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod db;
 pub mod game_client;
+pub mod limits;
 pub mod lock;
 pub mod logging;
 pub mod metrics;

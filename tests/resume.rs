@@ -216,7 +216,8 @@ fn bots_that_drop_their_connections_at_random_resume_every_time() {
     let s = ServerProcess::start(&[]);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_realm-bots"))
         .args(["--server", &s.game.to_string(), "--ca", &s.cert.to_string_lossy()])
-        .args(["--bots", "10", "--ramp", "1", "--duration", "6", "--drop-rate", "0.5", "--json", "--quiet"])
+        .args(["--bots", "10", "--ramp", "2", "--settle", "2", "--duration", "6", "--drop-rate", "0.5"])
+        .args(["--json", "--quiet"])
         .output()
         .expect("run realm-bots");
     let report: serde_json::Value =

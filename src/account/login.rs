@@ -2,15 +2,13 @@
 //! then fencing epoch). Refusals carry the reason sent to the client; an unknown user and a wrong password are
 //! indistinguishable (same reason, same argon2 work).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use parking_lot::Mutex;
-
 use super::password::{new_token, HashError, PasswordHasher};
 use super::{AccountRecord, AccountStore, OwnershipLocks, PlayerStore, Progress, StoreError};
+use crate::limits::PerAddressWindow;
 use crate::proto::LoginErrorReason;
 
 /// Login tuning (from `[security]`, `[redis]` and `[server]`).
@@ -73,14 +71,20 @@ impl Refusal {
 
     fn busy(e: &StoreError) -> Self {
         log::warn!("login backend error: {e}");
-        Self::hashing_busy()
-    }
-
-    fn hashing_busy() -> Self {
         Self {
             reason: LoginErrorReason::LoginErrorServerBusy,
             message: "try again shortly".into(),
             retry_after: Duration::from_secs(2),
+        }
+    }
+
+    /// The hashing share was in use: retry soon (a refusal costs the server next to nothing, and a burst of
+    /// real registrations gets through in a few retries).
+    fn hashing_busy() -> Self {
+        Self {
+            reason: LoginErrorReason::LoginErrorServerBusy,
+            message: "try again shortly".into(),
+            retry_after: Duration::from_millis(500),
         }
     }
 
@@ -118,44 +122,6 @@ pub struct LoginGrant {
     pub lock_token: String,
     /// The client's session token (only its hash is stored).
     pub session_token: [u8; 32],
-}
-
-/// Events per source address in fixed windows (failed logins, registrations), bounded in memory.
-struct PerAddressWindow {
-    window: Duration,
-    counts: Mutex<HashMap<IpAddr, (Instant, u32)>>,
-}
-
-impl PerAddressWindow {
-    fn new(window: Duration) -> Self {
-        Self { window, counts: Mutex::new(HashMap::new()) }
-    }
-
-    /// Events from `ip` in its current window, and the time left in that window.
-    fn current(&self, ip: IpAddr, now: Instant) -> (u32, Duration) {
-        match self.counts.lock().get(&ip) {
-            Some(&(since, n)) => match self.window.checked_sub(now.duration_since(since)) {
-                Some(left) if !left.is_zero() => (n, left),
-                _ => (0, self.window),
-            },
-            None => (0, self.window),
-        }
-    }
-
-    /// Counts one event from `ip`; returns the count in the current window, this one included.
-    fn add(&self, ip: IpAddr, now: Instant) -> u32 {
-        let mut counts = self.counts.lock();
-        if counts.len() > 100_000 {
-            let window = self.window;
-            counts.retain(|_, (since, _)| now.duration_since(*since) < window);
-        }
-        let e = counts.entry(ip).or_insert((now, 0));
-        if now.duration_since(e.0) >= self.window {
-            *e = (now, 0);
-        }
-        e.1 += 1;
-        e.1
-    }
 }
 
 /// Everything the login path needs; shared by all workers.
@@ -285,8 +251,10 @@ impl LoginService {
                 ..Refusal::new(LoginErrorReason::LoginErrorRateLimited, "too many registrations from this address")
             });
         }
-        self.registrations.add(ip, now);
+        // Counted once hashed: a "busy, retry" is not a registration (a client retrying it would use up its
+        // allowance while nothing was created).
         let hash = self.hasher.hash(password).map_err(Refusal::hash_failed)?;
+        self.registrations.add(ip, now);
         let id = match self.accounts.create(username, &hash) {
             Ok(id) => id,
             Err(StoreError::UsernameTaken) => {

@@ -246,30 +246,19 @@ impl NetStats {
 /// Per-source-IP connection rate limit shared by all io threads (with SO_REUSEPORT one address's connections
 /// land on several threads, so a per-thread limit would multiply the budget).
 pub struct ConnectRateLimiter {
-    window: Duration,
     max: u32,
-    seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    seen: crate::limits::PerAddressWindow,
 }
 
 impl ConnectRateLimiter {
     /// At most `max` connections per address per `window`.
     pub fn new(max: u32, window: Duration) -> Self {
-        Self { window, max, seen: Mutex::new(HashMap::new()) }
+        Self { max, seen: crate::limits::PerAddressWindow::new(window) }
     }
 
     /// Counts a connection attempt; false when the address is over its budget.
     pub fn allow(&self, ip: IpAddr, now: Instant) -> bool {
-        let mut seen = self.seen.lock();
-        if seen.len() > 65_536 {
-            let window = self.window;
-            seen.retain(|_, (start, _)| now.duration_since(*start) < window);
-        }
-        let entry = seen.entry(ip).or_insert((now, 0));
-        if now.duration_since(entry.0) >= self.window {
-            *entry = (now, 0);
-        }
-        entry.1 += 1;
-        entry.1 <= self.max
+        self.seen.add(ip, now) <= self.max
     }
 }
 
@@ -1018,23 +1007,10 @@ impl<E: From<Inbound>> IoThread<E> {
                 shared.stats.udp_bytes_in.fetch_add(buf.len() as u64, Ordering::Relaxed);
                 match shared.udp.handle_datagram(src, buf, now) {
                     Ok(udp::Inbound::Challenged { reply_len, .. }) => {
-                        shared.stats.udp_in.fetch_add(1, Ordering::Relaxed);
-                        if self.send.is_full() {
-                            let flushed = self.send.flush(&self.udp);
-                            shared.stats.udp_out.fetch_add(flushed.sent as u64, Ordering::Relaxed);
-                            self.send.clear();
-                        }
-                        self.send.push(src, &buf[..reply_len]);
-                        shared.stats.udp_bytes_out.fetch_add(reply_len as u64, Ordering::Relaxed);
+                        reply(&mut self.send, &self.udp, &shared.stats, src, &buf[..reply_len]);
                     }
                     Ok(udp::Inbound::Bound { session_id, reply_len, .. }) => {
-                        shared.stats.udp_in.fetch_add(1, Ordering::Relaxed);
-                        if self.send.is_full() {
-                            let flushed = self.send.flush(&self.udp);
-                            shared.stats.udp_out.fetch_add(flushed.sent as u64, Ordering::Relaxed);
-                            self.send.clear();
-                        }
-                        self.send.push(src, &buf[..reply_len]);
+                        reply(&mut self.send, &self.udp, &shared.stats, src, &buf[..reply_len]);
                         self.pending.push(Inbound::UdpBound { session: session_id, addr: src });
                     }
                     Ok(udp::Inbound::Message { session_id, msg, .. }) => {
@@ -1073,6 +1049,19 @@ impl<E: From<Inbound>> IoThread<E> {
             }
         }
     }
+}
+
+/// Queues the answer to a datagram that was accepted (a challenge or a welcome) for its source address, flushing
+/// first when the batch is full.
+fn reply(send: &mut SendBatch, socket: &UdpSocket, stats: &NetStats, to: SocketAddr, bytes: &[u8]) {
+    stats.udp_in.fetch_add(1, Ordering::Relaxed);
+    if send.is_full() {
+        let flushed = send.flush(socket);
+        stats.udp_out.fetch_add(flushed.sent as u64, Ordering::Relaxed);
+        send.clear();
+    }
+    send.push(to, bytes);
+    stats.udp_bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
 }
 
 #[cfg(test)]
