@@ -242,6 +242,15 @@ fn one_player_one_zone_and_a_portal_transfer_keeps_position_without_a_password()
     let transfer = await_transfer(&mut in_a);
     assert_eq!(transfer.zone, "dark-forest");
     assert_eq!(transfer.address, b.addr.to_string());
+    // The connection to A drops during the transfer: the player left A for B, so A's resume token resumes
+    // nothing, neither in A (no second copy of the player) nor in B (another zone's token).
+    let _ = socket2::SockRef::from(in_a.socket()).set_linger(Some(Duration::ZERO));
+    drop(in_a);
+    std::thread::sleep(Duration::from_millis(200));
+    for zone in [&a, &b] {
+        let mut c = zone.connect();
+        assert_eq!(refusal(c.resume(&ok.session_token)), LoginErrorReason::LoginErrorInvalidResume as i32);
+    }
 
     // Zone B admits the player with the token alone, at the portal's target position.
     let mut in_b = b.connect();

@@ -667,15 +667,9 @@ impl<E: From<Inbound>> IoThread<E> {
                 self.shared.stats.refused_rate_limited.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            if self.shared.stats.open_connections.load(Ordering::Relaxed) >= self.shared.max_connections
-                && !self.evict_oldest_unauthenticated()
-                && !self.owe_eviction()
-            {
-                self.shared.stats.refused_max_connections.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            let stats = &self.shared.stats;
+            // The address's own caps first: a connection they refuse must not cost anyone else their slot.
             if let Err(refusal) = self.shared.per_address.admit(addr.ip()) {
+                let stats = &self.shared.stats;
                 let counter = match refusal {
                     AddressRefusal::Open => &stats.refused_per_ip,
                     AddressRefusal::Unauthenticated => &stats.refused_unauthenticated_per_ip,
@@ -683,6 +677,15 @@ impl<E: From<Inbound>> IoThread<E> {
                 counter.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
+            if self.shared.stats.open_connections.load(Ordering::Relaxed) >= self.shared.max_connections
+                && !self.evict_oldest_unauthenticated()
+                && !self.owe_eviction()
+            {
+                self.shared.per_address.release(addr.ip(), false);
+                self.shared.stats.refused_max_connections.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let stats = &self.shared.stats;
             let session = match ControlSession::new(Arc::clone(&self.tls), self.limits.clone(), now) {
                 Ok(s) => s,
                 Err(e) => {
