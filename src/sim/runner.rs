@@ -670,8 +670,19 @@ impl SimRunner {
         if let Some(ctx) = self.sessions.get_mut(&session) {
             ctx.state = SessionState::Authenticating;
         }
-        let submitted =
-            self.login_jobs.submit("login", move |b: &Backend| Some(SimEvent::Login { session, result: job(b) }));
+        let failed = SimEvent::Login {
+            session,
+            result: Err(Refusal {
+                reason: LoginErrorReason::LoginErrorServerBusy,
+                message: "try again shortly".into(),
+                retry_after: Duration::from_secs(2),
+            }),
+        };
+        let submitted = self.login_jobs.submit_or(
+            "login",
+            move |b: &Backend| Some(SimEvent::Login { session, result: job(b) }),
+            failed,
+        );
         if let Err(WorkerError::QueueFull(_) | WorkerError::Stopped) = submitted {
             self.login_error(session, LoginErrorReason::LoginErrorServerBusy, "server busy", Duration::from_secs(2));
         }
@@ -945,25 +956,30 @@ impl SimRunner {
             },
         };
         self.pending_final += 1;
-        let submitted = self.jobs.submit("transfer", move |b: &Backend| {
-            let failed = |ownership_lost| Some(SimEvent::TransferFailed { session, ownership_lost });
-            match b.login.players.save(std::slice::from_ref(&row)) {
-                Ok(o) if o.first() == Some(&SaveOutcome::Saved) => {}
-                Ok(_) => return failed(true),
-                Err(e) => {
-                    log::warn!("transfer save of player {} failed: {e}", row.player_id);
-                    return failed(false);
+        let panicked = SimEvent::TransferFailed { session, ownership_lost: false };
+        let submitted = self.jobs.submit_or(
+            "transfer",
+            move |b: &Backend| {
+                let failed = |ownership_lost| Some(SimEvent::TransferFailed { session, ownership_lost });
+                match b.login.players.save(std::slice::from_ref(&row)) {
+                    Ok(o) if o.first() == Some(&SaveOutcome::Saved) => {}
+                    Ok(_) => return failed(true),
+                    Err(e) => {
+                        log::warn!("transfer save of player {} failed: {e}", row.player_id);
+                        return failed(false);
+                    }
                 }
-            }
-            let _ = b.login.locks.release(row.player_id, &owned.lock_token);
-            match b.transfers.issue(row.player_id, &target_zone, Duration::from_secs(60)) {
-                Ok(token) => Some(SimEvent::TransferReady { session, portal, token }),
-                Err(e) => {
-                    log::warn!("transfer token for player {} not issued: {e}", row.player_id);
-                    failed(false)
+                let _ = b.login.locks.release(row.player_id, &owned.lock_token);
+                match b.transfers.issue(row.player_id, &target_zone, Duration::from_secs(60)) {
+                    Ok(token) => Some(SimEvent::TransferReady { session, portal, token }),
+                    Err(e) => {
+                        log::warn!("transfer token for player {} not issued: {e}", row.player_id);
+                        failed(false)
+                    }
                 }
-            }
-        });
+            },
+            panicked,
+        );
         if submitted.is_err() {
             self.pending_final -= 1;
             self.kick(session, KickReason::SaveFailed, "server busy; please reconnect");
@@ -1001,24 +1017,35 @@ impl SimRunner {
         if reason == SaveReason::Final {
             self.pending_final += 1;
         }
-        let result = self.jobs.submit("save", move |b: &Backend| {
-            Some(match b.login.players.save(&rows) {
-                Ok(outcomes) => {
-                    for (player_id, token) in &locks {
-                        let _ = b.login.locks.release(*player_id, token);
+        // A save job that panics comes back as a failed attempt (retried, then kicked, like any other failure).
+        let batch = rows.len() as u64;
+        let panicked = SimEvent::SaveFailed { reason, rows: rows.clone(), attempt, locks: locks.clone() };
+        let result = self.jobs.submit_or(
+            "save",
+            move |b: &Backend| {
+                Some(match b.login.players.save(&rows) {
+                    Ok(outcomes) => {
+                        for (player_id, token) in &locks {
+                            let _ = b.login.locks.release(*player_id, token);
+                        }
+                        SimEvent::Saved { reason, outcomes: rows.iter().map(|r| r.player_id).zip(outcomes).collect() }
                     }
-                    SimEvent::Saved { reason, outcomes: rows.iter().map(|r| r.player_id).zip(outcomes).collect() }
-                }
-                Err(e) => {
-                    log::warn!("save batch of {} failed (attempt {attempt}): {e}", rows.len());
-                    SimEvent::SaveFailed { reason, rows, attempt, locks }
-                }
-            })
-        });
+                    Err(e) => {
+                        log::warn!("save batch of {} failed (attempt {attempt}): {e}", rows.len());
+                        SimEvent::SaveFailed { reason, rows, attempt, locks }
+                    }
+                })
+            },
+            panicked,
+        );
         if let Err(e) = result {
             // The queue is full: count it as a failed attempt; the rows stay dirty for the next periodic save.
             log::warn!("save not submitted: {e}");
             self.status.save_failures.fetch_add(1, Ordering::Relaxed);
+            // The alert on save failures must see the overload case too.
+            if let Some(t) = &self.telemetry {
+                t.metrics.save_failures.inc_by(batch);
+            }
             if reason == SaveReason::Final {
                 self.pending_final -= 1;
             }

@@ -38,6 +38,9 @@ struct Queued<Ctx, Out> {
     name: &'static str,
     enqueued: Instant,
     job: BoxedJob<Ctx, Out>,
+    /// Delivered instead of the job's result if the job panics, so the simulation hears of every job that
+    /// matters to it (a save, a transfer, a login) whatever happens to it.
+    on_panic: Option<Out>,
 }
 
 /// Timing of one job name.
@@ -110,7 +113,21 @@ impl<Ctx, Out> JobSender<Ctx, Out> {
         name: &'static str,
         job: impl FnOnce(&Ctx) -> Option<Out> + Send + 'static,
     ) -> Result<(), WorkerError> {
-        let queued = Queued { name, enqueued: Instant::now(), job: Box::new(job) };
+        self.enqueue(Queued { name, enqueued: Instant::now(), job: Box::new(job), on_panic: None })
+    }
+
+    /// As [`JobSender::submit`], and if the job panics `on_panic` is delivered in its place: a typed failure,
+    /// never silence.
+    pub fn submit_or(
+        &self,
+        name: &'static str,
+        job: impl FnOnce(&Ctx) -> Option<Out> + Send + 'static,
+        on_panic: Out,
+    ) -> Result<(), WorkerError> {
+        self.enqueue(Queued { name, enqueued: Instant::now(), job: Box::new(job), on_panic: Some(on_panic) })
+    }
+
+    fn enqueue(&self, queued: Queued<Ctx, Out>) -> Result<(), WorkerError> {
         match self.tx.try_send(queued) {
             Ok(()) => {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
@@ -196,7 +213,7 @@ impl WorkerPool {
 }
 
 fn worker_loop<Ctx, Out>(rx: &Receiver<Queued<Ctx, Out>>, ctx: &Ctx, results: &Producer<Out>, stats: &WorkerStats) {
-    while let Ok(Queued { name, enqueued, job }) = rx.recv() {
+    while let Ok(Queued { name, enqueued, job, on_panic }) = rx.recv() {
         stats.queued.fetch_sub(1, Ordering::Relaxed);
         stats.running.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
@@ -209,8 +226,14 @@ fn worker_loop<Ctx, Out>(rx: &Receiver<Queued<Ctx, Out>>, ctx: &Ctx, results: &P
             log::error!("worker job {name} panicked");
         }
         stats.record(name, started - enqueued, run, panicked);
-        if let Ok(Some(out)) = outcome {
-            results.push(out);
+        match outcome {
+            Ok(Some(out)) => results.push(out),
+            Ok(None) => {}
+            Err(_) => {
+                if let Some(out) = on_panic {
+                    results.push(out);
+                }
+            }
         }
     }
 }
@@ -279,5 +302,17 @@ mod tests {
         assert_eq!(drain(&mut rx, 1), vec![7]);
         drop(jobs);
         pool.join();
+    }
+
+    #[test]
+    fn a_job_that_panics_comes_back_as_its_typed_failure_never_as_silence() {
+        let (tx, mut rx) = queue::channel::<Result<u8, &'static str>>();
+        let (pool, jobs) = WorkerPool::start(1, 4, Arc::new(()), tx).unwrap();
+        jobs.submit_or("save", |_: &()| panic!("driver bug"), Err("save panicked")).unwrap();
+        jobs.submit_or("save", |_: &()| Some(Ok(1)), Err("unused")).unwrap();
+        assert_eq!(drain(&mut rx, 2), vec![Err("save panicked"), Ok(1)], "the fallback only when it panicked");
+        drop(jobs);
+        pool.join();
+        assert!(matches!(rx.pop(), Pop::Empty));
     }
 }
