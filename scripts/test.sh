@@ -21,7 +21,7 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test (unit, integration, end-to-end)"
-cargo test --workspace --release
+cargo test --workspace --release -- --include-ignored
 
 step "fuzz targets, 30 s each (scripts/fuzz.sh; the longer run is scripts/fuzz.sh 3600)"
 scripts/fuzz.sh 30

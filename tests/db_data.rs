@@ -23,12 +23,12 @@ fn options() -> DbOptions {
 }
 
 /// A migrated scratch schema on the primary and on both shards, and a Database over it.
-fn env(tag: &str) -> Option<Env> {
-    let url = common::pg_url()?;
-    let shards = common::pg_shard_urls()?;
+fn env(tag: &str) -> Env {
+    let url = common::pg_url();
+    let shards = common::pg_shard_urls();
     let schema = ScratchSchema::create(&common::unique(tag), &url, &[], &shards).expect("scratch schema");
     let db = Database::connect_with(&schema.config(), options()).expect("connect");
-    Some(Env { db, schema })
+    Env { db, schema }
 }
 
 fn spawn() -> Spawn {
@@ -54,8 +54,9 @@ fn count_rows(url: &str, table: &str) -> i64 {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL (primary and shards): run scripts/test.sh"]
 fn every_registered_statement_prepares_against_the_migrated_schema() {
-    let Some(e) = env("stmt_all") else { return };
+    let e = env("stmt_all");
     let n = e.db.prepare_all().expect("every statement must prepare against the migrated schema");
     let defs = e.db.registry().all();
     let shard_defs = defs.iter().filter(|d| d.target == realm::db::statements::Target::Shard).count();
@@ -81,8 +82,9 @@ fn every_registered_statement_prepares_against_the_migrated_schema() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL (primary and shards): run scripts/test.sh"]
 fn unknown_names_and_wrong_targets_are_typed_errors() {
-    let Some(e) = env("stmt_errs") else { return };
+    let e = env("stmt_errs");
     let mut primary = e.db.primary().unwrap();
     assert!(
         matches!(primary.execute("drop_all_tables", &[]), Err(DbError::UnknownStatement(n)) if n == "drop_all_tables")
@@ -97,8 +99,9 @@ fn unknown_names_and_wrong_targets_are_typed_errors() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL (primary and shards): run scripts/test.sh"]
 fn a_claim_bumps_the_epoch_and_fences_out_the_previous_owner() {
-    let Some(e) = env("claim") else { return };
+    let e = env("claim");
     let db = &e.db;
     let a = db.claim_player(42, "zone-a", &spawn()).unwrap();
     assert!(a.created);
@@ -126,8 +129,9 @@ fn a_claim_bumps_the_epoch_and_fences_out_the_previous_owner() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL (primary and shards): run scripts/test.sh"]
 fn a_batched_save_saves_owned_players_and_lists_fenced_out_ones_as_lost() {
-    let Some(e) = env("batch") else { return };
+    let e = env("batch");
     let db = &e.db;
     let ids: Vec<u64> = (1000..1060).collect();
     let epochs: Vec<u64> = ids.iter().map(|&id| db.claim_player(id, "zone-a", &spawn()).unwrap().epoch).collect();
@@ -153,8 +157,9 @@ fn a_batched_save_saves_owned_players_and_lists_fenced_out_ones_as_lost() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL (primary and shards): run scripts/test.sh"]
 fn players_spread_across_both_shard_databases_and_each_row_is_where_the_manager_says() {
-    let Some(e) = env("spread") else { return };
+    let e = env("spread");
     let db = &e.db;
     let ids: Vec<u64> = (1..=300).collect();
     for &id in &ids {
@@ -176,8 +181,9 @@ fn players_spread_across_both_shard_databases_and_each_row_is_where_the_manager_
 }
 
 #[test]
+#[ignore = "needs PostgreSQL (primary and shards): run scripts/test.sh"]
 fn accounts_sessions_lockouts_and_bans_round_trip() {
-    let Some(e) = env("accounts") else { return };
+    let e = env("accounts");
     let db = &e.db;
     let id = db.create_account("Alice", "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA").unwrap();
     assert!(matches!(db.create_account("aLiCe", "x"), Err(DbError::UsernameTaken)));
@@ -216,8 +222,9 @@ fn accounts_sessions_lockouts_and_bans_round_trip() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL (primary and shards): run scripts/test.sh"]
 fn items_get_unique_ids_are_fenced_and_duplicates_are_detected() {
-    let Some(e) = env("items") else { return };
+    let e = env("items");
     let db = &e.db;
     let ids = db.allocate_item_ids(3).unwrap();
     let mut sorted = ids.clone();
@@ -243,8 +250,9 @@ fn items_get_unique_ids_are_fenced_and_duplicates_are_detected() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL (primary and shards): run scripts/test.sh"]
 fn saves_and_claims_invalidate_the_progress_cache() {
-    let Some(e) = env("cache") else { return };
+    let e = env("cache");
     let db = &e.db;
     let c = db.claim_player(77, "zone-a", &spawn()).unwrap();
     assert_eq!(db.load_progress(77).unwrap().unwrap().level, 1);
@@ -259,8 +267,9 @@ fn saves_and_claims_invalidate_the_progress_cache() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL (primary and shards): run scripts/test.sh"]
 fn partitions_are_created_ahead_and_expired_ones_are_dropped() {
-    let Some(e) = env("parts") else { return };
+    let e = env("parts");
     let db = &e.db;
     let today = Day::today();
     let policy = db.partitions().policy().clone();
@@ -307,8 +316,9 @@ fn partitions_are_created_ahead_and_expired_ones_are_dropped() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL (primary and shards): run scripts/test.sh"]
 fn the_monitor_reports_pools_statement_latency_and_no_alerts_when_healthy() {
-    let Some(e) = env("monitor") else { return };
+    let e = env("monitor");
     let db = &e.db;
     for id in 1..=10 {
         db.claim_player(id, "zone-a", &spawn()).unwrap();
@@ -343,8 +353,9 @@ fn the_monitor_reports_pools_statement_latency_and_no_alerts_when_healthy() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL (primary and shards): run scripts/test.sh"]
 fn an_exhausted_pool_times_out_counts_it_and_raises_the_alert() {
-    let (Some(url), Some(_)) = (common::pg_url(), common::pg_shard_urls()) else { return };
+    let url = common::pg_url();
     let schema = ScratchSchema::create(&common::unique("exhaust"), &url, &[], &[]).unwrap();
     let mut config = schema.config();
     config.database.pool_size = 2;
@@ -370,12 +381,13 @@ fn an_exhausted_pool_times_out_counts_it_and_raises_the_alert() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL (primary and shards): run scripts/test.sh"]
 fn the_database_is_the_worker_context_and_jobs_get_typed_results_back() {
     use realm::queue::{self, Pop};
     use realm::worker::WorkerPool;
     use std::sync::Arc;
 
-    let Some(e) = env("worker") else { return };
+    let e = env("worker");
     let Env { db, schema } = e;
     let (tx, mut rx) = queue::channel::<Result<u64, String>>();
     let (pool, jobs) = WorkerPool::start(2, 16, Arc::new(db), tx).unwrap();
@@ -401,11 +413,12 @@ fn the_database_is_the_worker_context_and_jobs_get_typed_results_back() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL (primary and shards): run scripts/test.sh"]
 fn postgres_backends_honour_the_account_and_player_store_contract() {
     use realm::db::store::{PgAccounts, PgPlayers};
     use std::sync::Arc;
 
-    let Some(e) = env("contract") else { return };
+    let e = env("contract");
     let Env { db, schema } = e;
     let db = Arc::new(db);
     realm::account::contract::accounts(&PgAccounts::new(Arc::clone(&db)), "carol").unwrap();

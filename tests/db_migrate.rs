@@ -6,9 +6,9 @@ use realm::db::migrate::{self, Migration};
 use realm::db::testing::ScratchSchema;
 use realm::db::DbError;
 
-fn scratch(tag: &str) -> Option<ScratchSchema> {
-    let url = common::pg_url()?;
-    Some(ScratchSchema::create(&common::unique(tag), &url, &[], &[]).expect("create scratch schema"))
+fn scratch(tag: &str) -> ScratchSchema {
+    let url = common::pg_url();
+    ScratchSchema::create(&common::unique(tag), &url, &[], &[]).expect("create scratch schema")
 }
 
 fn relkind(schema: &ScratchSchema, table: &str) -> Option<String> {
@@ -23,8 +23,9 @@ fn relkind(schema: &ScratchSchema, table: &str) -> Option<String> {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL: run scripts/test.sh"]
 fn applying_twice_applies_everything_once_and_nothing_the_second_time() {
-    let Some(s) = scratch("mig_twice") else { return };
+    let s = scratch("mig_twice");
     let all = migrate::embedded();
     let first = migrate::apply_url(&s.primary, &all, "primary").unwrap();
     assert_eq!(first.applied, all.iter().map(|m| m.version.clone()).collect::<Vec<_>>());
@@ -45,8 +46,9 @@ fn applying_twice_applies_everything_once_and_nothing_the_second_time() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL: run scripts/test.sh"]
 fn a_changed_applied_migration_is_refused_with_a_typed_error() {
-    let Some(s) = scratch("mig_changed") else { return };
+    let s = scratch("mig_changed");
     let mut all = migrate::embedded();
     migrate::apply_url(&s.primary, &all, "primary").unwrap();
     all[1].sql.push_str("\n-- an edit after the fact\n");
@@ -61,8 +63,9 @@ fn a_changed_applied_migration_is_refused_with_a_typed_error() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL: run scripts/test.sh"]
 fn a_failing_migration_is_rolled_back_and_not_recorded() {
-    let Some(s) = scratch("mig_fail") else { return };
+    let s = scratch("mig_fail");
     let mut all = migrate::embedded();
     all.push(Migration::new("9999_broken", "CREATE TABLE half_done (x int); SELECT * FROM no_such_table;"));
     let err = migrate::apply_url(&s.primary, &all, "primary").unwrap_err();
@@ -76,8 +79,9 @@ fn a_failing_migration_is_rolled_back_and_not_recorded() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL: run scripts/test.sh"]
 fn concurrent_migrators_apply_each_file_exactly_once() {
-    let Some(s) = scratch("mig_race") else { return };
+    let s = scratch("mig_race");
     let all = migrate::embedded();
     let reports: Vec<_> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..3)
@@ -93,8 +97,9 @@ fn concurrent_migrators_apply_each_file_exactly_once() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL: run scripts/test.sh"]
 fn run_cli_migrates_the_primary_and_every_shard_and_reports_it() {
-    let (Some(url), Some(shards)) = (common::pg_url(), common::pg_shard_urls()) else { return };
+    let (url, shards) = (common::pg_url(), common::pg_shard_urls());
     let s = ScratchSchema::create(&common::unique("mig_cli"), &url, &[], &shards).unwrap();
     let config = s.config();
     let report = migrate::run_cli(&config).unwrap();

@@ -1,45 +1,39 @@
 //! Helpers shared by the integration tests: where the real services are, and unique names so tests never collide.
 //!
-//! Services come from the environment that `scripts/services.sh` prints (`REALM_TEST_PG_URL`, ...). Under
-//! `scripts/test.sh` (`REALM_TEST_REQUIRE_SERVICES=1`) a missing service fails the test; in a plain `cargo test`
-//! on a machine without them the test says so on stderr and returns.
+//! Services come from the environment that `scripts/services.sh` prints (`REALM_TEST_PG_URL`, ...). A test that
+//! needs one is `#[ignore = "needs ..."]`: a plain `cargo test` reports it ignored (a count that never lies), and
+//! `scripts/test.sh` runs it with `--include-ignored`, where a missing service fails it.
 #![allow(dead_code)]
 
 pub mod process;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// Value of a service variable, `None` (with a note) when absent and not required.
-pub fn service(var: &str) -> Option<String> {
+/// Value of a service variable; a test that asks for a service it cannot find fails, naming it.
+pub fn service(var: &str) -> String {
     match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ if std::env::var("REALM_TEST_REQUIRE_SERVICES").as_deref() == Ok("1") => {
-            panic!("{var} is not set but REALM_TEST_REQUIRE_SERVICES=1: run the suite through scripts/test.sh")
-        }
-        _ => {
-            eprintln!("note: {var} not set; this test needs the real service (run scripts/test.sh)");
-            None
-        }
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!("{var} is not set: this test needs the real service; run it through scripts/test.sh"),
     }
 }
 
 /// PostgreSQL primary.
-pub fn pg_url() -> Option<String> {
+pub fn pg_url() -> String {
     service("REALM_TEST_PG_URL")
 }
 
 /// PostgreSQL streaming replica of the primary.
-pub fn pg_replica_url() -> Option<String> {
+pub fn pg_replica_url() -> String {
     service("REALM_TEST_PG_REPLICA_URL")
 }
 
 /// Shard databases.
-pub fn pg_shard_urls() -> Option<Vec<String>> {
-    service("REALM_TEST_PG_SHARD_URLS").map(|s| s.split(',').map(str::to_owned).collect())
+pub fn pg_shard_urls() -> Vec<String> {
+    service("REALM_TEST_PG_SHARD_URLS").split(',').map(str::to_owned).collect()
 }
 
 /// Redis.
-pub fn redis_url() -> Option<String> {
+pub fn redis_url() -> String {
     service("REALM_TEST_REDIS_URL")
 }
 
