@@ -1,5 +1,5 @@
 //! Operating-system calls that neither `std` nor our dependencies wrap. Fenced here (one of the few modules allowed
-//! `unsafe`, see CONVENTIONS.md) so each call's safety argument sits next to it.
+//! `unsafe`) so each call's safety argument sits next to it.
 
 /// Sets the calling thread's nice value (-20..=19). On Linux `setpriority(PRIO_PROCESS, tid)` applies to that one
 /// thread, not the process. Lowering it below the current value needs CAP_SYS_NICE.

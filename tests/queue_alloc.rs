@@ -64,7 +64,7 @@ static GLOBAL: CountingAlloc = CountingAlloc;
 
 const WARM_UP: u64 = 100_000;
 const MEASURED: u64 = 100_000;
-/// Messages a producer may have in flight (the per-session credits of DESIGN.md section 2).
+/// Messages a producer may have in flight (the per-session inbound credits of the io layer).
 const CREDITS: u64 = 256;
 
 /// `producers` threads push `WARM_UP + MEASURED` messages each (per message, or in chains of `chain`), never more

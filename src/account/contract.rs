@@ -1,5 +1,5 @@
 //! The contract every backend honours; run against the embedded backends here and against PostgreSQL/Redis in
-//! the integration tests (`tests/backend_contract.rs`).
+//! the integration tests (`tests/db_data.rs`, `tests/lock_redis.rs`).
 
 use std::time::Duration;
 

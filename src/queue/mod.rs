@@ -2,7 +2,7 @@
 //! (1024cores, "intrusive MPSC node-based queue"), with recycled nodes so the steady state allocates nothing.
 //!
 //! Producers are io threads and workers, the consumer is the simulation thread (and, for outbound traffic, each io
-//! thread consumes its own queue). See DESIGN.md section 2.
+//! thread consumes its own queue).
 //!
 //! # Using it
 //!
