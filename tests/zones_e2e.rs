@@ -4,15 +4,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::process::ServerProcess;
 use realm::client::{ClientError, Connection, UdpLink};
-use realm::net::tls::{self, ServerTrust};
 use realm::proto::{
     control_message::Body, data_message::Body as DataBody, DataMessage, Input, KickReason, Login, LoginErrorReason,
     LoginOk, Register, TransferLogin, Vec2, ZoneTransfer,
@@ -20,98 +16,13 @@ use realm::proto::{
 
 const PASSWORD: &str = "password123";
 
-struct Zone {
-    child: Child,
-    addr: SocketAddr,
-    cert: PathBuf,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+/// A zone process: the shared test server process, on a zone file.
+type Zone = ServerProcess;
 
 fn start_zone(zone: &str, zone_file: &str, env: &[(&str, String)]) -> Zone {
-    let (port, admin) = (free_port(), free_port());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_realm-server"));
-    cmd.env("REALM_SERVER_HOST", "127.0.0.1")
-        .env("REALM_SERVER_PORT", port.to_string())
-        .env("REALM_ADMIN_HOST", "127.0.0.1")
-        .env("REALM_ADMIN_PORT", admin.to_string())
-        .env("REALM_SERVER_ZONE", zone)
-        .env("REALM_GAME_ZONE_FILE", zone_file)
-        .env("REALM_SERVER_SHUTDOWN_GRACE_SECS", "5")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("start realm-server");
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    {
-        let log = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("written to ") || line.contains("ready:") || line.contains("cannot start") {
-                    let _ = tx.send(line.clone());
-                }
-                log.lock().unwrap().push(line);
-            }
-        });
-    }
-    let mut cert = None;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("zone {zone} never became ready: {:?}", log.lock().unwrap()));
-        if let Some(rest) = line.split("written to ").nth(1) {
-            cert = rest.split(')').next().map(PathBuf::from);
-        }
-        if line.contains("ready:") {
-            break;
-        }
-        assert!(!line.contains("cannot start"), "{line}");
-    }
-    Zone { child, addr: format!("127.0.0.1:{port}").parse().unwrap(), cert: cert.expect("dev cert path"), log }
-}
-
-impl Zone {
-    fn connect(&self) -> Connection {
-        let cfg = tls::client_config(&ServerTrust::CaFile(self.cert.clone())).unwrap();
-        let mut c = Connection::connect(&self.addr.to_string(), "localhost", cfg, Duration::from_secs(10)).unwrap();
-        c.hello("zones-e2e").unwrap();
-        c
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: signalling a child process we spawned and have not reaped; its pid is still ours.
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
-        assert_eq!(rc, 0);
-    }
-
-    fn stop(mut self) -> i32 {
-        self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "zone did not stop: {:?}", self.log.lock().unwrap());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Zone {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    let mut vars: Vec<(&str, &str)> = vec![("REALM_SERVER_ZONE", zone), ("REALM_GAME_ZONE_FILE", zone_file)];
+    vars.extend(env.iter().map(|(k, v)| (*k, v.as_str())));
+    ServerProcess::start(&vars)
 }
 
 /// Backends for both zones: the test database (no shards, so checks can read one table) and a private key prefix.
@@ -215,14 +126,14 @@ fn one_player_one_zone_and_a_portal_transfer_keeps_position_without_a_password()
     let placeholder: SocketAddr = "127.0.0.1:1".parse().unwrap();
     let (_, b_file) = zone_files(placeholder);
     let b = start_zone("dark-forest", &b_file, &env);
-    let (a_file, _) = zone_files(b.addr);
+    let (a_file, _) = zone_files(b.game);
     let a = start_zone("starter-vale", &a_file, &env);
     let name = common::unique("traveller");
 
-    let mut in_a = a.connect();
+    let mut in_a = a.connect().unwrap();
     let ok = in_a.authenticate(Body::Register(Register { username: name.clone(), password: PASSWORD.into() })).unwrap();
     // The same account cannot enter zone B while zone A owns it.
-    let mut probe = b.connect();
+    let mut probe = b.connect().unwrap();
     assert_eq!(refusal(login(&mut probe, &name)), LoginErrorReason::LoginErrorAlreadyOnline as i32);
 
     // The player owns an item (as loot would have written it, under zone A's epoch).
@@ -238,35 +149,35 @@ fn one_player_one_zone_and_a_portal_transfer_keeps_position_without_a_password()
 
     // Walk east into the portal.
     let keys = in_a.udp_keys(ok.session_id).unwrap();
-    let mut link = UdpLink::bind(a.addr, ok.session_id, &keys, Duration::from_secs(5)).unwrap();
+    let mut link = UdpLink::bind(a.game, ok.session_id, &keys, Duration::from_secs(5)).unwrap();
     walk(&mut link, 2.5, 1.0);
     let transfer = await_transfer(&mut in_a);
     assert_eq!(transfer.zone, "dark-forest");
-    assert_eq!(transfer.address, b.addr.to_string());
+    assert_eq!(transfer.address, b.game.to_string());
     // The connection to A drops during the transfer: the player left A for B, so A's resume token resumes
     // nothing, neither in A (no second copy of the player) nor in B (another zone's token).
     let _ = socket2::SockRef::from(in_a.socket()).set_linger(Some(Duration::ZERO));
     drop(in_a);
     std::thread::sleep(Duration::from_millis(200));
     for zone in [&a, &b] {
-        let mut c = zone.connect();
+        let mut c = zone.connect().unwrap();
         assert_eq!(refusal(c.resume(&ok.session_token)), LoginErrorReason::LoginErrorInvalidResume as i32);
     }
 
     // Zone B admits the player with the token alone, at the portal's target position.
-    let mut in_b = b.connect();
+    let mut in_b = b.connect().unwrap();
     let request = TransferLogin { transfer_token: transfer.transfer_token.clone(), username: name.clone() };
     let ok_b = in_b.authenticate(Body::TransferLogin(request.clone())).unwrap();
     assert_eq!(ok_b.player_id, ok.player_id);
     let pos = ok_b.position.unwrap();
     assert!((pos.x - 50.0).abs() < 0.01 && (pos.y - 60.0).abs() < 0.01, "arrived at {pos:?}");
     // The token was single-use, and zone A now refuses the player: zone B owns it.
-    let mut again = b.connect();
+    let mut again = b.connect().unwrap();
     assert_eq!(
         refusal(again.authenticate(Body::TransferLogin(request))),
         LoginErrorReason::LoginErrorInvalidTransfer as i32
     );
-    let mut back_in_a = a.connect();
+    let mut back_in_a = a.connect().unwrap();
     assert_eq!(refusal(login(&mut back_in_a, &name)), LoginErrorReason::LoginErrorAlreadyOnline as i32);
     let (zone, _, _, _) = progress(ok.player_id);
     assert_eq!(zone, "dark-forest");
@@ -294,10 +205,10 @@ fn a_paused_zone_cannot_overwrite_the_new_owners_save() {
     let b = start_zone("dark-forest", &b_file, &env);
     let name = common::unique("paused");
 
-    let mut in_a = a.connect();
+    let mut in_a = a.connect().unwrap();
     let ok = in_a.authenticate(Body::Register(Register { username: name.clone(), password: PASSWORD.into() })).unwrap();
     let keys = in_a.udp_keys(ok.session_id).unwrap();
-    let mut link = UdpLink::bind(a.addr, ok.session_id, &keys, Duration::from_secs(5)).unwrap();
+    let mut link = UdpLink::bind(a.game, ok.session_id, &keys, Duration::from_secs(5)).unwrap();
     walk(&mut link, 0.5, -1.0); // west, away from the portal
     std::thread::sleep(Duration::from_millis(1500)); // at least one periodic save in zone A
     let (_, _, _, epoch_a) = progress(ok.player_id);
@@ -305,12 +216,12 @@ fn a_paused_zone_cannot_overwrite_the_new_owners_save() {
     // Zone A freezes past its lock's TTL; zone B takes the player over.
     a.signal(libc::SIGSTOP);
     std::thread::sleep(Duration::from_millis(1600));
-    let mut in_b = b.connect();
+    let mut in_b = b.connect().unwrap();
     let ok_b = login(&mut in_b, &name).expect("zone B claims the player after zone A's lock expired");
     let (_, _, _, epoch_b) = progress(ok_b.player_id);
     assert!(epoch_b > epoch_a, "the claim bumped the fencing epoch");
     let keys_b = in_b.udp_keys(ok_b.session_id).unwrap();
-    let mut link_b = UdpLink::bind(b.addr, ok_b.session_id, &keys_b, Duration::from_secs(5)).unwrap();
+    let mut link_b = UdpLink::bind(b.game, ok_b.session_id, &keys_b, Duration::from_secs(5)).unwrap();
     walk(&mut link_b, 1.0, 1.0);
     std::thread::sleep(Duration::from_millis(1500)); // zone B saves
     let saved_by_b = progress(ok.player_id);
@@ -346,17 +257,17 @@ fn kill_9_during_play_loses_at_most_one_save_interval() {
     let (a_file, _) = zone_files("127.0.0.1:1".parse().unwrap());
     let mut a = start_zone("starter-vale", &a_file, &env);
     let name = common::unique("crash");
-    let mut c = a.connect();
+    let mut c = a.connect().unwrap();
     let ok = c.authenticate(Body::Register(Register { username: name.clone(), password: PASSWORD.into() })).unwrap();
     let keys = c.udp_keys(ok.session_id).unwrap();
-    let mut link = UdpLink::bind(a.addr, ok.session_id, &keys, Duration::from_secs(5)).unwrap();
+    let mut link = UdpLink::bind(a.game, ok.session_id, &keys, Duration::from_secs(5)).unwrap();
     let last_seen = walk(&mut link, 3.0, -1.0).expect("snapshots while walking");
     a.child.kill().unwrap(); // SIGKILL: no drain, no final save
     a.child.wait().unwrap();
     drop(a);
 
     let a2 = start_zone("starter-vale", &a_file, &env);
-    let mut c2 = a2.connect();
+    let mut c2 = a2.connect().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let ok2 = loop {
         match login(&mut c2, &name) {
@@ -388,10 +299,10 @@ fn sigterm_saves_every_player_releases_every_lock_and_exits_0_within_the_grace_p
     let mut players = Vec::new();
     for i in 0..3 {
         let name = common::unique(&format!("leaver{i}"));
-        let mut c = a.connect();
+        let mut c = a.connect().unwrap();
         let ok = c.authenticate(Body::Register(Register { username: name, password: PASSWORD.into() })).unwrap();
         let keys = c.udp_keys(ok.session_id).unwrap();
-        let mut link = UdpLink::bind(a.addr, ok.session_id, &keys, Duration::from_secs(5)).unwrap();
+        let mut link = UdpLink::bind(a.game, ok.session_id, &keys, Duration::from_secs(5)).unwrap();
         let seen = walk(&mut link, 1.0, -1.0).expect("moved");
         players.push((ok.player_id, seen, c));
     }

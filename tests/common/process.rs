@@ -132,6 +132,27 @@ impl ServerProcess {
             .unwrap_or(0)
     }
 
+    /// Sends `sig` to the server process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling a child process we spawned and have not reaped; its pid is still ours.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0);
+    }
+
+    /// SIGTERM, then waits up to 15 s for the exit: the exit code (-1 for a signal).
+    pub fn stop(mut self) -> i32 {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "server did not stop: {:?}", self.log.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Polls `f` until it is true or `within` passes; returns whether it became true.
     pub fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
         let deadline = Instant::now() + within;
