@@ -8,9 +8,9 @@
 #
 # Each target fuzzes a copy of its committed seed corpus (fuzz/corpus/<target>/) in a temporary directory, so the
 # committed corpus never grows; the seeds, including the regression-* inputs of past crashes, run first. Exits
-# non-zero if any target crashed, timed out or ran out of memory, and prints the artifact (under
-# fuzz/artifacts/<target>/) and the command that replays it. To keep a finding, copy the artifact to
-# fuzz/corpus/<target>/regression-<what> once it is fixed.
+# non-zero if any target crashed, timed out, ran out of memory or did not build, and prints the artifact (under
+# fuzz/artifacts/<target>/, beside the failed run's log) and the command that replays it. To keep a
+# finding, copy the artifact to fuzz/corpus/<target>/regression-<what> once it is fixed.
 #
 # Installs cargo-fuzz with `cargo install --locked` when it is missing. The build (all targets, with coverage
 # instrumentation) goes to fuzz/target; the first one compiles the whole crate and takes several minutes.
@@ -65,15 +65,17 @@ for t in "${targets[@]}"; do
     else
       echo $? >"$work/$t.status"
     fi
-  } | tee "$log" | { grep -E '^(#[0-9]+\s+(INITED|DONE)|==[0-9]+== ERROR|thread .* panicked|SUMMARY)' || true; }
+  } | tee "$log" | { grep -aE '^(#[0-9]+\s+(INITED|DONE)|==[0-9]+== ERROR|thread .* panicked|SUMMARY)' || true; }
   status="$(cat "$work/$t.status")"
-  execs="$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' || echo '?')"
-  rate="$(grep -oE 'stat::average_exec_per_sec: *[0-9]+' "$log" | grep -oE '[0-9]+$' || echo '?')"
+  execs="$(grep -aoE 'stat::number_of_executed_units: *[0-9]+' "$log" | tail -1 | grep -oE '[0-9]+$' || echo '?')"
+  rate="$(grep -aoE 'stat::average_exec_per_sec: *[0-9]+' "$log" | tail -1 | grep -oE '[0-9]+$' || echo '?')"
   if [ "$status" -ne 0 ]; then
-    artifact="$(grep -oE 'Test unit written to \S+' "$log" | tail -1 | sed 's/Test unit written to //')"
+    artifact="$(grep -aoE 'Test unit written to \S+' "$log" | tail -1 | sed 's/Test unit written to //' || true)"
     failed+=("$t")
     summary+=("$(printf '%-28s FAILED (exit %s) after %s execs; artifact: %s' "$t" "$status" "$execs" "${artifact:-none}")")
-    echo "fuzz: $t FAILED; last lines of its log:" >&2
+    kept="fuzz/artifacts/$t/failure-$(date +%Y%m%d-%H%M%S)-$$.log"
+    cp "$log" "$kept"
+    echo "fuzz: $t FAILED; last lines of its log ($kept):" >&2
     tail -40 "$log" >&2
     if [ -n "$artifact" ]; then
       echo "fuzz: replay with: cargo fuzz run --fuzz-dir fuzz --sanitizer none $t $artifact" >&2
