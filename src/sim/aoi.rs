@@ -53,8 +53,10 @@ impl Grid {
     /// A grid over `[0, size)²` with square cells of side `cell`.
     pub fn new(size: f32, cell: f32) -> Self {
         let cell = cell.max(1.0);
-        let n = ((size / cell).ceil() as i32).max(1);
-        let cells = (n * n) as usize;
+        // Zone validation bounds size / cell (1000 per side); the clamp keeps the multiplication in range whatever
+        // a caller passes.
+        let n = ((size / cell).ceil() as i32).clamp(1, 4096);
+        let cells = (n as usize) * (n as usize);
         Self {
             side: cell,
             inv_cell: 1.0 / cell,

@@ -152,6 +152,19 @@ impl Zone {
         if !(5.0..=self.size / 2.0).contains(&self.view_radius) {
             return bad("view_radius", self.view_radius.to_string(), "must be 5..=size/2");
         }
+        // The area-of-interest grid has (size / view_radius)^2 cells at least: bound it (the shipped zones are
+        // at 33-67 per side) so a zone that validates cannot make the server allocate without bound.
+        if self.size / self.view_radius > MAX_GRID_SIDE {
+            return bad(
+                "view_radius",
+                self.view_radius.to_string(),
+                "size / view_radius must be at most 1000 (the area-of-interest grid)",
+            );
+        }
+        let npcs: u64 = self.npc_spawns.iter().map(|s| u64::from(s.count)).sum();
+        if npcs > MAX_NPCS {
+            return bad("npc_spawns", npcs.to_string(), "at most 200000 NPCs in a zone");
+        }
         if !(0.5..=50.0).contains(&self.player_speed) {
             return bad("player_speed", self.player_speed.to_string(), "must be 0.5..=50");
         }
@@ -175,6 +188,14 @@ impl Zone {
                     "hp > 0, 0 <= min <= max damage",
                 );
             }
+            let finite = [s.radius, s.aggro_radius, s.leash_radius, s.speed].iter().all(|v| v.is_finite());
+            if !finite || s.radius < 0.0 {
+                return bad(
+                    &format!("npc_spawns[{i}]"),
+                    format!("radius {} aggro {} leash {} speed {}", s.radius, s.aggro_radius, s.leash_radius, s.speed),
+                    "radii and speed must be finite numbers, the radius >= 0",
+                );
+            }
             if s.speed <= 0.0 || s.leash_radius < s.aggro_radius {
                 return bad(
                     &format!("npc_spawns[{i}]"),
@@ -184,6 +205,10 @@ impl Zone {
             }
         }
         for (i, p) in self.portals.iter().enumerate() {
+            let corners = [p.min[0], p.min[1], p.max[0], p.max[1], p.target_position[0], p.target_position[1]];
+            if !corners.iter().all(|v| v.is_finite()) {
+                return bad(&format!("portals[{i}]"), format!("{:?}..{:?}", p.min, p.max), "must be finite numbers");
+            }
             if p.min[0] > p.max[0] || p.min[1] > p.max[1] {
                 return bad(&format!("portals[{i}]"), format!("{:?}..{:?}", p.min, p.max), "min must be <= max");
             }
@@ -192,9 +217,27 @@ impl Zone {
     }
 }
 
+/// Most area-of-interest cells along one side a zone may need (`size / view_radius`).
+const MAX_GRID_SIDE: f32 = 1000.0;
+/// Most NPCs a zone may spawn (the perf zone has 20,000).
+const MAX_NPCS: u64 = 200_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zones_the_fuzzer_found_are_refused_before_the_simulation_sees_them() {
+        for (name, file) in [
+            ("grid", include_str!("../../fuzz/corpus/config_zone/regression-zone-grid-overflow")),
+            ("npcs", include_str!("../../fuzz/corpus/config_zone/regression-zone-npc-count")),
+        ] {
+            // The fuzz input's first byte picks the target's mode (0: a zone file); the rest is the file.
+            let zone = file.strip_prefix('\0').unwrap_or(file);
+            let err = Zone::parse(zone, name).expect_err("a zone that would exhaust memory validates").to_string();
+            assert!(err.contains("view_radius") || err.contains("npc_spawns"), "{name}: refused for {err}");
+        }
+    }
 
     #[test]
     fn every_shipped_zone_file_is_valid() {
