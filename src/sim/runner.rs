@@ -866,11 +866,27 @@ impl SimRunner {
             );
             return;
         };
-        // `resumable` only names detached sessions in game (they leave it whenever they stop being one).
-        let Some(SessionCtx { state: SessionState::InGame(mut owned), .. }) = self.sessions.remove(&old) else {
+        // `resumable` names detached sessions in game; one that stopped being in game meanwhile (its lock was
+        // lost, say) is gone for good: the client logs in again.
+        let owned = match self.sessions.remove(&old) {
+            Some(SessionCtx { state: SessionState::InGame(owned), .. }) => Some(owned),
+            Some(other) => {
+                self.sessions.insert(old, other);
+                None
+            }
+            None => None,
+        };
+        let reattached = owned.and_then(|o| self.sim.reattach_player(old, session).map(|entity| (o, entity)));
+        let Some((mut owned, entity)) = reattached else {
+            self.status.resume_refused.fetch_add(1, Ordering::Relaxed);
+            self.login_error(
+                session,
+                LoginErrorReason::LoginErrorInvalidResume,
+                "this session ended while you were away: log in with your password",
+                Duration::ZERO,
+            );
             return;
         };
-        let Some(entity) = self.sim.reattach_player(old, session) else { return };
         let Some(new_ctx) = self.sessions.get_mut(&session) else { return };
         let (token, token_hash) = crate::account::password::new_token();
         owned.resume_hash = token_hash;
@@ -988,11 +1004,18 @@ impl SimRunner {
 
     /// Drops a player without saving (ownership lost: the newer owner's data must win).
     fn drop_unsaved(&mut self, session: SessionId) {
-        if let Some(ctx) = self.sessions.get_mut(&session) {
-            if let SessionState::InGame(owned) = std::mem::replace(&mut ctx.state, SessionState::Closed) {
-                self.online.remove(&owned.player_id);
-                self.sim.despawn_player(session);
+        let Some(ctx) = self.sessions.get_mut(&session) else { return };
+        let detached = ctx.detached_until.take().is_some();
+        if let SessionState::InGame(owned) = std::mem::replace(&mut ctx.state, SessionState::Closed) {
+            if detached {
+                self.resumable.remove(&owned.resume_hash);
             }
+            self.online.remove(&owned.player_id);
+            self.sim.despawn_player(session);
+        }
+        if detached {
+            // Its connection is already gone: no Disconnected will come to remove it.
+            self.sessions.remove(&session);
         }
     }
 
