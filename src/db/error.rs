@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use postgres::error::SqlState;
 
-use super::pool::Role;
-use super::statements::Target;
+use super::role::{Role, Target};
 
 /// Everything the data layer can fail with. Messages never contain connection strings (they may hold passwords).
 #[derive(Debug, thiserror::Error)]

@@ -23,6 +23,8 @@ pub mod monitor;
 pub mod ops;
 pub mod partition;
 pub mod pool;
+pub mod query_stats;
+pub mod role;
 pub mod router;
 pub mod shard;
 pub mod statements;
@@ -43,9 +45,10 @@ pub use router::{ReadConsistency, WriteMarker};
 
 use crate::cache::{Cache, CacheConfig, CacheManager};
 use crate::config::Config;
-use monitor::{HealthBoard, QueryMetrics};
+use monitor::HealthBoard;
 use partition::{Day, PartitionManager, PartitionPolicy, PartitionReport};
 use pool::{Pool, PoolManager};
+use query_stats::QueryMetrics;
 use router::ReplicaRouter;
 use shard::ShardManager;
 use statements::{Conn, Registry};
@@ -111,6 +114,7 @@ pub(crate) struct Inner {
     pub(crate) shards: ShardManager,
     pub(crate) partitions: PartitionManager,
     pub(crate) health: HealthBoard,
+    pub(crate) partition_status: parking_lot::Mutex<partition::PartitionStatus>,
     pub(crate) progress_cache: Arc<Cache<u64, Progress>>,
 }
 
@@ -118,6 +122,8 @@ pub(crate) struct Inner {
 pub struct Database {
     // Field order matters for drop: stop the monitor before the state it reads goes away.
     monitor: monitor::DbMonitor,
+    /// Held for its drop: stops and joins `realm-db-partitions`.
+    _partitions: partition::Maintainer,
     caches: CacheManager,
     inner: Arc<Inner>,
 }
@@ -165,6 +171,7 @@ impl Database {
             shards,
             partitions,
             health: HealthBoard::default(),
+            partition_status: Default::default(),
             progress_cache,
         });
         // Fail fast when the primary or a shard is unreachable; a replica may be down (reads fall back).
@@ -173,12 +180,13 @@ impl Database {
             drop(shard.checkout()?);
         }
         monitor::check_once(&inner);
-        if let Err(e) = monitor::maintain_partitions(&inner, Day::today()) {
+        if let Err(e) = partition::maintain_all(&inner, Day::today()) {
             // Without the schema (migrations not applied yet) there is nothing to partition; the monitor retries.
             log::warn!("initial partition maintenance failed: {e}");
         }
         let monitor = monitor::DbMonitor::start(Arc::clone(&inner))?;
-        Ok(Database { monitor, caches, inner })
+        let partitions = partition::Maintainer::start(Arc::clone(&inner))?;
+        Ok(Database { monitor, _partitions: partitions, caches, inner })
     }
 
     /// A primary connection.
@@ -311,7 +319,7 @@ impl Database {
 
     /// Runs partition maintenance now as of `today` on the primary and every shard.
     pub fn maintain_partitions(&self, today: Day) -> Result<PartitionReport, DbError> {
-        monitor::maintain_partitions(&self.inner, today)
+        partition::maintain_all(&self.inner, today)
     }
 
     /// Pool health, replica lag, statement stats, partition status and alert conditions.

@@ -1,6 +1,6 @@
 //! `DbMonitor`: the `realm-db-monitor` background thread. Every `monitor_interval` it probes each pool (one round
-//! trip, latency and errors), probes each replica's lag and feeds the [`super::router::ReplicaRouter`], and every
-//! `partition_interval` runs partition maintenance. Per-statement query counts and latency histograms are
+//! trip, latency and errors), probes each replica's lag and feeds the [`super::router::ReplicaRouter`]. It only
+//! reads: partition maintenance (DDL) has its own thread ([`super::partition`]). Per-statement query counts and latency histograms are
 //! recorded by [`QueryMetrics`] on the statement execution path ([`super::statements::Conn`]); slow statements
 //! are logged there. [`DbSnapshot`] gathers all of it, with the alert conditions as plain values for the metrics
 //! module to export.
@@ -12,99 +12,17 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
 use super::error::DbError;
-use super::partition::{Day, PartitionReport};
 use super::pool::{PoolStats, Role};
 use super::router::{ReplicaProbe, ReplicaStatus, REPLICA_PROBE_SQL};
 use super::Inner;
 
-/// Upper bounds (microseconds) of the statement latency histogram buckets; a last, unbounded bucket follows.
-pub const LATENCY_BUCKETS_US: [u64; 14] =
-    [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000];
-
-#[derive(Debug, Default)]
-struct StatementCounters {
-    count: AtomicU64,
-    errors: AtomicU64,
-    total_nanos: AtomicU64,
-    max_nanos: AtomicU64,
-    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
-}
-
-/// Per-statement execution counters; lock-free, indexed by statement id.
-#[derive(Debug)]
-pub struct QueryMetrics {
-    names: Vec<&'static str>,
-    per: Vec<StatementCounters>,
-    slow: Duration,
-}
-
-/// Counts and latency of one statement (cumulative since start).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatementStats {
-    /// Statement name.
-    pub name: &'static str,
-    /// Executions (successful or not).
-    pub count: u64,
-    /// Executions or preparations that failed.
-    pub errors: u64,
-    /// Total execution time.
-    pub total: Duration,
-    /// Slowest execution.
-    pub max: Duration,
-    /// Executions per latency bucket (NOT cumulative), bounds in [`LATENCY_BUCKETS_US`] plus a final +Inf bucket.
-    pub buckets: Vec<u64>,
-}
-
-impl QueryMetrics {
-    /// Counters for `names` (the registry's statements, in id order); executions at or over `slow` are logged.
-    pub fn new(names: Vec<&'static str>, slow: Duration) -> QueryMetrics {
-        let per = names.iter().map(|_| StatementCounters::default()).collect();
-        QueryMetrics { names, per, slow }
-    }
-
-    /// The slow-query threshold.
-    pub fn slow_threshold(&self) -> Duration {
-        self.slow
-    }
-
-    /// Records one execution of statement `id`.
-    pub fn record(&self, id: usize, took: Duration, ok: bool) {
-        let Some(c) = self.per.get(id) else { return };
-        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        c.count.fetch_add(1, Ordering::Relaxed);
-        if !ok {
-            c.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        c.total_nanos.fetch_add(nanos, Ordering::Relaxed);
-        c.max_nanos.fetch_max(nanos, Ordering::Relaxed);
-        let micros = nanos / 1_000;
-        let bucket = LATENCY_BUCKETS_US.iter().position(|&b| micros <= b).unwrap_or(LATENCY_BUCKETS_US.len());
-        c.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Stats of every statement that ran at least once.
-    pub fn snapshot(&self) -> Vec<StatementStats> {
-        self.names
-            .iter()
-            .zip(&self.per)
-            .filter(|(_, c)| c.count.load(Ordering::Relaxed) > 0)
-            .map(|(&name, c)| StatementStats {
-                name,
-                count: c.count.load(Ordering::Relaxed),
-                errors: c.errors.load(Ordering::Relaxed),
-                total: Duration::from_nanos(c.total_nanos.load(Ordering::Relaxed)),
-                max: Duration::from_nanos(c.max_nanos.load(Ordering::Relaxed)),
-                buckets: c.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
-            })
-            .collect()
-    }
-}
+pub use super::query_stats::{QueryMetrics, StatementStats, LATENCY_BUCKETS_US};
 
 /// Health of one pool as last probed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,16 +78,7 @@ impl DbAlerts {
     }
 }
 
-/// Last partition maintenance.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PartitionStatus {
-    /// When it last ran.
-    pub last_run: Option<SystemTime>,
-    /// Partitions created / dropped by the last run, over every database.
-    pub last_report: PartitionReport,
-    /// Error of the last run, if it failed on some database.
-    pub last_error: Option<String>,
-}
+pub use super::partition::PartitionStatus;
 
 /// Everything the monitor knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,7 +101,6 @@ pub struct DbSnapshot {
 #[derive(Debug, Default)]
 pub(crate) struct HealthBoard {
     pools: Mutex<Vec<(PoolHealth, u64)>>,
-    partitions: Mutex<PartitionStatus>,
     cycles: AtomicU64,
 }
 
@@ -285,39 +193,6 @@ fn probe_pool(pool: &super::pool::Pool, timeout: Duration) -> Result<(Duration, 
     }
 }
 
-/// Runs partition maintenance on the primary and every dedicated shard (the logs live on shards; the primary
-/// carries the same schema), recording the outcome for snapshots.
-pub(crate) fn maintain_partitions(inner: &Inner, today: Day) -> Result<PartitionReport, DbError> {
-    let mut total = PartitionReport::default();
-    let mut first_error = None;
-    let pools: Vec<_> = std::iter::once(inner.pools.primary())
-        .chain(inner.pools.shards().iter().filter(|_| inner.pools.has_dedicated_shards()))
-        .collect();
-    for pool in pools {
-        let result =
-            pool.checkout().and_then(|mut conn| inner.partitions.maintain(&mut conn.client, today, pool.name()));
-        match result {
-            Ok(report) => {
-                total.created.extend(report.created.into_iter().map(|n| format!("{}:{n}", pool.name())));
-                total.dropped.extend(report.dropped.into_iter().map(|n| format!("{}:{n}", pool.name())));
-            }
-            Err(e) => {
-                log::warn!("partition maintenance on {} failed: {e}", pool.name());
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    let mut status = inner.health.partitions.lock();
-    status.last_run = Some(SystemTime::now());
-    status.last_report = total.clone();
-    status.last_error = first_error.as_ref().map(ToString::to_string);
-    drop(status);
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(total),
-    }
-}
-
 /// Builds a snapshot from the shared state.
 pub(crate) fn snapshot(inner: &Inner) -> DbSnapshot {
     let mut pools: Vec<PoolHealth> = inner.health.pools.lock().iter().map(|(h, _)| h.clone()).collect();
@@ -328,7 +203,7 @@ pub(crate) fn snapshot(inner: &Inner) -> DbSnapshot {
         }
     }
     let replicas = inner.router.status();
-    let partitions = inner.health.partitions.lock().clone();
+    let partitions = inner.partition_status.lock().clone();
     let alerts = DbAlerts {
         primary_down: pools.iter().any(|h| h.role == Role::Primary && !h.up),
         shards_down: pools
@@ -393,18 +268,12 @@ impl Drop for DbMonitor {
 }
 
 fn monitor_loop(inner: &Inner, stopped: &Receiver<()>) {
-    let mut next_partitions = Instant::now() + inner.options.partition_interval;
     loop {
         match stopped.recv_timeout(inner.options.monitor_interval) {
             Err(RecvTimeoutError::Timeout) => {}
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
         check_once(inner);
-        if Instant::now() >= next_partitions {
-            next_partitions = Instant::now() + inner.options.partition_interval;
-            // Failures are logged and visible in the snapshot; the next run retries.
-            let _ = maintain_partitions(inner, Day::today());
-        }
     }
 }
 

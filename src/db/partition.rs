@@ -254,3 +254,83 @@ mod tests {
         assert!(matches!(PartitionManager::new(policy), Err(DbError::Config { .. })));
     }
 }
+
+/// Last partition maintenance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionStatus {
+    /// When it last ran.
+    pub last_run: Option<SystemTime>,
+    /// Partitions created / dropped by the last run, over every database.
+    pub last_report: PartitionReport,
+    /// Error of the last run, if it failed on some database.
+    pub last_error: Option<String>,
+}
+
+/// Runs partition maintenance on the primary and every dedicated shard (the logs live on shards; the primary
+/// carries the same schema), recording the outcome for snapshots.
+pub(crate) fn maintain_all(inner: &super::Inner, today: Day) -> Result<PartitionReport, DbError> {
+    let mut total = PartitionReport::default();
+    let mut first_error = None;
+    let pools: Vec<_> = std::iter::once(inner.pools.primary())
+        .chain(inner.pools.shards().iter().filter(|_| inner.pools.has_dedicated_shards()))
+        .collect();
+    for pool in pools {
+        let result =
+            pool.checkout().and_then(|mut conn| inner.partitions.maintain(&mut conn.client, today, pool.name()));
+        match result {
+            Ok(report) => {
+                total.created.extend(report.created.into_iter().map(|n| format!("{}:{n}", pool.name())));
+                total.dropped.extend(report.dropped.into_iter().map(|n| format!("{}:{n}", pool.name())));
+            }
+            Err(e) => {
+                log::warn!("partition maintenance on {} failed: {e}", pool.name());
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let mut status = inner.partition_status.lock();
+    status.last_run = Some(SystemTime::now());
+    status.last_report = total.clone();
+    status.last_error = first_error.as_ref().map(ToString::to_string);
+    drop(status);
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(total),
+    }
+}
+
+/// The `realm-db-partitions` thread: partition maintenance every `partition_interval` (DDL on the primary and the
+/// shards, apart from the monitor's health probes so a slow `CREATE TABLE` never delays them). Stopped and joined
+/// on drop.
+pub(crate) struct Maintainer {
+    stop: Option<crossbeam_channel::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Maintainer {
+    pub(crate) fn start(inner: std::sync::Arc<super::Inner>) -> Result<Maintainer, DbError> {
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("realm-db-partitions".into())
+            .spawn(move || loop {
+                match stopped.recv_timeout(inner.options.partition_interval) {
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        // Failures are logged and recorded for snapshots (the partition alert).
+                        let _ = maintain_all(&inner, Day::today());
+                    }
+                    Ok(()) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                }
+            })
+            .map_err(|source| DbError::Thread { name: "realm-db-partitions", source })?;
+        Ok(Maintainer { stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for Maintainer {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

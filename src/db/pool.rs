@@ -25,26 +25,7 @@ use super::error::DbError;
 use super::DbOptions;
 use crate::config::Config;
 
-/// What a pool's database is for. Statements check it (a shard statement on a replica is a routing bug).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// The primary: accounts, sessions, item id allocation; all writes to them.
-    Primary,
-    /// Read replica `i` of the primary.
-    Replica(usize),
-    /// Player-data shard `i` (the primary itself when no shards are configured).
-    Shard(usize),
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Role::Primary => f.write_str("primary"),
-            Role::Replica(i) => write!(f, "replica-{i}"),
-            Role::Shard(i) => write!(f, "shard-{i}"),
-        }
-    }
-}
+pub use super::role::Role;
 
 /// Typed settings of one pool. Built from `[database]` by [`PoolConfig::from_config`]; the settings the config
 /// file does not carry (idle timeout, lifetime, test on checkout, statement timeout) come from [`DbOptions`].

@@ -18,32 +18,10 @@ use postgres::types::ToSql;
 use postgres::{Client, Row, Statement};
 
 use super::error::DbError;
-use super::monitor::QueryMetrics;
 use super::pool::{PgManager, Pool, Role};
+use super::query_stats::QueryMetrics;
 
-/// Where a statement must run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Target {
-    /// The primary only (writes and reads that must see the latest write: accounts, sessions).
-    Primary,
-    /// A read that may be served by a healthy replica (or the primary, when none is healthy or the caller asks
-    /// for read-your-writes).
-    Replica,
-    /// The shard that owns the player (player_progress, inventory, event logs).
-    Shard,
-}
-
-impl Target {
-    /// True when a connection of `role` may run a statement of this target.
-    pub fn allows(self, role: Role) -> bool {
-        matches!(
-            (self, role),
-            (Target::Primary, Role::Primary)
-                | (Target::Replica, Role::Replica(_) | Role::Primary)
-                | (Target::Shard, Role::Shard(_))
-        )
-    }
-}
+pub use super::role::Target;
 
 /// One registered statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
