@@ -34,7 +34,6 @@ pub const LEGACY_ENV: &[(&str, &str)] = &[
     ("REDIS_URL", "redis.url"),
     ("GAME_TICK_RATE", "game.tick_rate"),
     ("GAME_MAX_PLAYERS", "game.max_players"),
-    ("GAME_WORLD_SIZE", "game.world_size"),
     ("JWT_SECRET", "security.token_secret"),
     ("RATE_LIMIT_WINDOW", "net.connect_rate_window_secs"),
     ("RATE_LIMIT_MAX", "net.connect_rate_max"),
@@ -151,8 +150,6 @@ pub struct ServerConfig {
     pub host: IpAddr,
     /// Game port, TCP (TLS) and UDP. 0 picks a free port (tests).
     pub port: u16,
-    /// Address clients are told to use for this zone (zone transfers); empty = host:port.
-    pub public_address: String,
     /// Deployment environment.
     pub environment: Environment,
     /// Number of io threads; 0 = one per core, at most 4.
@@ -250,8 +247,6 @@ pub struct GameConfig {
     pub tick_rate: u32,
     /// Most players online in this zone.
     pub max_players: usize,
-    /// Side of the square zone, in world units, when the zone file does not say.
-    pub world_size: u32,
     /// Zone data file (spawns, NPCs, portals); empty = the built-in default zone.
     pub zone_file: String,
     /// Seed of the simulation's random numbers (determinism).
@@ -378,7 +373,6 @@ impl Default for ServerConfig {
             zone: "starter-vale".into(),
             host: IpAddr::from([0, 0, 0, 0]),
             port: 7777,
-            public_address: String::new(),
             environment: Environment::Development,
             io_threads: 0,
             io_cores: Vec::new(),
@@ -425,7 +419,6 @@ impl Default for GameConfig {
         Self {
             tick_rate: 20,
             max_players: 2000,
-            world_size: 2000,
             zone_file: String::new(),
             seed: 0x5EED,
             save_interval_secs: 30,
@@ -550,7 +543,6 @@ impl Config {
         let g = &self.game;
         check((1..=60).contains(&g.tick_rate), "game.tick_rate", g.tick_rate, "must be 1..=60")?;
         check(g.max_players >= 1, "game.max_players", g.max_players, "must be at least 1")?;
-        check((64..=1_000_000).contains(&g.world_size), "game.world_size", g.world_size, "must be 64..=1000000")?;
         check(g.save_interval_secs >= 1, "game.save_interval_secs", g.save_interval_secs, "must be at least 1")?;
         check(g.resume_grace_secs <= 600, "game.resume_grace_secs", g.resume_grace_secs, "must be 0..=600")?;
         let chat = &self.chat;
@@ -723,6 +715,11 @@ impl Config {
     /// Settings that work but are unsafe outside development.
     pub fn warnings(&self) -> Vec<ConfigWarning> {
         let mut out = Vec::new();
+        if std::env::var_os("GAME_WORLD_SIZE").is_some() {
+            out.push(ConfigWarning(
+                "GAME_WORLD_SIZE is ignored: a zone's size is set in its zone file (game.zone_file)".into(),
+            ));
+        }
         if self.tls.cert_path.is_empty() {
             out.push(ConfigWarning(
                 "no TLS certificate configured (tls.cert_path): a self-signed DEVELOPMENT certificate will be \
