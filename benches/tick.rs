@@ -7,10 +7,10 @@
 use std::time::{Duration, Instant};
 
 use realm::proto::{Input, Vec2 as PVec2};
-use realm::sim::game::PHASES;
 use realm::sim::rng::Pcg32;
 use realm::sim::world::Vec2;
 use realm::sim::zone::Zone;
+use realm::sim::Phase;
 use realm::sim::{Output, PlayerSpawn, Simulation};
 
 const PLAYERS: u64 = 2_000;
@@ -64,7 +64,7 @@ fn run(layout: Layout) -> Run {
     let mut out: Vec<Output> = Vec::new();
     let mut times = Vec::with_capacity(TICKS);
     let mut snapshot_bytes = 0usize;
-    let mut phase_sums = [Duration::ZERO; PHASES.len()];
+    let mut phase_sums = [Duration::ZERO; Phase::GAME.len()];
     let truncated_before = sim.stats().snapshot_truncated_entities;
     for tick in 0..TICKS {
         let seq = tick as u32 + 1;
@@ -85,9 +85,14 @@ fn run(layout: Layout) -> Run {
             let _ = sim.queue_input(p, input);
         }
         out.clear();
-        let mut phases = [Duration::ZERO; PHASES.len()];
+        let mut phases = [Duration::ZERO; Phase::GAME.len()];
         let t = Instant::now();
-        sim.step_timed(&mut out, Some(&mut phases));
+        let mut mark = t;
+        sim.step_with(&mut out, &mut |p| {
+            let now = Instant::now();
+            phases[p.index()] += now - mark;
+            mark = now;
+        });
         times.push(t.elapsed());
         if tick >= TICKS / 10 {
             for (sum, d) in phase_sums.iter_mut().zip(phases) {
@@ -116,10 +121,10 @@ fn run(layout: Layout) -> Run {
         s.inputs_rejected_speed
     );
     let measured = (TICKS - TICKS / 10) as f64;
-    let phases: Vec<String> = PHASES
+    let phases: Vec<String> = Phase::GAME
         .iter()
         .zip(phase_sums)
-        .map(|(name, d)| format!("{name} {:.3}", d.as_secs_f64() * 1e3 / measured))
+        .map(|(p, d)| format!("{} {:.3}", p.label(), d.as_secs_f64() * 1e3 / measured))
         .collect();
     println!("    mean ms per phase: {}", phases.join(", "));
     Run {

@@ -14,6 +14,7 @@ pub mod config;
 pub mod db;
 pub mod game_client;
 pub mod limits;
+pub mod link;
 pub mod lock;
 pub mod logging;
 pub mod metrics;

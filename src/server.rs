@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::account::backend::Backend;
 use crate::account::login::{LoginPolicy, LoginService};
 use crate::account::memory::{LocalLocks, MemoryAccounts, MemoryPlayers};
 use crate::account::password::PasswordHasher;
@@ -26,7 +27,9 @@ use crate::metrics::Metrics;
 use crate::net::io::{self, NetShared};
 use crate::net::tls;
 use crate::queue;
-use crate::sim::runner::{Backend, RunnerConfig, SimEvent, SimRunner, SimStatus, Telemetry};
+use crate::sim::jobs::SimEvent;
+use crate::sim::runner::{RunnerConfig, SimRunner, Workers};
+use crate::sim::sessions::SessionConfig;
 use crate::sim::tick::TickCounters;
 use crate::sim::zone::Zone;
 use crate::sim::Simulation;
@@ -60,8 +63,6 @@ pub enum ServerError {
 pub struct RunningServer {
     /// Game address (TLS on TCP and UDP).
     pub game_addr: SocketAddr,
-    /// Live simulation status.
-    pub status: Arc<SimStatus>,
     /// Network counters.
     pub net: Arc<NetShared>,
     /// Where the development certificate was written, if one was generated.
@@ -105,7 +106,7 @@ pub fn start(config: Config) -> Result<RunningServer, ServerError> {
             path.display()
         );
     }
-    let (backend, database) = build_backend(&config, &admin_state)?;
+    let (backend, database) = build_backend(&config, &admin_state, &metrics)?;
     let transfers_enabled = database.is_some() && !config.redis.url.is_empty();
     if let Some(db) = &database {
         spawn_db_reporter(Arc::clone(db), Arc::clone(&admin_state), Arc::clone(&metrics), Arc::clone(&stop_reporter))?;
@@ -124,7 +125,8 @@ pub fn start(config: Config) -> Result<RunningServer, ServerError> {
         tx.clone(),
     )?;
     let net = Arc::new(NetShared::new(&config));
-    let _ = metrics.attach_workers(Arc::clone(workers.stats()));
+    let _ = metrics.attach_workers("jobs", Arc::clone(workers.stats()));
+    let _ = metrics.attach_workers("login", Arc::clone(login_workers.stats()));
     let _ = metrics.attach_net(Arc::clone(&net));
     admin_state.attach_net(Arc::clone(&net));
     let io = io::spawn(&config, Arc::clone(&server_tls.config), tx, Arc::clone(&net))?;
@@ -133,29 +135,33 @@ pub fn start(config: Config) -> Result<RunningServer, ServerError> {
     let sim = Simulation::new(zone, config.game.tick_rate, config.game.seed)
         .with_chat_limits(&config.chat, Some(metrics.chat_refusals.clone()));
     log::info!("zone {} loaded: {} NPCs, {} m square", sim.zone().name, sim.world.len(), sim.zone().size);
-    let status = Arc::new(SimStatus::default());
     let runner = SimRunner::new(
         sim,
         rx,
         io.handles.clone(),
-        jobs,
-        login_jobs,
+        Workers { jobs, logins: login_jobs },
         RunnerConfig {
             tick_rate: config.game.tick_rate,
-            zone: config.server.zone.clone(),
-            udp_port: game_addr.port(),
-            save_interval: Duration::from_secs(config.game.save_interval_secs),
-            renew_interval: Duration::from_millis(config.redis.lock_ttl_ms / 3),
-            max_players: config.game.max_players,
             grace: Duration::from_secs(config.server.shutdown_grace_secs),
-            transfers_enabled,
-            resume_grace: Duration::from_secs(config.game.resume_grace_secs),
+            sessions: SessionConfig {
+                zone: config.server.zone.clone(),
+                tick_rate: config.game.tick_rate,
+                udp_port: game_addr.port(),
+                save_interval: Duration::from_secs(config.game.save_interval_secs),
+                lock_ttl: Duration::from_millis(config.redis.lock_ttl_ms),
+                max_players: config.game.max_players,
+                transfers_enabled,
+                resume_grace: Duration::from_secs(config.game.resume_grace_secs),
+            },
         },
-        Arc::clone(&status),
+        Arc::clone(&metrics),
         Arc::clone(&stop),
     )
-    .with_net(Arc::clone(&net))
-    .with_telemetry(Telemetry { metrics: Arc::clone(&metrics), admin: Arc::clone(&admin_state) });
+    .with_io_link(Arc::clone(&net.sim_waker), {
+        let net = Arc::clone(&net);
+        Box::new(move |tick| net.udp.publish_server_tick(tick))
+    })
+    .with_admin(Arc::clone(&admin_state));
     let sim_core = sim_core(&config);
     let (sim_nice, sim_rt) = (config.server.sim_nice, config.server.sim_realtime_priority);
     let sim = std::thread::Builder::new().name("realm-sim".into()).spawn(move || {
@@ -169,7 +175,6 @@ pub fn start(config: Config) -> Result<RunningServer, ServerError> {
         metrics,
         admin,
         game_addr,
-        status,
         net,
         dev_cert_path: server_tls.dev_cert_path,
         stop,
@@ -191,7 +196,11 @@ fn sim_core(config: &Config) -> Option<core_affinity::CoreId> {
 
 /// The embedded store, or PostgreSQL (accounts on the primary, progress on the shards) and Redis (ownership locks,
 /// transfer tokens) when configured. Either may be configured alone.
-fn build_backend(config: &Config, admin: &AdminState) -> Result<(Backend, Option<Arc<Database>>), ServerError> {
+fn build_backend(
+    config: &Config,
+    admin: &AdminState,
+    metrics: &Metrics,
+) -> Result<(Backend, Option<Arc<Database>>), ServerError> {
     let hasher = PasswordHasher::new(config.security.max_concurrent_hashes)
         .map_err(|e| ServerError::Backend(e.to_string()))?
         .with_admission(crate::account::password::Admission {
@@ -218,6 +227,7 @@ fn build_backend(config: &Config, admin: &AdminState) -> Result<(Backend, Option
         log::info!("redis connected: ownership locks and transfer tokens are shared with other zones");
         (Arc::new(locks), Arc::new(transfers))
     };
+    let locks = Arc::new(crate::lock::MeteredLocks::new(locks, metrics.locks.clone()));
     let login = LoginService::new(accounts, players, locks, hasher, LoginPolicy::from_config(config));
     Ok((Backend { login, transfers }, database))
 }
@@ -233,6 +243,15 @@ fn spawn_db_reporter(
         while !stop.load(Ordering::Relaxed) {
             let snapshot = db.snapshot();
             publish_db(&snapshot, &admin, &metrics);
+            for (name, c) in db.caches().stats() {
+                let sample = crate::metrics::CacheSample {
+                    hits: c.hits,
+                    misses: c.misses,
+                    evictions: c.evictions + c.expirations,
+                    entries: c.len as u64,
+                };
+                metrics.set_cache_stats(&name, sample);
+            }
             std::thread::sleep(Duration::from_secs(2));
         }
     })?;
@@ -262,7 +281,7 @@ fn publish_db(snapshot: &crate::db::monitor::DbSnapshot, admin: &AdminState, met
     }
     for r in &snapshot.replicas {
         let sample = ReplicaSample { up: r.up, lag_seconds: r.lag.map(|d| d.as_secs_f64()) };
-        metrics.set_replica_lag(&format!("replica{}", r.index), sample);
+        metrics.set_replica_lag(&format!("replica-{}", r.index), sample);
     }
     for st in &snapshot.statements {
         let sample = StatementSample {

@@ -209,13 +209,13 @@ fn scraped_metrics_pass_promtool_lint() {
     a.metrics.observe_query("load_player", 0.002, true);
     let (tx, _rx) = realm::queue::channel::<()>();
     let (pool, jobs) = realm::worker::WorkerPool::start(1, 4, Arc::new(()), tx).expect("worker pool");
-    a.metrics.attach_workers(Arc::clone(pool.stats())).expect("first attach");
+    a.metrics.attach_workers("jobs", Arc::clone(pool.stats())).expect("first attach");
     jobs.submit("save_batch", |_: &()| None).expect("queue has room");
     drop(jobs);
     pool.join();
 
     let text = a.get("/metrics").body;
-    assert!(text.contains("game_server_worker_job_duration_seconds_count{job=\"save_batch\"} 1"));
+    assert!(text.contains("game_server_worker_job_duration_seconds_count{pool=\"jobs\",job=\"save_batch\"} 1"));
     let mut child = Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

@@ -17,10 +17,15 @@ fn locks(prefix: &str) -> RedisLocks {
 #[test]
 #[ignore = "needs Redis: run scripts/test.sh"]
 fn redis_locks_honour_the_backend_contract() {
-    let l = locks("contract");
+    let metrics = realm::metrics::Metrics::new("test");
+    let l = realm::lock::MeteredLocks::new(Arc::new(locks("contract")), metrics.locks.clone());
     realm::account::contract::locks(&l, 42).unwrap();
-    assert!(l.stats.acquired.load(std::sync::atomic::Ordering::Relaxed) >= 3);
-    assert!(l.stats.contended.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert!(metrics.locks.acquisitions.get() >= 3);
+    assert!(metrics.locks.contentions.get() >= 1);
+    assert_eq!(
+        metrics.locks.acquire_duration.get_sample_count(),
+        metrics.locks.acquisitions.get() + metrics.locks.contentions.get()
+    );
 }
 
 #[test]
@@ -65,7 +70,6 @@ fn acquire_with_retry_waits_for_a_lock_to_expire_and_gives_up_at_the_deadline() 
         "got it after expiry"
     );
     assert!(!l.extend(7, "old", Duration::from_secs(5)).unwrap(), "the old owner lost it");
-    assert!(l.stats.lost.load(std::sync::atomic::Ordering::Relaxed) >= 1);
     l.release(7, "new").unwrap();
 }
 

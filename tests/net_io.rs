@@ -69,8 +69,7 @@ impl Harness {
                                     tick_rate_hz: 20,
                                     ..Default::default()
                                 };
-                                handles[io]
-                                    .send(Outbound::Control { session, msg: ControlMessage::new(Body::LoginOk(ok)) });
+                                handles[io].send(Outbound::Admit { session, msg: ok });
                                 handles[io].wake();
                             }
                         }

@@ -10,6 +10,7 @@
 //! [`SaveOutcome::OwnershipLost`], and the caller must drop that session without retrying — a paused or
 //! partitioned server can then never overwrite a newer owner's data.
 
+pub mod backend;
 pub mod login;
 pub mod memory;
 pub mod password;

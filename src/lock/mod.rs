@@ -9,7 +9,7 @@
 //! guarantee (a lock can expire under a paused process; a save under an old epoch can never land).
 //! Invariant: never `DEL`/`PEXPIRE` a lock key without comparing the token in the same atomic script.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::account::{OwnershipLocks, StoreError};
@@ -18,21 +18,6 @@ const EXTEND: &str =
     r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], ARGV[2]) else return 0 end"#;
 const RELEASE: &str =
     r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
-
-/// Lock counters (exported as metrics).
-#[derive(Debug, Default)]
-pub struct LockStats {
-    /// Locks acquired.
-    pub acquired: AtomicU64,
-    /// Acquire attempts that found the lock held (contention).
-    pub contended: AtomicU64,
-    /// Extensions that found the lock no longer ours (loss).
-    pub lost: AtomicU64,
-    /// Locks released.
-    pub released: AtomicU64,
-    /// Redis errors.
-    pub errors: AtomicU64,
-}
 
 /// Sets socket timeouts once per new connection: a Redis that stops answering must not hold a worker forever.
 #[derive(Debug)]
@@ -51,8 +36,6 @@ pub struct RedisLocks {
     prefix: String,
     extend: redis::Script,
     release: redis::Script,
-    /// Counters.
-    pub stats: LockStats,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -79,7 +62,6 @@ impl RedisLocks {
             prefix: prefix.to_owned(),
             extend: redis::Script::new(EXTEND),
             release: redis::Script::new(RELEASE),
-            stats: LockStats::default(),
         })
     }
 
@@ -88,17 +70,11 @@ impl RedisLocks {
     }
 
     fn conn(&self) -> Result<r2d2::PooledConnection<redis::Client>, StoreError> {
-        self.pool.get().map_err(|e| {
-            self.stats.errors.fetch_add(1, Ordering::Relaxed);
-            unavailable(e)
-        })
+        self.pool.get().map_err(unavailable)
     }
 
     fn counted<T>(&self, r: redis::RedisResult<T>) -> Result<T, StoreError> {
-        r.map_err(|e| {
-            self.stats.errors.fetch_add(1, Ordering::Relaxed);
-            unavailable(e)
-        })
+        r.map_err(unavailable)
     }
 
     /// Acquires, retrying with backoff while the lock is held or Redis errors, until `deadline` has passed.
@@ -134,30 +110,57 @@ impl OwnershipLocks for RedisLocks {
             .arg("PX")
             .arg(ttl.as_millis() as u64)
             .query(&mut *conn);
-        let ok = self.counted(reply)?.is_some();
-        let counter = if ok { &self.stats.acquired } else { &self.stats.contended };
-        counter.fetch_add(1, Ordering::Relaxed);
-        Ok(ok)
+        Ok(self.counted(reply)?.is_some())
     }
 
     fn extend(&self, player_id: u64, token: &str, ttl: Duration) -> Result<bool, StoreError> {
         let mut conn = self.conn()?;
         let reply: redis::RedisResult<i64> =
             self.extend.key(self.key(player_id)).arg(token).arg(ttl.as_millis() as u64).invoke(&mut *conn);
-        let ok = self.counted(reply)? == 1;
-        if !ok {
-            self.stats.lost.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(ok)
+        Ok(self.counted(reply)? == 1)
     }
 
     fn release(&self, player_id: u64, token: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn()?;
         let reply: redis::RedisResult<i64> = self.release.key(self.key(player_id)).arg(token).invoke(&mut *conn);
-        let ok = self.counted(reply)? == 1;
-        if ok {
-            self.stats.released.fetch_add(1, Ordering::Relaxed);
+        Ok(self.counted(reply)? == 1)
+    }
+}
+
+/// Any [`OwnershipLocks`] with the lock metrics counted where the work happens: acquisitions, contentions and the
+/// acquire duration (`game_server_lock_*`). The server wraps whichever lock store it runs (Redis or the embedded
+/// table), so the series are the same either way. Losses are counted by the session machine, which decides what a
+/// failed extension means (a lock store that forgot a key is re-taken, not lost).
+pub struct MeteredLocks {
+    inner: Arc<dyn OwnershipLocks>,
+    metrics: crate::metrics::LockMetrics,
+}
+
+impl MeteredLocks {
+    /// Counts `inner`'s operations into `metrics`.
+    pub fn new(inner: Arc<dyn OwnershipLocks>, metrics: crate::metrics::LockMetrics) -> Self {
+        Self { inner, metrics }
+    }
+}
+
+impl OwnershipLocks for MeteredLocks {
+    fn acquire(&self, player_id: u64, token: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let started = Instant::now();
+        let result = self.inner.acquire(player_id, token, ttl);
+        self.metrics.acquire_duration.observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(true) => self.metrics.acquisitions.inc(),
+            Ok(false) => self.metrics.contentions.inc(),
+            Err(_) => {}
         }
-        Ok(ok)
+        result
+    }
+
+    fn extend(&self, player_id: u64, token: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.inner.extend(player_id, token, ttl)
+    }
+
+    fn release(&self, player_id: u64, token: &str) -> Result<bool, StoreError> {
+        self.inner.release(player_id, token)
     }
 }

@@ -40,7 +40,6 @@ use prometheus::{
 };
 
 use crate::net::io::NetShared;
-use crate::net::session::SessionState;
 use crate::worker::WorkerStats;
 
 pub use scrape::{CacheSample, PoolSample, ReplicaSample, SimTotals, StatementSample};
@@ -90,6 +89,10 @@ pub const METRIC_NAMES: &[&str] = &[
     "game_server_saves_total",
     "game_server_login_refusals_total",
     "game_server_save_failures_total",
+    "game_server_snapshots_dropped_total",
+    "game_server_loot_failures_total",
+    "game_server_ownership_lost_total",
+    "game_server_resumes_total",
     // Simulation totals (set_sim_totals).
     "game_server_inputs_applied_total",
     "game_server_inputs_rejected_total",
@@ -136,57 +139,19 @@ pub const METRIC_NAMES: &[&str] = &[
     "game_server_cache_entries",
 ];
 
-/// A phase of the simulation tick, the `phase` label of `game_server_tick_phase_duration_seconds`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TickPhase {
-    /// Draining and applying player inputs.
-    Inputs,
-    /// NPC decisions.
-    NpcAi,
-    /// Movement and the area-of-interest grid.
-    Movement,
-    /// Abilities, damage, deaths.
-    Combat,
-    /// Chat delivery.
-    Chat,
-    /// Zone portals and transfers.
-    Portals,
-    /// Building and encoding snapshots.
-    Snapshots,
-    /// Draining the inbound queue (io and worker events).
-    Drain,
-    /// Handing outbound messages to the io threads.
-    Send,
-}
+/// A phase of the simulation tick, the `phase` label of `game_server_tick_phase_duration_seconds`: the game's own
+/// enum, so the game, the runner and the metrics name phases one way.
+pub use crate::sim::phase::Phase as TickPhase;
 
-impl TickPhase {
-    /// Every phase, in tick order.
-    pub const ALL: [TickPhase; 9] = [
-        TickPhase::Inputs,
-        TickPhase::NpcAi,
-        TickPhase::Movement,
-        TickPhase::Combat,
-        TickPhase::Chat,
-        TickPhase::Portals,
-        TickPhase::Snapshots,
-        TickPhase::Drain,
-        TickPhase::Send,
-    ];
-
-    /// The label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            TickPhase::Inputs => "inputs",
-            TickPhase::NpcAi => "npc_ai",
-            TickPhase::Movement => "movement",
-            TickPhase::Combat => "combat",
-            TickPhase::Chat => "chat",
-            TickPhase::Portals => "portals",
-            TickPhase::Snapshots => "snapshots",
-            TickPhase::Drain => "drain",
-            TickPhase::Send => "send",
-        }
-    }
+/// `game_server_resumes_total{outcome}`.
+#[derive(Clone)]
+pub struct ResumeMetrics {
+    /// Sessions re-attached with a resume token.
+    pub resumed: IntCounter,
+    /// Resumes refused (token unknown, used or expired; session ended meanwhile).
+    pub refused: IntCounter,
+    /// Detached players whose grace period ran out (saved and released).
+    pub expired: IntCounter,
 }
 
 /// The per-phase tick histograms, one pre-resolved child per [`TickPhase`].
@@ -273,32 +238,19 @@ pub struct Metrics {
     pub save_failures: IntCounter,
     /// `game_server_chat_refused_total{reason}`.
     pub chat_refusals: ChatRefusals,
+    /// `game_server_snapshots_dropped_total`: snapshots not queued for a backed-up io thread.
+    pub snapshots_dropped: IntCounter,
+    /// `game_server_loot_failures_total`: looted items that could not be written.
+    pub loot_failures: IntCounter,
+    /// `game_server_ownership_lost_total`: players dropped unsaved because another zone owns them now.
+    pub ownership_lost: IntCounter,
+    /// `game_server_resumes_total{outcome}`.
+    pub resumes: ResumeMetrics,
     queue_depth: IntGaugeVec,
     /// `game_server_login_refusals_total{reason}`, indexed by `LoginErrorReason` number.
     login_refusals: Vec<IntCounter>,
-    sessions: [IntGauge; SESSION_STATES.len()],
+    sessions: IntGaugeVec,
     scraped: Arc<scrape::Scraped>,
-}
-
-/// Every [`SessionState`] with its label, in the order of `Metrics::sessions`.
-const SESSION_STATES: [(SessionState, &str); 6] = [
-    (SessionState::Handshaking, "handshaking"),
-    (SessionState::AwaitHello, "await_hello"),
-    (SessionState::Greeted, "greeted"),
-    (SessionState::Authenticating, "authenticating"),
-    (SessionState::InGame, "in_game"),
-    (SessionState::Closing, "closing"),
-];
-
-fn session_index(state: SessionState) -> usize {
-    match state {
-        SessionState::Handshaking => 0,
-        SessionState::AwaitHello => 1,
-        SessionState::Greeted => 2,
-        SessionState::Authenticating => 3,
-        SessionState::InGame => 4,
-        SessionState::Closing => 5,
-    }
 }
 
 // Construction only runs with the constant, valid names and buckets below; a failure is a programming error
@@ -357,9 +309,15 @@ impl Metrics {
 
         let sessions_vec = registered(
             r,
-            IntGaugeVec::new(Opts::new("game_server_sessions", "Control sessions by protocol state."), &["state"]),
+            IntGaugeVec::new(
+                Opts::new(
+                    "game_server_sessions",
+                    "Sessions by stage in the simulation's session machine (connected, authenticating, in_game, \
+                     detached, leaving).",
+                ),
+                &["state"],
+            ),
         );
-        let sessions = SESSION_STATES.map(|(_, label)| sessions_vec.with_label_values(&[label]));
 
         let queue_depth = registered(
             r,
@@ -437,7 +395,32 @@ impl Metrics {
             chat_refusals,
             queue_depth,
             login_refusals,
-            sessions,
+            sessions: sessions_vec,
+            snapshots_dropped: counter(
+                r,
+                "game_server_snapshots_dropped_total",
+                "Snapshots not queued because their io thread was too far behind (back-pressure).",
+            ),
+            loot_failures: counter(r, "game_server_loot_failures_total", "Looted items that could not be written."),
+            ownership_lost: counter(
+                r,
+                "game_server_ownership_lost_total",
+                "Players dropped unsaved because another zone owns them now (lock lost or save fenced off).",
+            ),
+            resumes: {
+                let v = registered(
+                    r,
+                    prometheus::IntCounterVec::new(
+                        Opts::new("game_server_resumes_total", "Session resumption, by outcome."),
+                        &["outcome"],
+                    ),
+                );
+                ResumeMetrics {
+                    resumed: v.with_label_values(&["resumed"]),
+                    refused: v.with_label_values(&["refused"]),
+                    expired: v.with_label_values(&["expired"]),
+                }
+            },
             scraped,
             registry,
         }
@@ -472,9 +455,14 @@ impl Metrics {
         self.scraped.net.set(net).map_err(|_| AlreadyAttached("net"))
     }
 
-    /// Reads the worker pool's counters at every scrape.
-    pub fn attach_workers(&self, workers: Arc<WorkerStats>) -> Result<(), AlreadyAttached> {
-        self.scraped.workers.set(workers).map_err(|_| AlreadyAttached("workers"))
+    /// Reads a worker pool's counters at every scrape, labelled `pool="{pool}"`.
+    pub fn attach_workers(&self, pool: &'static str, workers: Arc<WorkerStats>) -> Result<(), AlreadyAttached> {
+        let mut pools = self.scraped.workers.lock();
+        if pools.iter().any(|(p, _)| *p == pool) {
+            return Err(AlreadyAttached("workers"));
+        }
+        pools.push((pool, workers));
+        Ok(())
     }
 
     /// Publishes the simulation's cumulative counters (a handful of relaxed stores; call from the sim thread once
@@ -495,14 +483,9 @@ impl Metrics {
         self.queue_depth.with_label_values(&[queue]).set(depth);
     }
 
-    /// The gauge of control sessions in `state` (pre-resolved; lock-free).
-    pub fn sessions_gauge(&self, state: SessionState) -> &IntGauge {
-        &self.sessions[session_index(state)]
-    }
-
-    /// Sets how many control sessions are in `state`.
-    pub fn set_sessions(&self, state: SessionState, count: i64) {
-        self.sessions[session_index(state)].set(count);
+    /// The gauge of sessions in stage `state` of the session machine (resolve once: takes a lock).
+    pub fn sessions_gauge(&self, state: &str) -> IntGauge {
+        self.sessions.with_label_values(&[state])
     }
 
     /// Publishes one database pool's state and cumulative counters (`game_server_db_pool_*{pool}`). For the data

@@ -222,7 +222,8 @@ impl DataLayer {
 pub(super) struct Scraped {
     pub(super) sim: SimCounters,
     pub(super) net: OnceLock<Arc<NetShared>>,
-    pub(super) workers: OnceLock<Arc<WorkerStats>>,
+    /// Worker pools by name (`pool` label): the job lane and the login lane.
+    pub(super) workers: Mutex<Vec<(&'static str, Arc<WorkerStats>)>>,
     pub(super) data: DataLayer,
 }
 
@@ -290,16 +291,25 @@ const UDP_SESSIONS: Spec = spec("game_server_udp_sessions", GAUGE, &[], "Session
 const UDP_BOUND: Spec =
     spec("game_server_udp_endpoints_bound", GAUGE, &[], "UDP data channel sessions bound to a client endpoint.");
 
-const JOBS_QUEUED: Spec = spec("game_server_worker_jobs_queued", GAUGE, &[], "Worker jobs queued, not yet started.");
-const JOBS_RUNNING: Spec = spec("game_server_worker_jobs_running", GAUGE, &[], "Worker jobs running.");
-const JOBS_REJECTED: Spec =
-    spec("game_server_worker_jobs_rejected_total", COUNTER, &[], "Worker jobs refused because the queue was full.");
+const JOBS_QUEUED: Spec =
+    spec("game_server_worker_jobs_queued", GAUGE, &["pool"], "Worker jobs queued, not yet started, by pool.");
+const JOBS_RUNNING: Spec = spec("game_server_worker_jobs_running", GAUGE, &["pool"], "Worker jobs running, by pool.");
+const JOBS_REJECTED: Spec = spec(
+    "game_server_worker_jobs_rejected_total",
+    COUNTER,
+    &["pool"],
+    "Worker jobs refused because the pool's queue was full.",
+);
 const JOB_DURATION: Spec =
-    spec("game_server_worker_job_duration_seconds", SUMMARY, &["job"], "Worker job run time, by job.");
-const JOB_WAIT: Spec =
-    spec("game_server_worker_job_wait_seconds", SUMMARY, &["job"], "Time worker jobs waited in the queue, by job.");
+    spec("game_server_worker_job_duration_seconds", SUMMARY, &["pool", "job"], "Worker job run time, by job.");
+const JOB_WAIT: Spec = spec(
+    "game_server_worker_job_wait_seconds",
+    SUMMARY,
+    &["pool", "job"],
+    "Time worker jobs waited in the queue, by job.",
+);
 const JOB_PANICS: Spec =
-    spec("game_server_worker_job_panics_total", COUNTER, &["job"], "Worker jobs that panicked, by job.");
+    spec("game_server_worker_job_panics_total", COUNTER, &["pool", "job"], "Worker jobs that panicked, by job.");
 
 const POOL_UP: Spec =
     spec("game_server_db_pool_up", GAUGE, &["pool"], "1 when the pool's last health probe succeeded.");
@@ -558,23 +568,30 @@ impl ScrapeCollector {
     }
 
     fn workers(&self, out: &mut Out) {
-        let Some(w) = self.scraped.workers.get() else { return };
-        out.one(&JOBS_QUEUED, load(&w.queued));
-        out.one(&JOBS_RUNNING, load(&w.running));
-        out.one(&JOBS_REJECTED, load(&w.rejected));
-        let timings = w.timings();
+        let pools = self.scraped.workers.lock().clone();
+        if pools.is_empty() {
+            return;
+        }
+        let mut queued = Family::new(&JOBS_QUEUED);
+        let mut running = Family::new(&JOBS_RUNNING);
+        let mut rejected = Family::new(&JOBS_REJECTED);
         let mut duration = Family::new(&JOB_DURATION);
         let mut wait = Family::new(&JOB_WAIT);
         let mut panics = Family::new(&JOB_PANICS);
-        for (job, t) in &timings {
-            let labels = [("job", *job)];
-            duration.summary(&labels, t.count, t.run_total.as_secs_f64());
-            wait.summary(&labels, t.count, t.wait_total.as_secs_f64());
-            panics.value(&labels, t.panics as f64);
+        for (pool, w) in &pools {
+            queued.value(&[("pool", pool)], load(&w.queued));
+            running.value(&[("pool", pool)], load(&w.running));
+            rejected.value(&[("pool", pool)], load(&w.rejected));
+            for (job, t) in &w.timings() {
+                let labels = [("pool", *pool), ("job", *job)];
+                duration.summary(&labels, t.count, t.run_total.as_secs_f64());
+                wait.summary(&labels, t.count, t.wait_total.as_secs_f64());
+                panics.value(&labels, t.panics as f64);
+            }
         }
-        out.add(duration);
-        out.add(wait);
-        out.add(panics);
+        for f in [queued, running, rejected, duration, wait, panics] {
+            out.add(f);
+        }
     }
 
     fn data(&self, out: &mut Out) {

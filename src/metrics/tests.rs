@@ -135,7 +135,7 @@ fn worker_pool_counters_and_job_timings_are_exported() {
     let m = Metrics::new("z");
     let (tx, mut rx) = crate::queue::channel::<u8>();
     let (pool, jobs) = crate::worker::WorkerPool::start(1, 4, Arc::new(()), tx).unwrap();
-    m.attach_workers(Arc::clone(pool.stats())).unwrap();
+    m.attach_workers("jobs", Arc::clone(pool.stats())).unwrap();
     jobs.submit("save_batch", |_: &()| Some(1)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while !matches!(rx.pop(), crate::queue::Pop::Item(_)) {
@@ -144,9 +144,12 @@ fn worker_pool_counters_and_job_timings_are_exported() {
     }
     // The result is pushed after the timing is recorded, so the job is counted by now.
     let text = m.render();
-    assert_eq!(sample(&text, "game_server_worker_job_duration_seconds_count{job=\"save_batch\"}"), Some(1.0));
-    assert_eq!(sample(&text, "game_server_worker_job_panics_total{job=\"save_batch\"}"), Some(0.0));
-    assert_eq!(sample(&text, "game_server_worker_jobs_rejected_total"), Some(0.0));
+    assert_eq!(
+        sample(&text, "game_server_worker_job_duration_seconds_count{pool=\"jobs\",job=\"save_batch\"}"),
+        Some(1.0)
+    );
+    assert_eq!(sample(&text, "game_server_worker_job_panics_total{pool=\"jobs\",job=\"save_batch\"}"), Some(0.0));
+    assert_eq!(sample(&text, "game_server_worker_jobs_rejected_total{pool=\"jobs\"}"), Some(0.0));
     drop(jobs);
     pool.join();
 }
@@ -197,17 +200,12 @@ fn data_layer_samples_are_exported_and_replaced() {
 }
 
 #[test]
-fn sessions_and_queue_depths_are_gauges_by_label() {
+fn queue_depths_are_gauges_by_label() {
     let m = Metrics::new("z");
-    m.set_sessions(SessionState::InGame, 12);
-    m.sessions_gauge(SessionState::Handshaking).set(2);
     m.queue_depth_gauge("inbound").set(40);
     m.set_queue_depth("outbound-0", 3);
     m.population.npcs.set(20_000);
     let text = m.render();
-    assert_eq!(sample(&text, "game_server_sessions{state=\"in_game\"}"), Some(12.0));
-    assert_eq!(sample(&text, "game_server_sessions{state=\"handshaking\"}"), Some(2.0));
-    assert_eq!(sample(&text, "game_server_sessions{state=\"closing\"}"), Some(0.0));
     assert_eq!(sample(&text, "game_server_queue_depth{queue=\"inbound\"}"), Some(40.0));
     assert_eq!(sample(&text, "game_server_queue_depth{queue=\"outbound-0\"}"), Some(3.0));
     assert_eq!(sample(&text, "game_server_zone_population{kind=\"npc\"}"), Some(20_000.0));

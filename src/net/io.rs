@@ -28,125 +28,18 @@ use rustls::ServerConfig;
 use crate::net::session::{CloseReason, ControlSession, SessionEvent, SessionLimits, SessionState};
 use crate::net::udp::batch::{bind_reuseport, RecvBatch, SendBatch};
 use crate::net::udp::{self, DataKeys, SessionTable, EXPORTER_LABEL};
-use crate::proto::{control_message::Body, ControlMessage, DataMessage, KickReason};
+use crate::proto::{control_message::Body, KickReason};
 use crate::queue::{self, Pop, Producer};
 
-/// Identifies one client session for its whole life: the same id is used on the TLS and the UDP channel.
-pub type SessionId = u64;
+pub use crate::link::{Inbound, IoHandle, Outbound, SessionId, SimWaker};
 
-/// From the io threads to the simulation.
-#[derive(Debug)]
-pub enum Inbound {
-    /// TLS and Hello completed; the session may now log in.
-    Connected {
-        /// The session.
-        session: SessionId,
-        /// The io thread that owns it (where its [`Outbound`] items go).
-        io: usize,
-        /// The client's address.
-        addr: SocketAddr,
-    },
-    /// A control message allowed in the session's state.
-    Control {
-        /// The session.
-        session: SessionId,
-        /// The message (never Hello or Ping: the io layer answers those).
-        msg: ControlMessage,
-    },
-    /// An authenticated UDP message from the session's bound endpoint.
-    Data {
-        /// The session.
-        session: SessionId,
-        /// The message.
-        msg: DataMessage,
-    },
-    /// The session's UDP endpoint was bound (or rebound).
-    UdpBound {
-        /// The session.
-        session: SessionId,
-        /// The endpoint.
-        addr: SocketAddr,
-    },
-    /// The session ended; nothing more will come from it.
-    Disconnected {
-        /// The session.
-        session: SessionId,
-        /// Why.
-        reason: CloseReason,
-    },
-}
-
-/// From the simulation to one io thread.
-#[derive(Debug)]
-pub enum Outbound {
-    /// Send a control message over TLS. Sending `LoginOk` also opens the session's UDP channel.
-    Control {
-        /// The session.
-        session: SessionId,
-        /// The message.
-        msg: ControlMessage,
-    },
-    /// Seal and send a datagram to the session's bound endpoint (dropped if none is bound yet).
-    Data {
-        /// The session.
-        session: SessionId,
-        /// The message.
-        msg: DataMessage,
-    },
-    /// As `Data`, for a `DataMessage` encoded beforehand (snapshots: see `proto::encode_snapshot`).
-    Encoded {
-        /// The session.
-        session: SessionId,
-        /// The encoded `DataMessage`.
-        msg: Vec<u8>,
-    },
-    /// Close a session with a reason.
-    Close {
-        /// The session.
-        session: SessionId,
-        /// Reason sent in the `Kick`.
-        reason: KickReason,
-        /// Human-readable text.
-        message: String,
-    },
-    /// Stop accepting, close every session with this reason, flush, and end the thread.
-    Shutdown {
-        /// Reason sent in every `Kick`.
-        reason: KickReason,
-        /// Human-readable text.
-        message: String,
-    },
-}
-
-/// The simulation's handle on one io thread.
-#[derive(Clone)]
-pub struct IoHandle {
-    tx: Producer<Outbound>,
-    waker: Arc<Waker>,
-    backlog: Arc<AtomicUsize>,
-}
-
-impl IoHandle {
-    /// Queues an item; call [`IoHandle::wake`] once after a batch.
-    pub fn send(&self, item: Outbound) {
-        // Relaxed: an approximate depth is all back-pressure needs; the queue itself orders the items.
-        self.backlog.fetch_add(1, Ordering::Relaxed);
-        self.tx.push(item);
-    }
-
-    /// Items queued for this io thread and not yet taken. The simulation stops queueing snapshots (which the next
-    /// tick supersedes) for a thread that is this far behind, so a saturated io thread costs dropped snapshots,
-    /// never unbounded memory.
-    pub fn backlog(&self) -> usize {
-        self.backlog.load(Ordering::Relaxed)
-    }
-
-    /// Wakes the io thread to process what was queued.
-    pub fn wake(&self) {
-        if let Err(e) = self.waker.wake() {
-            log::error!("cannot wake io thread: {e}");
-        }
-    }
+/// The simulation's view of a session's end.
+fn disconnected(session: SessionId, reason: &CloseReason) -> Inbound {
+    let departure = match reason {
+        CloseReason::PeerClosed | CloseReason::Io(_) | CloseReason::Tls(_) => crate::link::Departure::Dropped,
+        _ => crate::link::Departure::Ended,
+    };
+    Inbound::Disconnected { session, departure, reason: reason.label() }
 }
 
 /// Counters shared by all io threads (exported as metrics).
@@ -262,25 +155,6 @@ impl ConnectRateLimiter {
     }
 }
 
-/// Wakes the simulation thread between ticks for what a player waits on (a login, a resume): otherwise it is
-/// handled at the next tick, up to a tick later. Inputs and chat never wake it: they wait for their tick anyway.
-#[derive(Debug, Default)]
-pub struct SimWaker(std::sync::OnceLock<std::thread::Thread>);
-
-impl SimWaker {
-    /// Called once by the simulation thread: wake-ups go to the calling thread.
-    pub fn register_current(&self) {
-        let _ = self.0.set(std::thread::current());
-    }
-
-    /// Wakes the simulation thread if it is parked between ticks (a no-op before it registered).
-    pub fn wake(&self) {
-        if let Some(t) = self.0.get() {
-            t.unpark();
-        }
-    }
-}
-
 /// Open connections per source address, shared by all io threads: how many, and how many of them have not logged
 /// in. A flood of silent or half-open connections from a few addresses cannot take every slot.
 pub struct PerAddress {
@@ -363,7 +237,7 @@ pub struct NetShared {
     /// io threads started by [`spawn`].
     pub io_threads: AtomicUsize,
     /// Wakes the simulation between ticks for logins and resumes.
-    pub sim_waker: SimWaker,
+    pub sim_waker: Arc<SimWaker>,
     /// Connections accepted over `max_connections` by a thread that had none of its own to evict: another io
     /// thread closes one of its connections that have not logged in for each (at its next sweep).
     pub evictions_owed: AtomicUsize,
@@ -424,7 +298,7 @@ impl NetShared {
             max_connections: config.net.max_connections,
             draining: AtomicBool::new(false),
             io_threads: AtomicUsize::new(0),
-            sim_waker: SimWaker::default(),
+            sim_waker: Arc::new(SimWaker::default()),
             evictions_owed: AtomicUsize::new(0),
         }
     }
@@ -478,7 +352,7 @@ pub fn spawn<E: From<Inbound> + Send + 'static>(
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = queue::channel::<Outbound>();
         let backlog = Arc::new(AtomicUsize::new(0));
-        handles.push(IoHandle { tx, waker, backlog: Arc::clone(&backlog) });
+        handles.push(IoHandle::new(tx, Arc::new(move || waker.wake()), Arc::clone(&backlog)));
         let core = match config.server.io_cores.get(index) {
             Some(&c) => cores.iter().find(|id| id.id == c).copied(),
             None => cores.get(index % cores.len().max(1)).copied(),
@@ -829,7 +703,7 @@ impl<E: From<Inbound>> IoThread<E> {
                         conn.udp_registered = false;
                     }
                     conn.reported_disconnect = true;
-                    self.pending.push(Inbound::Disconnected { session: conn.id, reason });
+                    self.pending.push(disconnected(conn.id, &reason));
                 }
             }
         }
@@ -842,7 +716,7 @@ impl<E: From<Inbound>> IoThread<E> {
                 conn.udp_registered = false;
             }
             conn.reported_disconnect = true;
-            self.pending.push(Inbound::Disconnected { session: conn.id, reason });
+            self.pending.push(disconnected(conn.id, &reason));
         }
         let t = conn.session.take_traffic();
         let stats = &self.shared.stats;
@@ -874,7 +748,7 @@ impl<E: From<Inbound>> IoThread<E> {
             self.shared.udp.unregister(conn.id);
         }
         if !conn.reported_disconnect {
-            self.pending.push(Inbound::Disconnected { session: conn.id, reason: CloseReason::PeerClosed });
+            self.pending.push(disconnected(conn.id, &CloseReason::PeerClosed));
         }
         self.shared.per_address.release(conn.addr.ip(), conn.authenticated);
         if conn.authenticated {
@@ -890,7 +764,7 @@ impl<E: From<Inbound>> IoThread<E> {
         loop {
             let item = match self.outbound.pop() {
                 Pop::Item(item) => {
-                    self.backlog.fetch_sub(1, Ordering::Relaxed);
+                    crate::link::taken(&self.backlog);
                     item
                 }
                 Pop::Empty => break,
@@ -899,26 +773,38 @@ impl<E: From<Inbound>> IoThread<E> {
                 Pop::Inconsistent => break,
             };
             match item {
+                Outbound::Admit { session, msg } => {
+                    let Some(&slot) = self.by_session.get(&session) else { continue };
+                    let Some(Some(conn)) = self.conns.get_mut(slot) else { continue };
+                    if conn.session.admit(&msg).is_ok() {
+                        if !conn.authenticated {
+                            conn.authenticated = true;
+                            self.shared.per_address.authenticated(conn.addr.ip());
+                            self.shared.stats.authenticated_connections.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if !conn.udp_registered {
+                            match conn.session.export_keying_material(EXPORTER_LABEL, &session.to_be_bytes()) {
+                                Ok(material) => {
+                                    let keys = DataKeys::from_keying_material(&material);
+                                    conn.udp_registered =
+                                        self.shared.udp.register(session, &keys, self.index as u32).is_ok();
+                                }
+                                Err(e) => log::warn!("session {session:#x}: cannot export UDP keys: {e}"),
+                            }
+                        }
+                    }
+                    touched.push(slot);
+                }
+                Outbound::Refuse { session, error } => {
+                    let Some(&slot) = self.by_session.get(&session) else { continue };
+                    let Some(Some(conn)) = self.conns.get_mut(slot) else { continue };
+                    let _ = conn.session.refuse(&error);
+                    touched.push(slot);
+                }
                 Outbound::Control { session, msg } => {
                     let Some(&slot) = self.by_session.get(&session) else { continue };
                     let Some(Some(conn)) = self.conns.get_mut(slot) else { continue };
-                    let login_ok = matches!(msg.body, Some(Body::LoginOk(_)));
-                    let sent = conn.session.send(&msg).is_ok();
-                    if sent && login_ok && !conn.authenticated {
-                        conn.authenticated = true;
-                        self.shared.per_address.authenticated(conn.addr.ip());
-                        self.shared.stats.authenticated_connections.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if sent && login_ok && !conn.udp_registered {
-                        match conn.session.export_keying_material(EXPORTER_LABEL, &session.to_be_bytes()) {
-                            Ok(material) => {
-                                let keys = DataKeys::from_keying_material(&material);
-                                conn.udp_registered =
-                                    self.shared.udp.register(session, &keys, self.index as u32).is_ok();
-                            }
-                            Err(e) => log::warn!("session {session:#x}: cannot export UDP keys: {e}"),
-                        }
-                    }
+                    let _ = conn.session.send(&msg);
                     touched.push(slot);
                 }
                 Outbound::Data { session, msg } => {

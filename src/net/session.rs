@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use rustls::{ServerConfig, ServerConnection};
 
 use crate::net::framing::{encode_frame, FrameDecoder, FrameError};
-use crate::proto::{control_message::Body, ControlMessage, HelloOk, Kick, KickReason, Pong, PROTOCOL_VERSION};
+use crate::proto::{
+    control_message::Body, ControlMessage, HelloOk, Kick, KickReason, LoginError, LoginOk, Pong, PROTOCOL_VERSION,
+};
 
 /// Where a session stands in the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -381,7 +383,8 @@ impl ControlSession {
         }
     }
 
-    /// Queues `msg` for the client. Outgoing `LoginOk`/`LoginError` move the state machine; a `Kick` closes.
+    /// Queues `msg` for the client; a `Kick` closes. Logging in and failing to are not messages but decisions:
+    /// [`ControlSession::admit`] and [`ControlSession::refuse`].
     pub fn send(&mut self, msg: &ControlMessage) -> Result<(), SendError> {
         if matches!(self.state, SessionState::Handshaking | SessionState::Closing) {
             return Err(SendError::NotOpen);
@@ -391,21 +394,36 @@ impl ControlSession {
             self.close(reason, &k.message.clone(), CloseReason::Kicked(reason));
             return Ok(());
         }
-        self.write_frame(msg)?;
-        match &msg.body {
-            Some(Body::LoginOk(_)) => self.state = SessionState::InGame,
-            Some(Body::LoginError(e)) if self.state == SessionState::Authenticating => {
-                // The server's own time answering does not count against the client's login deadline. "Busy,
-                // retry" tested no password and "already online" a right one: neither uses up an attempt (the
-                // limit bounds password guesses per connection).
-                self.login_deadline = self.login_deadline.max(self.clock + self.limits.login_timeout / 2);
-                use crate::proto::LoginErrorReason::{LoginErrorAlreadyOnline, LoginErrorServerBusy};
-                if e.reason == LoginErrorServerBusy as i32 || e.reason == LoginErrorAlreadyOnline as i32 {
-                    self.login_attempts = self.login_attempts.saturating_sub(1);
-                }
-                self.state = SessionState::Greeted
+        self.write_frame(msg)
+    }
+
+    /// The simulation admitted the session (a login, registration, transfer or resume succeeded): sends `ok` and
+    /// enters the game.
+    pub fn admit(&mut self, ok: &LoginOk) -> Result<(), SendError> {
+        if matches!(self.state, SessionState::Handshaking | SessionState::Closing) {
+            return Err(SendError::NotOpen);
+        }
+        self.write_frame(&ControlMessage::new(Body::LoginOk(ok.clone())))?;
+        self.state = SessionState::InGame;
+        Ok(())
+    }
+
+    /// The simulation refused a login: sends `error`; the session may try again within its attempt limit.
+    pub fn refuse(&mut self, error: &LoginError) -> Result<(), SendError> {
+        if matches!(self.state, SessionState::Handshaking | SessionState::Closing) {
+            return Err(SendError::NotOpen);
+        }
+        self.write_frame(&ControlMessage::new(Body::LoginError(error.clone())))?;
+        if self.state == SessionState::Authenticating {
+            // The server's own time answering does not count against the client's login deadline. "Busy,
+            // retry" tested no password and "already online" a right one: neither uses up an attempt (the
+            // limit bounds password guesses per connection).
+            self.login_deadline = self.login_deadline.max(self.clock + self.limits.login_timeout / 2);
+            use crate::proto::LoginErrorReason::{LoginErrorAlreadyOnline, LoginErrorServerBusy};
+            if error.reason == LoginErrorServerBusy as i32 || error.reason == LoginErrorAlreadyOnline as i32 {
+                self.login_attempts = self.login_attempts.saturating_sub(1);
             }
-            _ => {}
+            self.state = SessionState::Greeted
         }
         Ok(())
     }
@@ -769,7 +787,7 @@ mod tests {
         p.client_send(login.clone());
         assert_eq!(p.events(), vec![SessionEvent::Message(login)]);
         assert_eq!(p.server.state(), SessionState::Authenticating);
-        p.server.send(&ControlMessage::new(Body::LoginOk(Default::default()))).unwrap();
+        p.server.admit(&LoginOk::default()).unwrap();
         assert_eq!(p.server.state(), SessionState::InGame);
         let chat = ControlMessage::new(Body::Chat(Chat { channel: 0, text: "hi".into() }));
         p.client_send(chat.clone());
@@ -834,7 +852,7 @@ mod tests {
         let mut p = Pair::new(limits());
         p.greet();
         p.client_send(ControlMessage::new(Body::Login(Login { username: "a".into(), password: "b".into() })));
-        p.server.send(&ControlMessage::new(Body::LoginOk(Default::default()))).unwrap();
+        p.server.admit(&LoginOk::default()).unwrap();
         p.events();
         let deadline = p.server.next_deadline().unwrap();
         p.server.handle_timeout(deadline);
@@ -848,7 +866,7 @@ mod tests {
         let mut p = Pair::new(limits());
         p.greet();
         p.client_send(ControlMessage::new(Body::Login(Login { username: "a".into(), password: "b".into() })));
-        p.server.send(&ControlMessage::new(Body::LoginOk(Default::default()))).unwrap();
+        p.server.admit(&LoginOk::default()).unwrap();
         p.events();
         let first = p.server.next_deadline().unwrap();
         p.server.note_activity(first - Duration::from_secs(1));
@@ -991,19 +1009,17 @@ mod tests {
         let mut p = Pair::new(limits());
         p.greet();
         let login = ControlMessage::new(Body::Login(Login { username: "a".into(), password: "b".into() }));
-        let refused = ControlMessage::new(Body::LoginError(crate::proto::LoginError {
+        let refused = LoginError {
             reason: crate::proto::LoginErrorReason::LoginErrorInvalidCredentials as i32,
             ..Default::default()
-        }));
-        let busy = ControlMessage::new(Body::LoginError(crate::proto::LoginError {
-            reason: crate::proto::LoginErrorReason::LoginErrorServerBusy as i32,
-            ..Default::default()
-        }));
+        };
+        let busy =
+            LoginError { reason: crate::proto::LoginErrorReason::LoginErrorServerBusy as i32, ..Default::default() };
         for attempt in 0..4 {
             p.client_send(login.clone());
             assert_eq!(p.events(), vec![SessionEvent::Message(login.clone())], "attempt {attempt}");
             // A busy answer tested no password and does not count.
-            p.server.send(if attempt == 0 { &busy } else { &refused }).unwrap();
+            p.server.refuse(if attempt == 0 { &busy } else { &refused }).unwrap();
         }
         p.client_send(login.clone());
         assert_eq!(p.events(), vec![SessionEvent::Closed(CloseReason::LoginAttempts)]);

@@ -8,21 +8,18 @@
 //! chat, portals, AOI + snapshots.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use super::aoi::Grid;
 use super::chat::{ChatLimiter, Refusal};
+use super::phase::Phase;
 use super::rng::Pcg32;
 use super::world::{EntityId, Health, Kind, NpcData, NpcState, PlayerData, Vec2, World};
 use super::zone::Zone;
-use crate::net::io::SessionId;
+use crate::link::SessionId;
 use crate::proto::{
     self, control_message::Body, ChatChannel, CombatEvent, CombatEventKind, ControlMessage, EntityKind, EntityState,
     Input, PlayerStats, Snapshot,
 };
-
-/// The systems, in the order they run (labels of the per-phase timing metric).
-pub const PHASES: [&str; 8] = ["respawns", "inputs", "npc_ai", "movement", "combat", "chat", "portals", "snapshots"];
 
 /// Inputs applied per player per tick; more would let a client move faster than its speed.
 pub const MAX_INPUTS_PER_TICK: usize = 2;
@@ -531,36 +528,29 @@ impl Simulation {
 
     /// Advances one tick.
     pub fn step(&mut self, out: &mut Vec<Output>) {
-        self.step_timed(out, None);
+        self.step_with(out, &mut |_| {});
     }
 
-    /// Advances one tick, adding each phase's duration to `timings` (indexed like [`PHASES`]).
-    pub fn step_timed(&mut self, out: &mut Vec<Output>, mut timings: Option<&mut [Duration; PHASES.len()]>) {
+    /// Advances one tick, calling `done(phase)` as each system finishes (the runner times the phases with it; the
+    /// game itself reads no clock).
+    pub fn step_with(&mut self, out: &mut Vec<Output>, done: &mut impl FnMut(Phase)) {
         self.tick += 1;
-        let mut mark = Instant::now();
-        let mut lap = |i: usize, timings: &mut Option<&mut [Duration; PHASES.len()]>| {
-            if let Some(t) = timings.as_deref_mut() {
-                let now = Instant::now();
-                t[i] += now - mark;
-                mark = now;
-            }
-        };
         self.respawns();
-        lap(0, &mut timings);
+        done(Phase::Respawns);
         self.apply_inputs();
-        lap(1, &mut timings);
+        done(Phase::Inputs);
         self.npc_ai();
-        lap(2, &mut timings);
+        done(Phase::NpcAi);
         self.movement();
-        lap(3, &mut timings);
+        done(Phase::Movement);
         self.combat(out);
-        lap(4, &mut timings);
+        done(Phase::Combat);
         self.chat(out);
-        lap(5, &mut timings);
+        done(Phase::Chat);
         self.portals(out);
-        lap(6, &mut timings);
+        done(Phase::Portals);
         self.snapshots(out);
-        lap(7, &mut timings);
+        done(Phase::Snapshots);
     }
 
     fn respawns(&mut self) {

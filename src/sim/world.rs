@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 
-use crate::net::io::SessionId;
+use crate::link::SessionId;
 use crate::proto::Input;
 
 /// An entity: `generation << 32 | slot`. Never 0 (0 means "none" on the wire).

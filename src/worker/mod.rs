@@ -113,31 +113,33 @@ impl<Ctx, Out> JobSender<Ctx, Out> {
         name: &'static str,
         job: impl FnOnce(&Ctx) -> Option<Out> + Send + 'static,
     ) -> Result<(), WorkerError> {
-        self.enqueue(Queued { name, enqueued: Instant::now(), job: Box::new(job), on_panic: None })
+        self.enqueue(Queued { name, enqueued: Instant::now(), job: Box::new(job), on_panic: None }).map_err(|(e, _)| e)
     }
 
     /// As [`JobSender::submit`], and if the job panics `on_panic` is delivered in its place: a typed failure,
-    /// never silence.
+    /// never silence. When the job cannot be queued, `on_panic` comes back with the error, for the caller to
+    /// handle the same way at once.
     pub fn submit_or(
         &self,
         name: &'static str,
         job: impl FnOnce(&Ctx) -> Option<Out> + Send + 'static,
         on_panic: Out,
-    ) -> Result<(), WorkerError> {
+    ) -> Result<(), (WorkerError, Out)> {
         self.enqueue(Queued { name, enqueued: Instant::now(), job: Box::new(job), on_panic: Some(on_panic) })
+            .map_err(|(e, q)| (e, q.on_panic.expect("set above")))
     }
 
-    fn enqueue(&self, queued: Queued<Ctx, Out>) -> Result<(), WorkerError> {
+    fn enqueue(&self, queued: Queued<Ctx, Out>) -> Result<(), (WorkerError, Queued<Ctx, Out>)> {
         match self.tx.try_send(queued) {
             Ok(()) => {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
-            Err(TrySendError::Full(_)) => {
+            Err(TrySendError::Full(q)) => {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                Err(WorkerError::QueueFull(self.depth))
+                Err((WorkerError::QueueFull(self.depth), q))
             }
-            Err(TrySendError::Disconnected(_)) => Err(WorkerError::Stopped),
+            Err(TrySendError::Disconnected(q)) => Err((WorkerError::Stopped, q)),
         }
     }
 
