@@ -130,6 +130,7 @@ fn a_zone_transfer_is_followed_to_the_new_zone_with_the_token() {
                     address: b_addr.to_string(),
                     transfer_token: b"one-time-token".to_vec(),
                     position: Some(Vec2 { x: 30.0, y: 1000.0 }),
+                    web_address: String::new(),
                 };
                 send(tls, Body::ZoneTransfer(transfer));
                 // The client leaves this zone: it closes TLS (or just the socket) after the transfer.

@@ -638,6 +638,7 @@ impl Sessions {
                 let msg = proto::ZoneTransfer {
                     zone: p.target_zone.clone(),
                     address: p.target_address.clone(),
+                    web_address: p.target_web_address.clone(),
                     transfer_token: token.to_vec(),
                     position: Some(proto::Vec2 { x: p.target_position[0], y: p.target_position[1] }),
                 };

@@ -107,6 +107,9 @@ pub struct Portal {
     pub target_zone: String,
     /// Control-channel address of that zone's server.
     pub target_address: String,
+    /// Browser endpoint of that zone's server (`http(s)://host:port`), told to browser players; "" if none.
+    #[serde(default)]
+    pub target_web_address: String,
     /// Where the player appears there.
     pub target_position: [f32; 2],
 }
