@@ -186,6 +186,14 @@ impl LoginService {
     /// (failures from those do not count either). A locked account answers `LOCKED_OUT` whatever the password and
     /// spends no hash on it, so the lockout is no oracle.
     pub fn login(&self, username: &str, password: &str, ip: IpAddr) -> Result<LoginGrant, Refusal> {
+        let (id, name) = self.authenticate(username, password, ip)?;
+        self.claim(id, &name, ip)
+    }
+
+    /// Checks a password under every rule [`LoginService::login`] applies (lockouts, bans), without claiming the
+    /// player: the browser login (`POST /api/login`) answers a signed token, and the player is claimed when that
+    /// token opens the game socket. Returns the player id and the username as registered.
+    pub fn authenticate(&self, username: &str, password: &str, ip: IpAddr) -> Result<(u64, String), Refusal> {
         let now = Instant::now();
         let (failures, left) = self.ip_failures.current(ip, now);
         if failures >= self.policy.ip_failures {
@@ -223,12 +231,19 @@ impl LoginService {
             return Err(Refusal::new(LoginErrorReason::LoginErrorBanned, "this account is banned"));
         }
         self.accounts.record_success(account.id).map_err(|e| Refusal::busy(&e))?;
-        self.claim(account.id, &account.username, ip)
+        Ok((account.id, account.username))
     }
 
     /// Creates an account and logs in with it. At most `security.register_rate_max` registrations per address per
     /// `security.register_rate_window_secs` (refused with `RATE_LIMITED` before any hash).
     pub fn register(&self, username: &str, password: &str, ip: IpAddr) -> Result<LoginGrant, Refusal> {
+        let id = self.create_account(username, password, ip)?;
+        self.claim(id, username, ip)
+    }
+
+    /// Creates an account under the rules of [`LoginService::register`], without claiming the player (the browser
+    /// registration answers a signed token). Returns the new player id.
+    pub fn create_account(&self, username: &str, password: &str, ip: IpAddr) -> Result<u64, Refusal> {
         if !valid_username(username) {
             return Err(Refusal::new(
                 LoginErrorReason::LoginErrorInvalidUsername,
@@ -262,7 +277,7 @@ impl LoginService {
             }
             Err(e) => return Err(Refusal::busy(&e)),
         };
-        self.claim(id, username, ip)
+        Ok(id)
     }
 
     /// Takes ownership of a player whose identity is already established (password or transfer token).
