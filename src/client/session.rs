@@ -1131,13 +1131,13 @@ mod tests {
             Self { channel: DataChannel::server(session_id, &keys()), buf: vec![0u8; 1500] }
         }
 
-        fn to_client(&mut self, body: DataBody) -> Vec<u8> {
+        fn seal_for_client(&mut self, body: DataBody) -> Vec<u8> {
             let n = self.channel.seal(&DataMessage::new(body), &mut self.buf).unwrap();
             self.buf[..n].to_vec()
         }
 
         /// What the client has queued, opened on the server side.
-        fn from_client(&mut self, client: &mut DataSession) -> Vec<(usize, DataBody)> {
+        fn open_from_client(&mut self, client: &mut DataSession) -> Vec<(usize, DataBody)> {
             let mut out = Vec::new();
             let mut buf = vec![0u8; 1500];
             while let Some(sealed) = client.poll_transmit(&mut buf) {
@@ -1158,13 +1158,14 @@ mod tests {
         let t0 = Instant::now();
         let mut server = Server::new(42);
         let mut c = DataSession::new(42, &keys(), data_config(t0), t0);
-        let out = server.from_client(&mut c);
+        let out = server.open_from_client(&mut c);
         assert!(matches!(&out[..], [(1200, DataBody::UdpHello(h))] if h.session_id == 42), "a full-size hello");
-        let mut d = server.to_client(DataBody::UdpChallenge(UdpChallenge { session_id: 42, challenge: vec![3; 16] }));
+        let mut d =
+            server.seal_for_client(DataBody::UdpChallenge(UdpChallenge { session_id: 42, challenge: vec![3; 16] }));
         assert_eq!(c.handle_datagram(&mut d, at(t0, 10)), Ok(Received::Nothing));
-        let out = server.from_client(&mut c);
+        let out = server.open_from_client(&mut c);
         assert!(matches!(&out[..], [(_, DataBody::UdpChallengeResponse(r))] if r.challenge == vec![3; 16]));
-        let mut d = server.to_client(DataBody::UdpWelcome(UdpWelcome { session_id: 42, server_tick: 100 }));
+        let mut d = server.seal_for_client(DataBody::UdpWelcome(UdpWelcome { session_id: 42, server_tick: 100 }));
         assert!(matches!(c.handle_datagram(&mut d, at(t0, 20)), Ok(Received::Welcome(_))));
         assert!(c.is_bound());
         assert_eq!(c.poll_timeout(), None, "no resends, no deadline once bound");
@@ -1175,13 +1176,13 @@ mod tests {
         let t0 = Instant::now();
         let mut server = Server::new(42);
         let mut c = DataSession::new(42, &keys(), data_config(t0), t0);
-        assert_eq!(server.from_client(&mut c).len(), 1);
+        assert_eq!(server.open_from_client(&mut c).len(), 1);
         // The first hello is lost: nothing comes back.
         assert_eq!(c.poll_timeout(), Some(at(t0, 200)));
         c.handle_timeout(at(t0, 199)).unwrap();
-        assert!(server.from_client(&mut c).is_empty());
+        assert!(server.open_from_client(&mut c).is_empty());
         c.handle_timeout(at(t0, 200)).unwrap();
-        assert!(matches!(&server.from_client(&mut c)[..], [(1200, DataBody::UdpHello(_))]));
+        assert!(matches!(&server.open_from_client(&mut c)[..], [(1200, DataBody::UdpHello(_))]));
         assert_eq!(c.poll_timeout(), Some(at(t0, 400)));
         assert_eq!(c.handle_timeout(at(t0, 5000)), Err(BindTimedOut));
     }
@@ -1191,7 +1192,7 @@ mod tests {
         let t0 = Instant::now();
         let mut server = Server::new(42);
         let mut c = DataSession::new(42, &keys(), data_config(t0), t0);
-        let mut d = server.to_client(DataBody::Snapshot(Snapshot { tick: 5, ..Default::default() }));
+        let mut d = server.seal_for_client(DataBody::Snapshot(Snapshot { tick: 5, ..Default::default() }));
         assert!(matches!(c.handle_datagram(&mut d, t0), Ok(Received::Snapshot(s)) if s.tick == 5));
         assert!(c.is_bound());
     }
@@ -1201,9 +1202,9 @@ mod tests {
         let t0 = Instant::now();
         let mut server = Server::new(42);
         let mut c = DataSession::new(42, &keys(), data_config(t0), t0);
-        let mut d = server.to_client(DataBody::UdpWelcome(UdpWelcome { session_id: 43, server_tick: 0 }));
+        let mut d = server.seal_for_client(DataBody::UdpWelcome(UdpWelcome { session_id: 43, server_tick: 0 }));
         assert_eq!(c.handle_datagram(&mut d, t0), Err(WrongSession));
-        let mut forged = server.to_client(DataBody::UdpWelcome(UdpWelcome { session_id: 42, server_tick: 0 }));
+        let mut forged = server.seal_for_client(DataBody::UdpWelcome(UdpWelcome { session_id: 42, server_tick: 0 }));
         let last = forged.len() - 1;
         forged[last] ^= 1;
         assert!(matches!(c.handle_datagram(&mut forged, t0), Ok(Received::Rejected(_))));
@@ -1216,21 +1217,21 @@ mod tests {
         let mut server = Server::new(42);
         let config = DataConfig { rtt_ping: Some(Duration::from_secs(1)), ..data_config(t0) };
         let mut c = DataSession::new(42, &keys(), config, t0);
-        server.from_client(&mut c);
-        let mut d = server.to_client(DataBody::UdpWelcome(UdpWelcome { session_id: 42, server_tick: 0 }));
+        server.open_from_client(&mut c);
+        let mut d = server.seal_for_client(DataBody::UdpWelcome(UdpWelcome { session_id: 42, server_tick: 0 }));
         c.handle_datagram(&mut d, at(t0, 100)).unwrap();
-        let mut d = server.to_client(DataBody::Ping(Ping { nonce: 77, client_time_us: 5 }));
+        let mut d = server.seal_for_client(DataBody::Ping(Ping { nonce: 77, client_time_us: 5 }));
         assert_eq!(c.handle_datagram(&mut d, at(t0, 150)), Ok(Received::Nothing));
         assert!(
-            matches!(&server.from_client(&mut c)[..], [(_, DataBody::Pong(p))] if p.nonce == 77 && p.client_time_us == 5)
+            matches!(&server.open_from_client(&mut c)[..], [(_, DataBody::Pong(p))] if p.nonce == 77 && p.client_time_us == 5)
         );
         assert_eq!(c.poll_timeout(), Some(at(t0, 100)));
         c.handle_timeout(at(t0, 200)).unwrap();
-        let out = server.from_client(&mut c);
+        let out = server.open_from_client(&mut c);
         let [(_, DataBody::Ping(p))] = &out[..] else { panic!("{out:?}") };
         assert_eq!(p.client_time_us, 200_000);
         assert_eq!(c.poll_timeout(), Some(at(t0, 1200)));
-        let mut d = server.to_client(DataBody::Pong(Pong { nonce: 0, client_time_us: 200_000, server_tick: 9 }));
+        let mut d = server.seal_for_client(DataBody::Pong(Pong { nonce: 0, client_time_us: 200_000, server_tick: 9 }));
         let got = c.handle_datagram(&mut d, at(t0, 212)).unwrap();
         assert!(matches!(got, Received::Pong { rtt: Some(rtt), .. } if rtt == Duration::from_millis(12)));
     }
@@ -1240,12 +1241,12 @@ mod tests {
         let t0 = Instant::now();
         let mut server = Server::new(42);
         let mut c = DataSession::new(42, &keys(), data_config(at(t0, T0_MS)), t0);
-        server.from_client(&mut c);
+        server.open_from_client(&mut c);
         let first = c.input(Vec2 { x: 1.0, y: 0.0 }, 0, 0, at(t0, 50));
         let second = c.input(Vec2 { x: 0.0, y: 1.0 }, 2, 99, at(t0, 100));
         assert_eq!((first.sequence, second.sequence), (1, 2));
         assert_eq!(second.client_time_us, 100_000);
-        let out = server.from_client(&mut c);
+        let out = server.open_from_client(&mut c);
         assert!(matches!(&out[..], [(_, DataBody::Input(a)), (_, DataBody::Input(b))] if *a == first && *b == second));
     }
 }
