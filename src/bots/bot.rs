@@ -445,6 +445,7 @@ impl Bot {
                     resume_falls_back_to_login: true,
                     busy_retry: Some((MIN_RETRY, Duration::from_secs(10))),
                 },
+                check_login_ok: true,
                 epoch: shared.epoch,
             };
             let credentials = Credentials::Register { username: name.clone(), password: shared.password.clone() };

@@ -125,6 +125,10 @@ pub struct ControlConfig {
     pub logout_timeout: Duration,
     /// Refusals handled without the application.
     pub policy: LoginPolicy,
+    /// `LoginOk` numbers no server can mean (tick rate 0 or over 1000, entity 0, a port over 65535) end the
+    /// session as [`SessionEnd::Protocol`]. Players' clients and bots check; the library client passes every
+    /// answer to its caller (tests talk to scripted servers through it).
+    pub check_login_ok: bool,
     /// `client_time_us` counts microseconds from here.
     pub epoch: Instant,
 }
@@ -139,6 +143,7 @@ impl ControlConfig {
             keepalive: None,
             logout_timeout: Duration::from_secs(5),
             policy: LoginPolicy::default(),
+            check_login_ok: false,
             epoch,
         }
     }
@@ -518,14 +523,16 @@ impl ControlSession {
         if resumed && self.entity_id != 0 && self.entity_id != ok.entity_id {
             return self.end(SessionEnd::Protocol("resumed_another_entity"));
         }
-        if ok.tick_rate_hz == 0 || ok.tick_rate_hz > MAX_TICK_RATE_HZ {
-            return self.end(SessionEnd::Protocol("bad_tick_rate"));
-        }
-        if ok.entity_id == 0 {
-            return self.end(SessionEnd::Protocol("no_entity_id"));
-        }
-        if u16::try_from(ok.udp_port).is_err() {
-            return self.end(SessionEnd::Protocol("bad_udp_port"));
+        if self.config.check_login_ok {
+            if ok.tick_rate_hz == 0 || ok.tick_rate_hz > MAX_TICK_RATE_HZ {
+                return self.end(SessionEnd::Protocol("bad_tick_rate"));
+            }
+            if ok.entity_id == 0 {
+                return self.end(SessionEnd::Protocol("no_entity_id"));
+            }
+            if u16::try_from(ok.udp_port).is_err() {
+                return self.end(SessionEnd::Protocol("bad_udp_port"));
+            }
         }
         self.entity_id = ok.entity_id;
         self.resume_token.clone_from(&ok.session_token);
@@ -805,6 +812,7 @@ mod tests {
                 resume_falls_back_to_login: true,
                 busy_retry: Some((Duration::from_millis(200), Duration::from_secs(10))),
             },
+            check_login_ok: true,
             epoch: t0,
         }
     }
@@ -846,11 +854,18 @@ mod tests {
         Body::LoginError(LoginError { reason: reason as i32, message: "no".into(), retry_after_ms })
     }
 
-    /// A session greeted and logged in with token `t1`.
-    fn in_game(t0: Instant) -> ControlSession {
+    /// A bot-like session that sent its Hello and request, the Hello answered; what it sent is drained.
+    fn greeted(t0: Instant) -> ControlSession {
         let mut s = ControlSession::new(bot_config(t0), Some(ann()));
         s.connected(t0);
         s.handle(msg(hello_ok()), t0);
+        sent(&mut s);
+        s
+    }
+
+    /// A session greeted and logged in with token `t1`.
+    fn in_game(t0: Instant) -> ControlSession {
+        let mut s = greeted(t0);
         s.handle(msg(login_ok(9, b"t1")), t0);
         sent(&mut s);
         events(&mut s);
@@ -920,10 +935,7 @@ mod tests {
     #[test]
     fn a_taken_name_falls_back_to_login_with_the_same_password() {
         let t0 = Instant::now();
-        let mut s = ControlSession::new(bot_config(t0), Some(ann()));
-        s.connected(t0);
-        s.handle(msg(hello_ok()), t0);
-        sent(&mut s);
+        let mut s = greeted(t0);
         s.handle(msg(refusal(LoginErrorReason::LoginErrorUsernameTaken, 0)), at(t0, 100));
         assert!(matches!(&sent(&mut s)[..], [Body::Login(l)] if l.username == "ann" && l.password == "hunter22"));
         // A second refusal is final.
@@ -934,10 +946,7 @@ mod tests {
     #[test]
     fn a_busy_server_is_retried_after_its_retry_after_and_the_login_deadline_holds() {
         let t0 = Instant::now();
-        let mut s = ControlSession::new(bot_config(t0), Some(ann()));
-        s.connected(t0);
-        s.handle(msg(hello_ok()), t0);
-        sent(&mut s);
+        let mut s = greeted(t0);
         s.handle(msg(refusal(LoginErrorReason::LoginErrorServerBusy, 1500)), at(t0, 100));
         let retry_at = at(t0, 1600);
         assert!(matches!(events(&mut s).last(), Some(ControlEvent::LoginRetry { retry_at: r, .. }) if *r == retry_at));

@@ -391,6 +391,7 @@ impl ControlThread {
             logout_timeout: LOGOUT_TIMEOUT,
             // An expired token is followed by the password on the same connection.
             policy: LoginPolicy { resume_falls_back_to_login: true, ..LoginPolicy::default() },
+            check_login_ok: true,
             ..ControlConfig::new(&self.client_name, self.epoch)
         };
         let mut session = ControlSession::new(config, Some(credentials));
