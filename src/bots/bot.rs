@@ -1,14 +1,14 @@
 //! One bot: a real game client as a non-blocking state machine, driven by its thread's mio `Poll` (see
-//! [`super::driver`]). It speaks exactly README's protocol: TLS (rustls over a mio `TcpStream`), length-prefixed
-//! control frames ([`FrameDecoder`]/[`encode_frame`]), `Hello`, `Register` (falling back to `Login` when the name
-//! exists), `LoginOk`, then its own UDP socket, `UdpHello` until `UdpWelcome`, then one `Input` per server tick and
-//! one `Snapshot` per tick back.
+//! [`super::driver`]). The protocol (Hello, `Register` falling back to `Login` when the name exists, busy retries,
+//! resume tokens, `UdpHello` until `UdpWelcome`, keepalive pings, input sequencing) is the shared sans-IO
+//! [`crate::client::session`]; a bot owns its sockets (TLS with rustls over a mio `TcpStream`, length-prefixed
+//! frames, its own UDP socket), its behaviour and its measurements, and turns session events into report entries.
 //!
 //! ```text
-//! Waiting --start_at--> Connecting --TCP up--> AwaitHelloOk --HelloOk--> AwaitLogin --LoginOk--> Binding
-//!    Binding --UdpWelcome--> Playing --run over--> Closing --server closes / 1 s--> Done
-//!    Playing --drop (--drop-rate)--> Connecting --HelloOk--> AwaitLogin (Resume; refused: Login) --LoginOk--> Binding
-//!    (any state) --error, kick, timeout--> Done(failed: kind)
+//! Waiting --start_at--> Connecting --TCP up--> Online (the session greets, logs in, binds UDP, plays)
+//!    Online --run over--> Closing --server closes / 1 s--> Done
+//!    Online --drop (--drop-rate)--> Connecting (the session resumes with its token; refused: Login)
+//!    (any) --error, kick, timeout--> Done(failed: kind)
 //! ```
 //!
 //! The invariant a reader must not break: **nothing the server sends can panic a bot.** Every frame, datagram,
@@ -27,12 +27,13 @@ use rustls::{ClientConfig, ClientConnection};
 
 use super::behaviour::{Brain, Role, Target};
 use super::stats::ThreadStats;
-use crate::net::framing::{encode_frame, FrameDecoder, FrameError};
-use crate::net::udp::{DataChannel, DataKeys, EXPORTER_LABEL};
-use crate::proto::{
-    control_message::Body, data_message::Body as DataBody, Chat, ControlMessage, DataMessage, EntityKind, Hello, Input,
-    KickReason, Login, LoginErrorReason, Logout, Ping, Register, Snapshot, Vec2, PROTOCOL_VERSION,
+use crate::client::session::{
+    ControlConfig, ControlEvent, ControlSession, ControlState, Credentials, DataConfig, DataSession, LoginPolicy,
+    Received, SessionEnd, Stage,
 };
+use crate::net::framing::{encode_frame, FrameDecoder, FrameError};
+use crate::net::udp::{DataKeys, EXPORTER_LABEL};
+use crate::proto::{control_message::Body, Chat, EntityKind, KickReason, LoginErrorReason, Snapshot, Vec2};
 
 /// What every bot of a run shares (read-only).
 #[derive(Debug)]
@@ -83,8 +84,6 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// UdpHello resend interval (README: "resending every ~200 ms").
-const HELLO_RESEND: Duration = Duration::from_millis(200);
 /// TLS Ping interval: keeps the control channel under the server's idle timeout and measures its RTT.
 const PING_EVERY: Duration = Duration::from_secs(10);
 /// How long a stopping bot waits for the server to close after Logout.
@@ -97,12 +96,10 @@ const MOVED_METERS: f32 = 1.0;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Waiting,
+    /// TCP connect in progress (the Hello already waits in rustls).
     Connecting,
-    AwaitHelloOk,
-    AwaitLogin,
-    LoginBackoff { retry_at: Instant },
-    Binding,
-    Playing,
+    /// TCP up: the session greets, logs in, binds and plays.
+    Online,
     Closing,
     Done,
 }
@@ -120,7 +117,6 @@ pub(crate) struct Outcome {
 
 #[derive(Debug, Clone, Copy)]
 struct InGame {
-    session_id: u64,
     entity_id: u64,
     period: Duration,
 }
@@ -174,32 +170,28 @@ pub(crate) struct Bot {
     udp_token: Token,
     start_at: Instant,
     state: State,
+    /// The Closing state's deadline.
     deadline: Instant,
     tcp: Option<TcpStream>,
     tls: Option<ClientConnection>,
     tcp_interest: Interest,
     decoder: FrameDecoder,
-    max_frame: usize,
     frame: Vec<u8>,
-    registering: bool,
     connect_started: Instant,
     udp: Option<UdpSocket>,
-    channel: Option<DataChannel>,
+    /// The protocol across connections (created at the first connect, from the run's settings).
+    control: Option<ControlSession>,
+    /// The UDP channel of the latest LoginOk.
+    data: Option<DataSession>,
     game: Option<InGame>,
     brain: Option<Brain>,
-    next_hello: Instant,
     next_input: Instant,
-    next_ping: Instant,
-    ping_nonce: u64,
-    input_seq: u32,
     last_processed: u32,
     last_tick: u64,
     first_pos: Option<(f32, f32)>,
     pos: Option<(f32, f32)>,
     target: Option<Target>,
     stopping: bool,
-    /// The token of the latest LoginOk (what a Resume presents).
-    resume_token: Vec<u8>,
     /// Set from a deliberate drop until the resume is answered.
     resuming: Option<Instant>,
     /// xorshift state for the drop decisions (seeded per bot: runs repeat).
@@ -226,26 +218,20 @@ impl Bot {
             tls: None,
             tcp_interest: Interest::READABLE,
             decoder: FrameDecoder::new(4096),
-            max_frame: 4096,
             frame: Vec::with_capacity(256),
-            registering: true,
             connect_started: start_at,
             udp: None,
-            channel: None,
+            control: None,
+            data: None,
             game: None,
             brain: None,
-            next_hello: start_at,
             next_input: start_at,
-            next_ping: start_at,
-            ping_nonce: 0,
-            input_seq: 0,
             last_processed: 0,
             last_tick: 0,
             first_pos: None,
             pos: None,
             target: None,
             stopping: false,
-            resume_token: Vec::new(),
             resuming: None,
             rng: seed | 1,
             scheduled: None,
@@ -253,13 +239,27 @@ impl Bot {
         }
     }
 
+    fn control_state(&self) -> ControlState {
+        self.control.as_ref().map_or(ControlState::Idle, ControlSession::state)
+    }
+
+    /// Bound and in game: inputs flow.
+    fn playing(&self) -> bool {
+        self.state == State::Online && self.data.as_ref().is_some_and(DataSession::is_bound)
+    }
+
     /// Coarse phase for the live progress line: 0 waiting, 1 connecting, 2 logging in, 3 playing, 4 done.
     pub(crate) fn phase(&self) -> u8 {
         match self.state {
             State::Waiting => 0,
-            State::Connecting | State::AwaitHelloOk => 1,
-            State::AwaitLogin | State::LoginBackoff { .. } | State::Binding => 2,
-            State::Playing | State::Closing => 3,
+            State::Connecting => 1,
+            State::Online => match self.control_state() {
+                ControlState::Idle | ControlState::Greeting => 1,
+                ControlState::InGame | ControlState::LoggingOut if self.playing() => 3,
+                ControlState::Ended => 4,
+                _ => 2,
+            },
+            State::Closing => 3,
             State::Done => 4,
         }
     }
@@ -273,35 +273,49 @@ impl Bot {
     pub(crate) fn wake(&self) -> Option<Instant> {
         match self.state {
             State::Waiting => Some(self.start_at),
-            State::Connecting | State::AwaitHelloOk | State::AwaitLogin | State::Closing => Some(self.deadline),
-            State::LoginBackoff { retry_at } => Some(retry_at.min(self.deadline)),
-            State::Binding => Some(self.next_hello.min(self.deadline)),
-            // Chat lines are checked on every input (20 Hz is plenty for a line every ~10 s).
-            State::Playing => Some(self.next_input.min(self.next_ping)),
+            State::Closing => Some(self.deadline),
             State::Done => None,
+            State::Connecting | State::Online => {
+                let control = self.control.as_ref().and_then(ControlSession::poll_timeout);
+                let data = self.data.as_ref().and_then(DataSession::poll_timeout);
+                // Chat lines are checked on every input (20 Hz is plenty for a line every ~10 s).
+                let input = self.playing().then_some(self.next_input);
+                [control, data, input].into_iter().flatten().min()
+            }
         }
     }
 
-    /// Timers: start, timeouts, hello resends, inputs, pings, chat.
+    /// Timers: start, the session's deadlines, resends and pings, inputs, chat.
     pub(crate) fn on_timer(&mut self, ctx: &mut Ctx<'_>) {
         let now = ctx.now;
         let result = match self.state {
             State::Waiting if now >= self.start_at => self.connect(ctx),
-            State::Connecting if now >= self.deadline => Err(Fail::new("timeout:connect")),
-            State::AwaitHelloOk if now >= self.deadline => Err(Fail::new("timeout:handshake")),
-            State::AwaitLogin if now >= self.deadline => Err(Fail::new("timeout:login")),
-            State::LoginBackoff { .. } if now >= self.deadline => Err(Fail::new("timeout:login")),
-            State::LoginBackoff { retry_at } if now >= retry_at => self.send_login(ctx),
-            State::Binding if now >= self.deadline => Err(Fail::new("udp_bind_timeout")),
-            State::Binding if now >= self.next_hello => self.send_hello(ctx),
-            State::Playing => self.play(ctx),
             State::Closing if now >= self.deadline => {
                 self.close(ctx);
                 Ok(())
             }
+            State::Connecting | State::Online => self.session_timers(ctx),
             _ => Ok(()),
         };
         self.settle(ctx, result);
+    }
+
+    fn session_timers(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Fail> {
+        if let Some(control) = self.control.as_mut() {
+            control.handle_timeout(ctx.now);
+        }
+        if let Some(data) = self.data.as_mut() {
+            data.handle_timeout(ctx.now).map_err(|_| Fail::new("udp_bind_timeout"))?;
+        }
+        if self.playing() && ctx.now >= self.next_input {
+            if let Some(game) = self.game {
+                if self.should_drop(ctx, game.period) {
+                    return self.drop_and_resume(ctx);
+                }
+            }
+            self.play(ctx)?;
+        }
+        self.pump(ctx)
     }
 
     /// The control socket is ready.
@@ -321,9 +335,12 @@ impl Bot {
         match self.state {
             State::Done | State::Closing => {}
             State::Waiting => self.fail(ctx, Fail::new("not_started")),
-            State::Playing | State::Binding => {
+            State::Online if self.control_state() == ControlState::InGame => {
                 self.stopping = true;
-                let result = self.send(&ControlMessage::new(Body::Logout(Logout {}))).and_then(|()| {
+                if let Some(control) = self.control.as_mut() {
+                    control.logout(ctx.now);
+                }
+                let result = self.send_control().and_then(|_| {
                     if let Some(tls) = self.tls.as_mut() {
                         tls.send_close_notify();
                     }
@@ -358,7 +375,8 @@ impl Bot {
 
     /// `--drop-rate`: whether to drop the connection this input period (probability `drop_rate` per second).
     fn should_drop(&mut self, ctx: &Ctx<'_>, period: Duration) -> bool {
-        if ctx.shared.drop_rate <= 0.0 || self.stopping || self.resume_token.is_empty() {
+        let no_token = self.control.as_ref().is_none_or(|c| c.resume_token().is_empty());
+        if ctx.shared.drop_rate <= 0.0 || self.stopping || no_token {
             return false;
         }
         self.rng ^= self.rng << 13;
@@ -380,9 +398,12 @@ impl Bot {
             let _ = ctx.registry.deregister(&mut udp);
         }
         self.tls = None;
-        self.channel = None;
+        self.data = None;
         self.decoder = FrameDecoder::new(4096);
         self.resuming = Some(ctx.now);
+        if let Some(control) = self.control.as_mut() {
+            control.connection_lost(ctx.now);
+        }
         self.connect(ctx)
     }
 
@@ -394,7 +415,7 @@ impl Bot {
             let _ = ctx.registry.deregister(&mut udp);
         }
         self.tls = None;
-        self.channel = None;
+        self.data = None;
         self.state = State::Done;
     }
 
@@ -402,7 +423,6 @@ impl Bot {
 
     fn connect(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Fail> {
         self.connect_started = ctx.now;
-        self.deadline = ctx.now + ctx.shared.handshake_timeout;
         let mut tcp = TcpStream::connect(ctx.shared.server)
             .map_err(|e| Fail(format!("connect:{:?}", e.kind()).to_lowercase()))?;
         self.tcp_interest = Interest::READABLE | Interest::WRITABLE;
@@ -411,11 +431,29 @@ impl Bot {
         let tls = ClientConnection::new(Arc::clone(&ctx.shared.tls), ctx.shared.server_name.clone())
             .map_err(|e| Fail(format!("tls:{e}")))?;
         self.tls = Some(tls);
+        let (name, shared) = (&self.name, ctx.shared);
+        let control = self.control.get_or_insert_with(|| {
+            let config = ControlConfig {
+                client_name: concat!("realm-bots/", env!("CARGO_PKG_VERSION")).into(),
+                // Connect + TLS + HelloOk.
+                hello_timeout: Some(shared.handshake_timeout),
+                login_timeout: Some(shared.login_timeout),
+                keepalive: Some(PING_EVERY),
+                logout_timeout: CLOSE_WAIT,
+                policy: LoginPolicy {
+                    register_falls_back_to_login: true,
+                    resume_falls_back_to_login: true,
+                    busy_retry: Some((MIN_RETRY, Duration::from_secs(10))),
+                },
+                check_login_ok: true,
+                epoch: shared.epoch,
+            };
+            let credentials = Credentials::Register { username: name.clone(), password: shared.password.clone() };
+            ControlSession::new(config, Some(credentials))
+        });
+        control.connected(ctx.now);
         // rustls buffers plaintext written before the handshake finishes and sends it right after.
-        self.send(&ControlMessage::new(Body::Hello(Hello {
-            protocol_version: PROTOCOL_VERSION,
-            client_name: concat!("realm-bots/", env!("CARGO_PKG_VERSION")).into(),
-        })))?;
+        self.send_control()?;
         self.state = State::Connecting;
         Ok(())
     }
@@ -429,7 +467,7 @@ impl Bot {
             match tcp.peer_addr() {
                 Ok(_) => {
                     let _ = tcp.set_nodelay(true);
-                    self.state = State::AwaitHelloOk;
+                    self.state = State::Online;
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
                 Err(e) => return Err(Fail(format!("connect:{:?}", e.kind()).to_lowercase())),
@@ -491,7 +529,10 @@ impl Bot {
             }
         }
         for msg in messages {
-            self.on_control(ctx, msg)?;
+            if let Some(control) = self.control.as_mut() {
+                control.handle(msg, ctx.now);
+            }
+            self.pump(ctx)?;
             if self.state == State::Done {
                 return Ok(false);
             }
@@ -499,86 +540,68 @@ impl Bot {
         Ok(eof)
     }
 
-    fn on_control(&mut self, ctx: &mut Ctx<'_>, msg: ControlMessage) -> Result<(), Fail> {
-        let Some(body) = msg.body else { return Err(Fail::new("protocol:empty_message")) };
-        match (self.state, body) {
-            (_, Body::Kick(k)) => {
-                if self.stopping {
-                    self.close(ctx);
-                    return Ok(());
-                }
-                Err(Fail(format!("kicked:{}", kick_reason_name(k.reason))))
+    /// Handles what the session reported, then sends what it queued on both channels.
+    fn pump(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Fail> {
+        while let Some(event) = self.control.as_mut().and_then(ControlSession::poll_event) {
+            self.on_event(ctx, event)?;
+            if self.state == State::Done {
+                return Ok(());
             }
-            (State::Connecting | State::AwaitHelloOk, Body::HelloOk(ok)) => {
-                self.state = State::AwaitLogin;
-                self.max_frame = (ok.max_frame_bytes as usize).clamp(64, 1 << 20);
-                self.send_login(ctx)
+        }
+        if self.send_control()? {
+            self.flush(ctx)?;
+        }
+        self.flush_udp(ctx)
+    }
+
+    fn on_event(&mut self, ctx: &mut Ctx<'_>, event: ControlEvent) -> Result<(), Fail> {
+        match event {
+            ControlEvent::Greeted(_) => Ok(()),
+            ControlEvent::LoggedIn { ok, .. } => self.on_login_ok(ctx, &ok),
+            ControlEvent::LoginRetry { .. } => {
+                ctx.stats.login_retries += 1;
+                Ok(())
             }
-            (State::AwaitLogin, Body::LoginError(e)) if self.resuming.is_some() => {
-                // The token was refused (expired, say): log in with the password like a new connection.
+            ControlEvent::ResumeRefused(e) => {
+                // The token was refused (expired, say): the session logs in with the password.
                 ctx.stats.resume_failures += 1;
                 *ctx.stats.errors.entry(format!("resume_refused:{}", login_reason_name(e.reason))).or_default() += 1;
                 self.resuming = None;
-                self.registering = false;
-                self.send_login(ctx)
-            }
-            (State::AwaitLogin, Body::LoginError(e)) => {
-                let taken = e.reason == LoginErrorReason::LoginErrorUsernameTaken as i32;
-                let busy = e.reason == LoginErrorReason::LoginErrorServerBusy as i32;
-                if taken && self.registering {
-                    self.registering = false;
-                    return self.send_login(ctx);
-                }
-                if busy {
-                    ctx.stats.login_retries += 1;
-                    let wait =
-                        Duration::from_millis(u64::from(e.retry_after_ms)).clamp(MIN_RETRY, Duration::from_secs(10));
-                    self.state = State::LoginBackoff { retry_at: ctx.now + wait };
-                    return Ok(());
-                }
-                Err(Fail(format!("login_refused:{}", login_reason_name(e.reason))))
-            }
-            (State::AwaitLogin, Body::LoginOk(ok)) => self.on_login_ok(ctx, &ok),
-            (_, Body::Pong(p)) => {
-                let now_us = ctx.now_us();
-                if p.client_time_us <= now_us {
-                    ctx.stats.control_rtt.record(now_us - p.client_time_us);
-                }
                 Ok(())
             }
-            (State::Binding | State::Playing | State::Closing, body) => {
+            ControlEvent::LoginRefused(e) => Err(Fail(format!("login_refused:{}", login_reason_name(e.reason)))),
+            ControlEvent::Message(body) => {
                 match body {
                     Body::ChatMessage(_) => ctx.stats.chats_received += 1,
                     Body::CombatEvent(_) => ctx.stats.combat_events += 1,
                     Body::Error(_) => *ctx.stats.errors.entry("error_notice".into()).or_default() += 1,
-                    // A portal: the bot cannot follow (the target zone is another process) and leaves the run.
-                    Body::ZoneTransfer(_) if !self.stopping => return Err(Fail::new("zone_transfer")),
                     _ => {}
                 }
                 Ok(())
             }
-            (_, other) => {
-                let kind = ControlMessage::new(other).kind();
-                Err(Fail(format!("protocol:unexpected_{kind}")))
+            // A portal: the bot cannot follow (the target zone is another process) and leaves the run.
+            ControlEvent::Transfer(_) => Err(Fail::new("zone_transfer")),
+            ControlEvent::Pong { rtt_us, .. } => {
+                if let Some(rtt) = rtt_us {
+                    ctx.stats.control_rtt.record(rtt);
+                }
+                Ok(())
             }
+            ControlEvent::Unexpected(kind) => Err(Fail(format!("protocol:unexpected_{kind}"))),
+            ControlEvent::Ended(_) if self.stopping => {
+                self.close(ctx);
+                Ok(())
+            }
+            ControlEvent::Ended(end) => Err(match end {
+                SessionEnd::Kicked { reason, .. } => Fail(format!("kicked:{}", kick_reason_name(reason))),
+                SessionEnd::LoggedOut => Fail(format!("kicked:{}", kick_reason_name(KickReason::LoggedOut as i32))),
+                SessionEnd::TimedOut(Stage::Hello) if self.state == State::Connecting => Fail::new("timeout:connect"),
+                SessionEnd::TimedOut(Stage::Hello) => Fail::new("timeout:handshake"),
+                SessionEnd::TimedOut(_) => Fail::new("timeout:login"),
+                SessionEnd::Protocol(what) => Fail(format!("protocol:{what}")),
+                _ => Fail::new("closed_by_server"),
+            }),
         }
-    }
-
-    fn send_login(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Fail> {
-        let (username, password) = (self.name.clone(), ctx.shared.password.clone());
-        let body = if self.resuming.is_some() {
-            Body::Resume(crate::proto::Resume { session_token: self.resume_token.clone() })
-        } else if self.registering {
-            Body::Register(Register { username, password })
-        } else {
-            Body::Login(Login { username, password })
-        };
-        self.send(&ControlMessage::new(body))?;
-        if !matches!(self.state, State::LoginBackoff { .. }) {
-            self.deadline = ctx.now + ctx.shared.login_timeout;
-        }
-        self.state = State::AwaitLogin;
-        self.flush(ctx)
     }
 
     fn on_login_ok(&mut self, ctx: &mut Ctx<'_>, ok: &crate::proto::LoginOk) -> Result<(), Fail> {
@@ -586,20 +609,11 @@ impl Bot {
         if let Some(dropped) = self.resuming.take() {
             ctx.stats.resumes += 1;
             ctx.stats.resume_time.record(micros(ctx.now.saturating_duration_since(dropped)));
-            if self.game.is_some_and(|g| g.entity_id != ok.entity_id) {
-                return Err(Fail::new("protocol:resumed_another_entity"));
-            }
         } else {
             ctx.stats.login_time.record(micros(ctx.now.saturating_duration_since(self.connect_started)));
         }
-        self.resume_token = ok.session_token.clone();
-        if ok.tick_rate_hz == 0 || ok.tick_rate_hz > 1000 {
-            return Err(Fail::new("protocol:bad_tick_rate"));
-        }
-        if ok.entity_id == 0 {
-            return Err(Fail::new("protocol:no_entity_id"));
-        }
-        let period = Duration::from_secs(1) / ok.tick_rate_hz;
+        // The session checked the numbers (tick rate, entity, port).
+        let period = Duration::from_secs(1) / ok.tick_rate_hz.max(1);
         ctx.stats.tick_period_us = micros(period);
         let Some(tls) = self.tls.as_ref() else { return Err(Fail::new("closed_by_server")) };
         let material = tls
@@ -615,19 +629,28 @@ impl Bot {
         udp.connect(target).map_err(|e| Fail(format!("udp_bind:{:?}", e.kind()).to_lowercase()))?;
         ctx.registry.register(&mut udp, self.udp_token, Interest::READABLE).map_err(|e| Fail::io(&e))?;
         self.udp = Some(udp);
-        self.channel = Some(DataChannel::client(ok.session_id, &keys));
-        self.game = Some(InGame { session_id: ok.session_id, entity_id: ok.entity_id, period });
-        self.state = State::Binding;
-        self.deadline = ctx.now + ctx.shared.udp_timeout;
-        self.send_hello(ctx)
+        let config = DataConfig { bind_timeout: Some(ctx.shared.udp_timeout), ..DataConfig::new(ctx.shared.epoch) };
+        // Input sequences start over with each session.
+        self.data = Some(DataSession::new(ok.session_id, &keys, config, ctx.now));
+        self.last_processed = 0;
+        self.game = Some(InGame { entity_id: ok.entity_id, period });
+        Ok(())
     }
 
-    /// Queues one frame for TLS (written by the next [`Bot::flush`]).
-    fn send(&mut self, msg: &ControlMessage) -> Result<(), Fail> {
-        let Some(tls) = self.tls.as_mut() else { return Err(Fail::new("closed_by_server")) };
-        self.frame.clear();
-        encode_frame(msg, self.max_frame, &mut self.frame).map_err(|_| Fail::new("client:frame_too_large"))?;
-        tls.writer().write_all(&self.frame).map_err(|e| Fail::io(&e))
+    /// Moves the session's queued control messages into TLS (written by the next [`Bot::flush`]); whether any.
+    fn send_control(&mut self) -> Result<bool, Fail> {
+        let (Some(control), Some(tls)) = (self.control.as_mut(), self.tls.as_mut()) else {
+            return Err(Fail::new("closed_by_server"));
+        };
+        let mut any = false;
+        while let Some(msg) = control.poll_transmit() {
+            self.frame.clear();
+            encode_frame(&msg, control.max_frame(), &mut self.frame)
+                .map_err(|_| Fail::new("client:frame_too_large"))?;
+            tls.writer().write_all(&self.frame).map_err(|e| Fail::io(&e))?;
+            any = true;
+        }
+        Ok(any)
     }
 
     /// Writes what rustls has pending and asks for WRITABLE only while something is left.
@@ -657,17 +680,19 @@ impl Bot {
 
     // ----- data channel ------------------------------------------------------------------------------------------
 
-    fn send_hello(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Fail> {
-        let (Some(udp), Some(channel)) = (self.udp.as_ref(), self.channel.as_mut()) else { return Ok(()) };
-        let n = channel.seal_hello(ctx.buf).map_err(|e| Fail(format!("client:seal:{e}")))?;
-        send_datagram(udp, &ctx.buf[..n], ctx.stats)?;
-        self.next_hello = ctx.now + HELLO_RESEND;
+    /// Sends the datagrams the data session queued (hellos, challenge responses, pongs, inputs).
+    fn flush_udp(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Fail> {
+        let (Some(udp), Some(data)) = (self.udp.as_ref(), self.data.as_mut()) else { return Ok(()) };
+        while let Some(sealed) = data.poll_transmit(ctx.buf) {
+            let n = sealed.map_err(|e| Fail(format!("client:seal:{e}")))?;
+            send_datagram(udp, &ctx.buf[..n], ctx.stats)?;
+        }
         Ok(())
     }
 
     fn drive_udp(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Fail> {
         loop {
-            let (Some(udp), Some(channel)) = (self.udp.as_ref(), self.channel.as_mut()) else { return Ok(()) };
+            let (Some(udp), Some(data)) = (self.udp.as_ref(), self.data.as_mut()) else { return Ok(()) };
             let n = match udp.recv(ctx.buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -678,48 +703,33 @@ impl Bot {
                 }
                 Err(e) => return Err(Fail::io(&e)),
             };
-            let msg = match channel.open(&mut ctx.buf[..n]) {
-                Ok(msg) => msg,
-                Err(_) => {
-                    ctx.stats.udp_rejected += 1;
-                    continue;
-                }
-            };
-            match msg.body {
-                Some(DataBody::UdpChallenge(c)) if self.state == State::Binding => {
-                    let n =
-                        channel.seal_challenge_response(&c, ctx.buf).map_err(|e| Fail(format!("client:seal:{e}")))?;
-                    send_datagram(udp, &ctx.buf[..n], ctx.stats)?;
-                }
-                Some(DataBody::UdpWelcome(w)) if self.state == State::Binding => {
-                    if self.game.is_some_and(|g| g.session_id != w.session_id) {
-                        return Err(Fail::new("protocol:welcome_for_another_session"));
-                    }
-                    self.on_welcome(ctx);
-                }
-                Some(DataBody::Snapshot(s)) if matches!(self.state, State::Playing | State::Closing) => {
+            let was_bound = data.is_bound();
+            let received = data
+                .handle_datagram(&mut ctx.buf[..n], ctx.now)
+                .map_err(|_| Fail::new("protocol:welcome_for_another_session"))?;
+            // A snapshot may overtake the welcome; the welcome is what binds, so start playing on either.
+            if !was_bound && data.is_bound() && self.state == State::Online {
+                self.on_welcome(ctx);
+            }
+            match received {
+                Received::Snapshot(s) if matches!(self.state, State::Online | State::Closing) => {
                     self.on_snapshot(ctx, &s);
                 }
-                // A snapshot may overtake the welcome; the welcome is what binds, so start playing on either.
-                Some(DataBody::Snapshot(s)) if self.state == State::Binding => {
-                    self.on_welcome(ctx);
-                    self.on_snapshot(ctx, &s);
-                }
+                Received::Rejected(_) => ctx.stats.udp_rejected += 1,
                 _ => {}
             }
+            self.flush_udp(ctx)?;
         }
     }
 
     fn on_welcome(&mut self, ctx: &mut Ctx<'_>) {
         self.outcome.udp_bound = true;
-        self.state = State::Playing;
         let now_us = ctx.now_us();
         self.brain = Some(Brain::new(self.role, self.seed, now_us));
         let period = self.game.map_or(Duration::from_millis(50), |g| g.period);
         // Spread the bots' inputs over the tick instead of sending them all at once.
         let phase = Duration::from_nanos(self.seed % (period.as_nanos().max(1) as u64));
         self.next_input = ctx.now + phase;
-        self.next_ping = ctx.now + PING_EVERY;
     }
 
     fn on_snapshot(&mut self, ctx: &mut Ctx<'_>, s: &Snapshot) {
@@ -769,61 +779,35 @@ impl Bot {
         }
     }
 
-    /// Playing: send the inputs, pings and chat lines that are due.
+    /// Playing: send the input and chat line that are due (the session queues its own pings).
     fn play(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Fail> {
         let now = ctx.now;
         let now_us = ctx.now_us();
         let Some(game) = self.game else { return Ok(()) };
-        if now >= self.next_input {
-            if self.should_drop(ctx, game.period) {
-                return self.drop_and_resume(ctx);
-            }
-            self.send_input(ctx, now_us)?;
-            self.next_input += game.period;
-            if self.next_input <= now {
-                // This thread fell more than a tick behind: skip rather than burst (the server would drop them).
-                ctx.stats.inputs_skipped += 1;
-                self.next_input = now + game.period;
-            }
-        }
-        let mut control = false;
-        if now >= self.next_ping {
-            self.ping_nonce += 1;
-            self.send(&ControlMessage::new(Body::Ping(Ping { nonce: self.ping_nonce, client_time_us: now_us })))?;
-            self.next_ping = now + PING_EVERY;
-            control = true;
+        self.send_input(ctx, now_us)?;
+        self.next_input += game.period;
+        if self.next_input <= now {
+            // This thread fell more than a tick behind: skip rather than burst (the server would drop them).
+            ctx.stats.inputs_skipped += 1;
+            self.next_input = now + game.period;
         }
         let chat = match self.brain.as_mut() {
             Some(brain) => brain.chat(now_us, &self.name),
             None => None,
         };
-        if let Some((channel, text)) = chat {
-            self.send(&ControlMessage::new(Body::Chat(Chat { channel: channel as i32, text })))?;
+        if let (Some((channel, text)), Some(control)) = (chat, self.control.as_mut()) {
+            control.send(Body::Chat(Chat { channel: channel as i32, text }));
             ctx.stats.chats_sent += 1;
-            control = true;
-        }
-        if control {
-            self.flush(ctx)?;
         }
         Ok(())
     }
 
     fn send_input(&mut self, ctx: &mut Ctx<'_>, now_us: u64) -> Result<(), Fail> {
-        let Some(brain) = self.brain.as_mut() else { return Ok(()) };
+        let (Some(brain), Some(data)) = (self.brain.as_mut(), self.data.as_mut()) else { return Ok(()) };
         let decision = brain.decide(now_us, self.pos, self.target);
-        self.input_seq = self.input_seq.wrapping_add(1).max(1);
-        let input = Input {
-            sequence: self.input_seq,
-            move_dir: Some(Vec2 { x: decision.move_dir.0, y: decision.move_dir.1 }),
-            ability: decision.ability,
-            target_entity: decision.target,
-            client_time_us: now_us,
-        };
-        let (Some(udp), Some(channel)) = (self.udp.as_ref(), self.channel.as_mut()) else { return Ok(()) };
-        let n = channel
-            .seal(&DataMessage::new(DataBody::Input(input)), ctx.buf)
-            .map_err(|e| Fail(format!("client:seal:{e}")))?;
-        send_datagram(udp, &ctx.buf[..n], ctx.stats)?;
+        let move_dir = Vec2 { x: decision.move_dir.0, y: decision.move_dir.1 };
+        data.input(move_dir, decision.ability, decision.target, ctx.now);
+        self.flush_udp(ctx)?;
         if ctx.measuring() {
             ctx.stats.inputs += 1;
         }

@@ -1,7 +1,11 @@
 //! A blocking game client: the TLS control channel and the UDP data channel, as `realm-client`, the tests and
 //! simple tools use them. (The load generator drives many of these from a few threads.)
 //!
-//! It speaks exactly what README's protocol section documents; nothing here is privileged.
+//! It speaks exactly what README's protocol section documents; nothing here is privileged. The protocol logic
+//! (greeting, login answers, resume tokens, UDP binding, pings, input sequencing) is the sans-IO [`session`]
+//! every client shares; this module only moves its messages over blocking sockets.
+
+pub mod session;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
@@ -12,11 +16,13 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use crate::net::framing::{encode_frame, FrameDecoder, FrameError};
-use crate::net::udp::{DataChannel, DataKeys, EXPORTER_LABEL};
+use crate::net::udp::{DataKeys, EXPORTER_LABEL};
 use crate::proto::{
-    control_message::Body, data_message::Body as DataBody, ControlMessage, DataMessage, Hello, HelloOk, Kick,
-    KickReason, LoginError, LoginOk, MAX_DATAGRAM_BYTES, PROTOCOL_VERSION,
+    control_message::Body, data_message::Body as DataBody, ControlMessage, DataMessage, HelloOk, Kick, KickReason,
+    LoginError, LoginOk, MAX_DATAGRAM_BYTES,
 };
+
+use self::session::{ControlConfig, ControlEvent, ControlSession, DataConfig, DataSession, Received, SessionEnd};
 
 /// What went wrong on the client side; every variant is something a player can be told.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +74,19 @@ impl ClientError {
             message: k.message,
         }
     }
+
+    /// A session that ended while a reply was awaited.
+    fn from_end(end: SessionEnd) -> Self {
+        match end {
+            SessionEnd::Kicked { reason, message } => ClientError::from_kick(Kick { reason, message }),
+            SessionEnd::LoggedOut => {
+                ClientError::Kicked { reason: KickReason::LoggedOut, message: "logged out".into() }
+            }
+            SessionEnd::ConnectionLost => ClientError::Closed,
+            SessionEnd::TimedOut(_) => ClientError::Timeout,
+            SessionEnd::Protocol(what) => ClientError::Unexpected(what),
+        }
+    }
 }
 
 /// The control channel: TLS over TCP with length-prefixed frames.
@@ -77,6 +96,8 @@ pub struct Connection {
     max_frame: usize,
     server: SocketAddr,
     scratch: Vec<u8>,
+    /// The protocol state behind [`Connection::hello`] and [`Connection::authenticate`] (created by `hello`).
+    session: Option<ControlSession>,
 }
 
 impl Connection {
@@ -117,7 +138,14 @@ impl Connection {
                 _ => ClientError::Io(e),
             })?;
         }
-        Ok(Self { tls, decoder: FrameDecoder::new(64 * 1024), max_frame: 4096, server: target, scratch: Vec::new() })
+        Ok(Self {
+            tls,
+            decoder: FrameDecoder::new(64 * 1024),
+            max_frame: session::DEFAULT_MAX_FRAME,
+            server: target,
+            scratch: Vec::new(),
+            session: None,
+        })
     }
 
     /// The server's address.
@@ -132,30 +160,66 @@ impl Connection {
 
     /// Sends Hello and waits for HelloOk.
     pub fn hello(&mut self, client_name: &str) -> Result<HelloOk, ClientError> {
-        self.send(&ControlMessage::new(Body::Hello(Hello {
-            protocol_version: PROTOCOL_VERSION,
-            client_name: client_name.into(),
-        })))?;
-        match self.recv()?.body {
-            Some(Body::HelloOk(ok)) => {
-                self.max_frame = ok.max_frame_bytes as usize;
-                Ok(ok)
+        let mut session = ControlSession::new(ControlConfig::new(client_name, Instant::now()), None);
+        session.connected(Instant::now());
+        let result = loop {
+            match self.next_event(&mut session) {
+                Ok(ControlEvent::Greeted(ok)) => break Ok(ok),
+                // LOGIN_ERROR_PROTOCOL_VERSION: this client is too old or too new for the server.
+                Ok(ControlEvent::LoginRefused(e)) => break Err(ClientError::Login(e)),
+                Ok(ControlEvent::Ended(end)) => break Err(ClientError::from_end(end)),
+                Ok(ControlEvent::Pong { .. }) => continue,
+                Ok(_) => break Err(ClientError::Unexpected("expected HelloOk")),
+                Err(e) => break Err(e),
             }
-            // LOGIN_ERROR_PROTOCOL_VERSION: this client is too old or too new for the server.
-            Some(Body::LoginError(e)) => Err(ClientError::Login(e)),
-            _ => Err(ClientError::Unexpected("expected HelloOk")),
-        }
+        };
+        self.session = Some(session);
+        result
     }
 
-    /// Sends a login-like request (Login, Register or TransferLogin) and waits for LoginOk/LoginError, skipping
-    /// anything else that arrives in between.
+    /// Sends a login-like request (Login, Register, TransferLogin or Resume) and waits for LoginOk/LoginError,
+    /// skipping anything else that arrives in between.
     pub fn authenticate(&mut self, request: Body) -> Result<LoginOk, ClientError> {
-        self.send(&ControlMessage::new(request))?;
+        let mut session =
+            self.session.take().unwrap_or_else(|| ControlSession::new(ControlConfig::new("", Instant::now()), None));
+        session.request(request, Instant::now());
+        let result = loop {
+            match self.next_event(&mut session) {
+                Ok(ControlEvent::LoggedIn { ok, .. }) => break Ok(ok),
+                Ok(ControlEvent::LoginRefused(e)) => break Err(ClientError::Login(e)),
+                Ok(ControlEvent::Ended(end)) => break Err(ClientError::from_end(end)),
+                Ok(_) => continue,
+                Err(e) => break Err(e),
+            }
+        };
+        self.session = Some(session);
+        result
+    }
+
+    /// Drives `session` over this connection: sends what it has queued, then feeds it the server's messages until
+    /// it reports an event, which is returned. [`ClientError::Timeout`] when nothing came within the read timeout
+    /// (the session's own deadlines have been run by then); [`ClientError::Closed`] when the server closed.
+    pub fn next_event(&mut self, session: &mut ControlSession) -> Result<ControlEvent, ClientError> {
         loop {
-            match self.recv()?.body {
-                Some(Body::LoginOk(ok)) => return Ok(ok),
-                Some(Body::LoginError(e)) => return Err(ClientError::Login(e)),
-                _ => continue,
+            while let Some(msg) = session.poll_transmit() {
+                self.send(&msg)?;
+            }
+            if let Some(event) = session.poll_event() {
+                return Ok(event);
+            }
+            match self.recv_message() {
+                Ok(msg) => {
+                    session.handle(msg, Instant::now());
+                    self.max_frame = session.max_frame();
+                }
+                Err(ClientError::Timeout) => {
+                    session.handle_timeout(Instant::now());
+                    while let Some(msg) = session.poll_transmit() {
+                        self.send(&msg)?;
+                    }
+                    return session.poll_event().ok_or(ClientError::Timeout);
+                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -185,11 +249,16 @@ impl Connection {
 
     /// Waits for the next message (up to the read timeout). A `Kick` becomes [`ClientError::Kicked`].
     pub fn recv(&mut self) -> Result<ControlMessage, ClientError> {
+        match self.recv_message()? {
+            ControlMessage { body: Some(Body::Kick(k)) } => Err(ClientError::from_kick(k)),
+            msg => Ok(msg),
+        }
+    }
+
+    /// Waits for the next message (up to the read timeout), kicks included.
+    fn recv_message(&mut self) -> Result<ControlMessage, ClientError> {
         loop {
             if let Some(msg) = self.decoder.decode()? {
-                if let Some(Body::Kick(k)) = msg.body {
-                    return Err(ClientError::from_kick(k));
-                }
                 return Ok(msg);
             }
             let spare = self.decoder.spare();
@@ -225,27 +294,30 @@ impl Connection {
     }
 }
 
-/// The data channel: one UDP socket, sealed datagrams.
+/// The data channel: one UDP socket, sealed datagrams, driven by a [`DataSession`].
 pub struct UdpLink {
     socket: UdpSocket,
-    channel: DataChannel,
+    session: DataSession,
     server: SocketAddr,
     buf: Vec<u8>,
+    /// The session's first hello is queued but not yet sent (the next [`UdpLink::hello`] sends it).
+    fresh: bool,
 }
 
 impl UdpLink {
     /// Binds a local socket and completes the UdpHello/UdpWelcome exchange (resending the hello until `timeout`).
     pub fn bind(server: SocketAddr, session_id: u64, keys: &DataKeys, timeout: Duration) -> Result<Self, ClientError> {
+        let session = DataSession::new(session_id, keys, DataConfig::new(Instant::now()), Instant::now());
+        Self::bind_session(server, session, timeout)
+    }
+
+    /// Like [`UdpLink::bind`] for a session the caller configured (own pings, say).
+    pub fn bind_session(server: SocketAddr, session: DataSession, timeout: Duration) -> Result<Self, ClientError> {
         let local: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
             .parse()
             .map_err(|_| ClientError::Unexpected("addr"))?;
         let socket = UdpSocket::bind(local)?;
-        let mut link = Self {
-            socket,
-            channel: DataChannel::client(session_id, keys),
-            server,
-            buf: vec![0u8; MAX_DATAGRAM_BYTES + 64],
-        };
+        let mut link = Self { socket, session, server, buf: vec![0u8; MAX_DATAGRAM_BYTES + 64], fresh: true };
         link.hello(timeout)?;
         Ok(link)
     }
@@ -254,39 +326,50 @@ impl UdpLink {
     /// a NAT rebind.
     pub fn hello(&mut self, timeout: Duration) -> Result<(), ClientError> {
         let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            let n = self.channel.seal_hello(&mut self.buf).map_err(|_| ClientError::Unexpected("seal"))?;
-            self.socket.send_to(&self.buf[..n], self.server)?;
-            let wait = Duration::from_millis(200).min(deadline.saturating_duration_since(Instant::now()));
-            let until = Instant::now() + wait;
-            while Instant::now() < until {
-                match self.recv(until.saturating_duration_since(Instant::now())) {
-                    Ok(DataMessage { body: Some(DataBody::UdpWelcome(_)) }) => return Ok(()),
-                    // The server proves our address before binding it: echo the challenge from this socket.
-                    Ok(DataMessage { body: Some(DataBody::UdpChallenge(c)) }) => {
-                        let n = self
-                            .channel
-                            .seal_challenge_response(&c, &mut self.buf)
-                            .map_err(|_| ClientError::Unexpected("seal"))?;
-                        self.socket.send_to(&self.buf[..n], self.server)?;
-                    }
-                    Ok(_) => continue,
-                    Err(ClientError::Timeout) => break,
-                    Err(e) => return Err(e),
-                }
+        if !std::mem::take(&mut self.fresh) {
+            self.session.bind(Instant::now());
+        }
+        loop {
+            self.flush()?;
+            if self.session.is_bound() {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClientError::Timeout);
+            }
+            let wake = self.session.poll_timeout().map_or(deadline, |t| t.min(deadline));
+            match self.recv_event(wake.saturating_duration_since(now).max(Duration::from_millis(1))) {
+                Ok(_) | Err(ClientError::Timeout) => {}
+                Err(e) => return Err(e),
             }
         }
-        Err(ClientError::Timeout)
+    }
+
+    /// The protocol state (inputs go through it).
+    pub fn session(&mut self) -> &mut DataSession {
+        &mut self.session
+    }
+
+    /// Sends what the session has queued.
+    pub fn flush(&mut self) -> Result<(), ClientError> {
+        while let Some(sealed) = self.session.poll_transmit(&mut self.buf) {
+            let n = sealed.map_err(|_| ClientError::Unexpected("seal"))?;
+            self.socket.send_to(&self.buf[..n], self.server)?;
+        }
+        Ok(())
     }
 
     /// Seals and sends one message.
     pub fn send(&mut self, msg: &DataMessage) -> Result<(), ClientError> {
-        let n = self.channel.seal(msg, &mut self.buf).map_err(|_| ClientError::Unexpected("message too large"))?;
+        self.flush()?;
+        let n = self.session.seal(msg, &mut self.buf).map_err(|_| ClientError::Unexpected("message too large"))?;
         self.socket.send_to(&self.buf[..n], self.server)?;
         Ok(())
     }
 
-    /// Waits for the next authentic datagram from the server; forged or replayed ones are skipped.
+    /// Waits for the next authentic datagram from the server; forged or replayed ones are skipped, the server's
+    /// pings answered.
     pub fn recv(&mut self, timeout: Duration) -> Result<DataMessage, ClientError> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -294,19 +377,37 @@ impl UdpLink {
             if left.is_zero() {
                 return Err(ClientError::Timeout);
             }
-            self.socket.set_read_timeout(Some(left))?;
+            let body = match self.recv_event(left)? {
+                Received::Welcome(w) => DataBody::UdpWelcome(w),
+                Received::Snapshot(s) => DataBody::Snapshot(s),
+                Received::Pong { pong, .. } => DataBody::Pong(pong),
+                Received::Other(msg) => return Ok(msg),
+                _ => continue,
+            };
+            return Ok(DataMessage::new(body));
+        }
+    }
+
+    /// Waits up to `timeout` for one datagram from the server and lets the session handle it (and its timers);
+    /// sends whatever that queued (answers to pings and challenges, hello resends, own pings).
+    pub fn recv_event(&mut self, timeout: Duration) -> Result<Received, ClientError> {
+        let result = self.recv_datagram(timeout);
+        if self.session.handle_timeout(Instant::now()).is_err() {
+            return Err(ClientError::Timeout);
+        }
+        self.flush()?;
+        result
+    }
+
+    fn recv_datagram(&mut self, timeout: Duration) -> Result<Received, ClientError> {
+        self.socket.set_read_timeout(Some(timeout.max(Duration::from_micros(1))))?;
+        loop {
             match self.socket.recv_from(&mut self.buf) {
                 Ok((n, from)) if from == self.server => {
-                    match self.channel.open(&mut self.buf[..n]) {
-                        // The server measures round-trip time with pings; answering is part of the protocol.
-                        Ok(DataMessage { body: Some(DataBody::Ping(p)) }) => {
-                            let pong =
-                                crate::proto::Pong { nonce: p.nonce, client_time_us: p.client_time_us, server_tick: 0 };
-                            self.send(&DataMessage::new(DataBody::Pong(pong)))?;
-                        }
-                        Ok(msg) => return Ok(msg),
-                        Err(_) => {}
-                    }
+                    return self
+                        .session
+                        .handle_datagram(&mut self.buf[..n], Instant::now())
+                        .map_err(|_| ClientError::Unexpected("UdpWelcome for another session"));
                 }
                 Ok(_) => {}
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
@@ -324,7 +425,7 @@ impl UdpLink {
 
     /// Seals a message without sending it (tests: replay, spoofing).
     pub fn seal_raw(&mut self, msg: &DataMessage) -> Result<Vec<u8>, ClientError> {
-        let n = self.channel.seal(msg, &mut self.buf).map_err(|_| ClientError::Unexpected("message too large"))?;
+        let n = self.session.seal(msg, &mut self.buf).map_err(|_| ClientError::Unexpected("message too large"))?;
         Ok(self.buf[..n].to_vec())
     }
 

@@ -1,6 +1,10 @@
 //! The client's network threads: one owns the TLS control connection, one the UDP data channel; they talk to the
 //! UI (or the script runner) only through channels, so the UI thread never blocks on a socket.
 //!
+//! The protocol itself (greeting, login answers, resume tokens, transfers, keepalive, binding, pings, input
+//! sequencing) is the shared sans-IO [`crate::client::session`]; these threads only move its messages over
+//! blocking sockets and turn its events into [`NetEvent`]s.
+//!
 //! The control thread connects, greets, authenticates and binds UDP, then spawns the UDP thread for that session.
 //! The UDP thread sends one `Input` per tick while the player moves or uses an ability, pings the server once a
 //! second for the round-trip time, and forwards snapshots. On a `ZoneTransfer` the control thread stops the UDP
@@ -19,12 +23,15 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use rustls::ClientConfig;
 
+pub use crate::client::session::Credentials;
+use crate::client::session::{
+    self, ControlConfig, ControlEvent, ControlSession, ControlState, DataConfig, DataSession, LoginPolicy, Received,
+};
 use crate::client::{ClientError, Connection, UdpLink};
 use crate::net::tls::{self, ServerTrust, TlsError};
 use crate::proto::{
-    control_message::Body, data_message::Body as DataBody, Chat, ChatChannel, ChatMessage, CombatEvent, ControlMessage,
-    DataMessage, Input, KickReason, Login, LoginErrorReason, Logout, LootReceived, Ping, PlayerStats, Register, Resume,
-    Snapshot, TransferLogin, ZoneTransfer,
+    control_message::Body, Chat, ChatChannel, ChatMessage, CombatEvent, Input, KickReason, LoginError,
+    LoginErrorReason, LootReceived, PlayerStats, Snapshot, ZoneTransfer,
 };
 
 use super::prediction::Pos;
@@ -77,51 +84,6 @@ pub fn host_of(address: &str) -> String {
     match address.rsplit_once(':') {
         Some((host, port)) if !host.contains(':') && port.parse::<u16>().is_ok() => host.to_owned(),
         _ => address.to_owned(),
-    }
-}
-
-/// How to enter the game.
-#[derive(Clone)]
-pub enum Credentials {
-    /// Log in to an existing account.
-    Login {
-        /// Account name.
-        username: String,
-        /// Password.
-        password: String,
-    },
-    /// Create the account, then log in.
-    Register {
-        /// Account name.
-        username: String,
-        /// Password.
-        password: String,
-    },
-}
-
-impl Credentials {
-    /// The account name.
-    pub fn username(&self) -> &str {
-        match self {
-            Credentials::Login { username, .. } | Credentials::Register { username, .. } => username,
-        }
-    }
-
-    fn request(&self) -> Body {
-        match self.clone() {
-            Credentials::Login { username, password } => Body::Login(Login { username, password }),
-            Credentials::Register { username, password } => Body::Register(Register { username, password }),
-        }
-    }
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print the password.
-        match self {
-            Credentials::Login { username, .. } => write!(f, "Login({username})"),
-            Credentials::Register { username, .. } => write!(f, "Register({username})"),
-        }
     }
 }
 
@@ -326,7 +288,7 @@ impl NetSession {
                 udp: udp_rx,
                 events: events_tx,
                 client_name,
-                resume_token: Vec::new(),
+                epoch: Instant::now(),
             };
             let end = control.run(endpoint, credentials);
             let _ = control.events.send(NetEvent::Ended(end));
@@ -405,8 +367,8 @@ struct ControlThread {
     udp: Receiver<UdpCommand>,
     events: Sender<NetEvent>,
     client_name: String,
-    /// The latest LoginOk's session token: what a resume after a dropped connection presents.
-    resume_token: Vec<u8>,
+    /// `client_time_us` of pings and inputs counts from here.
+    epoch: Instant,
 }
 
 struct UdpThread {
@@ -424,26 +386,26 @@ impl UdpThread {
 impl ControlThread {
     fn run(&mut self, first: Endpoint, credentials: Credentials) -> SessionEnd {
         let username = credentials.username().to_owned();
+        let config = ControlConfig {
+            keepalive: Some(KEEPALIVE),
+            logout_timeout: LOGOUT_TIMEOUT,
+            // An expired token is followed by the password on the same connection.
+            policy: LoginPolicy { resume_falls_back_to_login: true, ..LoginPolicy::default() },
+            check_login_ok: true,
+            ..ControlConfig::new(&self.client_name, self.epoch)
+        };
+        let mut session = ControlSession::new(config, Some(credentials));
         let mut endpoint = first;
-        let mut request = credentials.request();
         let mut transferring_to: Option<String> = None;
-        // A dropped connection is resumed with the latest LoginOk's token: a few tries, then the password.
+        // A dropped connection is resumed with the latest LoginOk's token: a few tries, then give up.
         let mut resume_tries = 0;
         loop {
-            let resuming = matches!(request, Body::Resume(_));
-            let entered = self.enter(&endpoint, request, &username);
-            let (mut conn, udp, token) = match entered {
+            let (mut conn, udp) = match self.enter(&endpoint, &mut session, &username) {
                 Ok(entered) => entered,
-                Err(SessionEnd::LoginRefused { reason: LoginErrorReason::LoginErrorInvalidResume, .. }) => {
-                    let _ = self.events.send(NetEvent::Notice("the session expired: logging in again".into()));
-                    request = credentials.request();
-                    continue;
-                }
-                Err(end) if resuming && resume_tries < RESUME_TRIES => {
+                Err(end) if session.resuming() && resume_tries < RESUME_TRIES => {
                     resume_tries += 1;
                     let _ = self.events.send(NetEvent::Notice(format!("reconnecting ({end})")));
                     std::thread::sleep(RESUME_BACKOFF);
-                    request = Body::Resume(Resume { session_token: self.resume_token.clone() });
                     continue;
                 }
                 Err(end) => {
@@ -453,14 +415,12 @@ impl ControlThread {
                     }
                 }
             };
-            self.resume_token = token;
             resume_tries = 0;
-            let outcome = self.play(&mut conn);
+            let outcome = self.play(&mut conn, &mut session);
             udp.stop();
             match outcome {
                 ZoneOutcome::Dropped(why) => {
                     let _ = self.events.send(NetEvent::Notice(format!("connection lost ({why}): resuming")));
-                    request = Body::Resume(Resume { session_token: self.resume_token.clone() });
                     transferring_to = None;
                 }
                 ZoneOutcome::End(end) => {
@@ -472,23 +432,20 @@ impl ControlThread {
                     let _ =
                         self.events.send(NetEvent::Transferring { zone: t.zone.clone(), address: t.address.clone() });
                     endpoint = endpoint.with_address(&t.address);
-                    request = Body::TransferLogin(TransferLogin {
-                        transfer_token: t.transfer_token,
-                        username: username.clone(),
-                    });
                     transferring_to = Some(t.zone);
                 }
             }
         }
     }
 
-    /// Connects, greets, authenticates and binds UDP; on success the UDP thread runs.
+    /// Connects, greets, sends the session's request (password, resume or transfer) and binds UDP; on success the
+    /// UDP thread runs.
     fn enter(
         &mut self,
         endpoint: &Endpoint,
-        request: Body,
+        session: &mut ControlSession,
         username: &str,
-    ) -> Result<(Connection, UdpThread, Vec<u8>), SessionEnd> {
+    ) -> Result<(Connection, UdpThread), SessionEnd> {
         let connect_failed = |e: ClientError| {
             let message = match e {
                 // Its text names the address again.
@@ -500,28 +457,48 @@ impl ControlThread {
         let mut conn =
             Connection::connect(&endpoint.address, &endpoint.server_name, Arc::clone(&endpoint.tls), CONNECT_TIMEOUT)
                 .map_err(connect_failed)?;
-        let hello = conn.hello(&self.client_name).map_err(connect_failed)?;
-        let _ = self.events.send(NetEvent::Greeted { zone: hello.zone, server_version: hello.server_version });
-        let ok = match conn.authenticate(request) {
-            Ok(ok) => ok,
-            Err(ClientError::Login(e)) => {
-                conn.close();
-                return Err(SessionEnd::LoginRefused {
-                    reason: LoginErrorReason::try_from(e.reason).unwrap_or(LoginErrorReason::LoginErrorUnspecified),
-                    message: e.message,
-                    retry_after_ms: e.retry_after_ms,
-                });
+        session.connected(Instant::now());
+        loop {
+            match conn.next_event(session) {
+                Ok(ControlEvent::Greeted(hello)) => {
+                    let _ =
+                        self.events.send(NetEvent::Greeted { zone: hello.zone, server_version: hello.server_version });
+                    break;
+                }
+                // LOGIN_ERROR_PROTOCOL_VERSION: this client is too old or too new for the server.
+                Ok(ControlEvent::LoginRefused(e)) => return Err(connect_failed(ClientError::Login(e))),
+                Ok(ControlEvent::Ended(end)) => return Err(session_ended(end)),
+                Ok(ControlEvent::Unexpected(_)) => {
+                    return Err(connect_failed(ClientError::Unexpected("expected HelloOk")))
+                }
+                Ok(_) => continue,
+                Err(e) => return Err(connect_failed(e)),
             }
-            Err(e) => return Err(ended_by(e, false)),
+        }
+        let ok = loop {
+            match conn.next_event(session) {
+                Ok(ControlEvent::LoggedIn { ok, .. }) => break ok,
+                Ok(ControlEvent::ResumeRefused(_)) => {
+                    let _ = self.events.send(NetEvent::Notice("the session expired: logging in again".into()));
+                }
+                Ok(ControlEvent::LoginRefused(e)) => {
+                    conn.close();
+                    return Err(refused(e));
+                }
+                Ok(ControlEvent::Ended(end)) => return Err(session_ended(end)),
+                Ok(_) => continue,
+                Err(e) => return Err(ended_by(e, false)),
+            }
         };
         let keys = conn.udp_keys(ok.session_id).map_err(connect_failed)?;
-        let port = u16::try_from(ok.udp_port).map_err(|_| SessionEnd::ConnectFailed {
-            address: endpoint.address.clone(),
-            message: format!("the server announced an invalid UDP port {}", ok.udp_port),
-        })?;
+        // The session checked that the port fits.
+        let port = u16::try_from(ok.udp_port).unwrap_or_default();
         let udp_addr = SocketAddr::new(conn.server_addr().ip(), port);
-        let link = UdpLink::bind(udp_addr, ok.session_id, &keys, CONNECT_TIMEOUT).map_err(|e| {
-            SessionEnd::ConnectFailed { address: udp_addr.to_string(), message: format!("UDP channel: {e}") }
+        let data_config = DataConfig { rtt_ping: Some(RTT_PING), ..DataConfig::new(self.epoch) };
+        let data = DataSession::new(ok.session_id, &keys, data_config, Instant::now());
+        let link = UdpLink::bind_session(udp_addr, data, CONNECT_TIMEOUT).map_err(|e| SessionEnd::ConnectFailed {
+            address: udp_addr.to_string(),
+            message: format!("UDP channel: {e}"),
         })?;
         conn.set_timeout(CONTROL_POLL).map_err(connect_failed)?;
         let joined = Joined {
@@ -543,69 +520,81 @@ impl ControlThread {
             .name("realm-client-udp".into())
             .spawn(move || driver.run())
             .map_err(|e| SessionEnd::ConnectFailed { address: udp_addr.to_string(), message: e.to_string() })?;
-        Ok((conn, UdpThread { stop, join }, ok.session_token))
+        Ok((conn, UdpThread { stop, join }))
     }
 
     /// Relays commands and messages until the session ends or the server transfers the player.
-    fn play(&mut self, conn: &mut Connection) -> ZoneOutcome {
-        // Set when Logout went out: from then on commands are ignored and only the server's goodbye matters.
-        let mut logout_sent: Option<Instant> = None;
-        let mut last_sent = Instant::now();
+    fn play(&mut self, conn: &mut Connection, session: &mut ControlSession) -> ZoneOutcome {
         loop {
-            while logout_sent.is_none() {
-                let msg = match self.control.try_recv() {
-                    Ok(ControlCommand::Chat(channel, text)) => Body::Chat(Chat { channel: channel as i32, text }),
+            // Once Logout went out, commands are ignored and only the server's goodbye matters.
+            while session.state() == ControlState::InGame {
+                match self.control.try_recv() {
+                    Ok(ControlCommand::Chat(channel, text)) => {
+                        session.send(Body::Chat(Chat { channel: channel as i32, text }));
+                    }
                     // Disconnected: the UI is gone; log out as if the player asked.
-                    Ok(ControlCommand::Logout) | Err(TryRecvError::Disconnected) => Body::Logout(Logout {}),
+                    Ok(ControlCommand::Logout) | Err(TryRecvError::Disconnected) => session.logout(Instant::now()),
                     Ok(ControlCommand::Drop) => {
                         let _ = socket2::SockRef::from(conn.socket()).set_linger(Some(Duration::ZERO));
                         let _ = conn.socket().shutdown(std::net::Shutdown::Both);
+                        session.connection_lost(Instant::now());
                         return ZoneOutcome::Dropped("dropped on request".into());
                     }
                     Err(TryRecvError::Empty) => break,
-                };
-                if matches!(msg, Body::Logout(_)) {
-                    logout_sent = Some(Instant::now());
                 }
-                if let Err(e) = conn.send(&ControlMessage::new(msg)) {
-                    return ZoneOutcome::End(ended_by(e, logout_sent.is_some()));
-                }
-                last_sent = Instant::now();
             }
-            let logging_out = logout_sent.is_some();
-            if logout_sent.is_some_and(|at| at.elapsed() >= LOGOUT_TIMEOUT) {
-                return ZoneOutcome::End(SessionEnd::ConnectionLost("the server did not confirm the logout".into()));
-            }
-            if last_sent.elapsed() >= KEEPALIVE {
-                let ping = Body::Ping(Ping { nonce: 0, client_time_us: 0 });
-                if let Err(e) = conn.send(&ControlMessage::new(ping)) {
-                    return ZoneOutcome::End(ended_by(e, logging_out));
-                }
-                last_sent = Instant::now();
-            }
-            let event = match conn.recv() {
-                Ok(ControlMessage { body: Some(body) }) => match body {
+            let event = match conn.next_event(session) {
+                Ok(ControlEvent::Message(body)) => match body {
                     Body::ChatMessage(m) => NetEvent::Chat(m),
                     Body::CombatEvent(c) => NetEvent::Combat(c),
                     Body::PlayerStats(s) => NetEvent::Stats(s),
                     Body::Loot(l) => NetEvent::Loot(l),
                     Body::Error(n) => NetEvent::Notice(n.message),
                     Body::ChatRefused(r) => NetEvent::Notice(r.message),
-                    Body::ZoneTransfer(t) => return ZoneOutcome::Transfer(t),
                     _ => continue,
                 },
-                Ok(ControlMessage { body: None }) => continue,
-                Err(ClientError::Timeout) => continue,
+                Ok(ControlEvent::Transfer(t)) => return ZoneOutcome::Transfer(t),
+                Ok(ControlEvent::Ended(end)) => return ZoneOutcome::End(session_ended(end)),
+                Ok(_) | Err(ClientError::Timeout) => continue,
                 Err(e) => {
-                    return match ended_by(e, logging_out) {
-                        SessionEnd::ConnectionLost(why) if !logging_out => ZoneOutcome::Dropped(why),
-                        end => ZoneOutcome::End(end),
+                    let logging_out = session.state() == ControlState::LoggingOut;
+                    if session.connection_lost(Instant::now()) {
+                        return match ended_by(e, false) {
+                            SessionEnd::ConnectionLost(why) => ZoneOutcome::Dropped(why),
+                            other => ZoneOutcome::Dropped(other.to_string()),
+                        };
                     }
+                    return ZoneOutcome::End(ended_by(e, logging_out));
                 }
             };
             // Nobody listening is fine: the closed command channel makes the next round log out.
             let _ = self.events.send(event);
         }
+    }
+}
+
+/// A refused request, as the player reads it.
+fn refused(e: LoginError) -> SessionEnd {
+    SessionEnd::LoginRefused {
+        reason: LoginErrorReason::try_from(e.reason).unwrap_or(LoginErrorReason::LoginErrorUnspecified),
+        message: e.message,
+        retry_after_ms: e.retry_after_ms,
+    }
+}
+
+/// How the shared session's end reads to the player.
+fn session_ended(end: session::SessionEnd) -> SessionEnd {
+    match end {
+        session::SessionEnd::LoggedOut => SessionEnd::LoggedOut,
+        session::SessionEnd::Kicked { reason, message } => {
+            SessionEnd::Kicked { reason: KickReason::try_from(reason).unwrap_or(KickReason::Unspecified), message }
+        }
+        session::SessionEnd::TimedOut(session::Stage::Logout) => {
+            SessionEnd::ConnectionLost("the server did not confirm the logout".into())
+        }
+        session::SessionEnd::TimedOut(_) => SessionEnd::ConnectionLost(ClientError::Timeout.to_string()),
+        session::SessionEnd::ConnectionLost => SessionEnd::ConnectionLost("the server closed the connection".into()),
+        session::SessionEnd::Protocol(what) => SessionEnd::ConnectionLost(format!("protocol error: {what}")),
     }
 }
 
@@ -623,19 +612,12 @@ fn ended_by(e: ClientError, logging_out: bool) -> SessionEnd {
     }
 }
 
-/// Microseconds since an arbitrary start, for `client_time_us` (only differences matter).
-fn micros_since(epoch: Instant) -> u64 {
-    u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
-}
-
 struct UdpDriver {
     link: UdpLink,
     period: Duration,
     commands: Receiver<UdpCommand>,
     events: Sender<NetEvent>,
     stop: Arc<AtomicBool>,
-    epoch: Instant,
-    sequence: u32,
     direction: Option<Pos>,
     ability: Option<(u32, u64)>,
     /// An input with a zero direction goes out after movement stops, so the server stops at once.
@@ -656,8 +638,6 @@ impl UdpDriver {
             commands,
             events,
             stop,
-            epoch: Instant::now(),
-            sequence: 0,
             direction: None,
             ability: None,
             was_moving: false,
@@ -668,7 +648,6 @@ impl UdpDriver {
         // Commands left over from the previous zone would act in the wrong world.
         while self.commands.try_recv().is_ok() {}
         let mut next_input = Instant::now();
-        let mut next_ping = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             while let Ok(command) = self.commands.try_recv() {
                 match command {
@@ -678,7 +657,7 @@ impl UdpDriver {
             }
             let now = Instant::now();
             if now >= next_input {
-                if let Err(e) = self.send_input() {
+                if let Err(e) = self.send_input(now) {
                     return self.failed(&e);
                 }
                 next_input += self.period;
@@ -687,23 +666,15 @@ impl UdpDriver {
                     next_input = now + self.period;
                 }
             }
-            if now >= next_ping {
-                let ping = Ping { nonce: 0, client_time_us: micros_since(self.epoch) };
-                if let Err(e) = self.link.send(&DataMessage::new(DataBody::Ping(ping))) {
-                    return self.failed(&e);
-                }
-                next_ping = now + RTT_PING;
-            }
-            let wait =
-                next_input.min(next_ping).saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-            match self.link.recv(wait) {
-                Ok(DataMessage { body: Some(DataBody::Snapshot(s)) }) => {
+            // The session's timers (round-trip pings) run inside `recv_event`.
+            let wake = self.link.session().poll_timeout().map_or(next_input, |t| t.min(next_input));
+            let wait = wake.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            match self.link.recv_event(wait) {
+                Ok(Received::Snapshot(s)) => {
                     let _ = self.events.send(NetEvent::Snapshot(s));
                 }
-                Ok(DataMessage { body: Some(DataBody::Pong(p)) }) => {
-                    let rtt = micros_since(self.epoch).saturating_sub(p.client_time_us);
-                    let rtt = Duration::from_micros(rtt);
-                    let _ = self.events.send(NetEvent::Rtt { rtt, server_tick: p.server_tick });
+                Ok(Received::Pong { pong, rtt: Some(rtt) }) => {
+                    let _ = self.events.send(NetEvent::Rtt { rtt, server_tick: pong.server_tick });
                 }
                 Ok(_) | Err(ClientError::Timeout) => {}
                 Err(e) => return self.failed(&e),
@@ -717,22 +688,16 @@ impl UdpDriver {
         let _ = self.events.send(NetEvent::Notice(format!("UDP channel failed, movement stopped: {e}")));
     }
 
-    fn send_input(&mut self) -> Result<(), ClientError> {
+    fn send_input(&mut self, now: Instant) -> Result<(), ClientError> {
         let moving = self.direction.is_some();
         if !moving && self.ability.is_none() && !self.was_moving {
             return Ok(());
         }
         self.was_moving = moving;
         let (ability, target_entity) = self.ability.take().unwrap_or((0, 0));
-        self.sequence = self.sequence.wrapping_add(1);
-        let input = Input {
-            sequence: self.sequence,
-            move_dir: Some(self.direction.unwrap_or_default().into()),
-            ability,
-            target_entity,
-            client_time_us: micros_since(self.epoch),
-        };
-        self.link.send(&DataMessage::new(DataBody::Input(input)))?;
+        let direction = self.direction.unwrap_or_default().into();
+        let input = self.link.session().input(direction, ability, target_entity, now);
+        self.link.flush()?;
         let _ = self.events.send(NetEvent::InputSent(input));
         Ok(())
     }
