@@ -57,7 +57,24 @@ pub enum Inbound {
         /// The message.
         msg: DataMessage,
     },
-    /// The session's UDP endpoint was bound (or rebound).
+    /// A browser login over HTTP (`POST /api/login` or `/api/register`): no session in the game yet; the answer
+    /// is [`Outbound::Token`].
+    Authenticate {
+        /// The HTTP connection (answers are addressed to it).
+        session: SessionId,
+        /// Its io thread.
+        io: usize,
+        /// The client's address.
+        addr: SocketAddr,
+        /// Registration rather than login.
+        register: bool,
+        /// Username.
+        username: String,
+        /// Password.
+        password: String,
+    },
+    /// The session's data channel is ready: its UDP endpoint was bound (or rebound), or, for a browser, its
+    /// WebSocket was admitted.
     UdpBound {
         /// The session.
         session: SessionId,
@@ -93,6 +110,13 @@ pub enum Outbound {
         session: SessionId,
         /// The answer sent to the client.
         error: LoginError,
+    },
+    /// The answer to [`Inbound::Authenticate`]: a signed login token and its lifetime, or the refusal.
+    Token {
+        /// The HTTP connection.
+        session: SessionId,
+        /// The token, or the refusal.
+        result: Result<(String, std::time::Duration), LoginError>,
     },
     /// Send a control message over TLS (never `LoginOk`/`LoginError`: those are [`Outbound::Admit`] and
     /// [`Outbound::Refuse`]).

@@ -69,6 +69,8 @@ pub struct RunningServer {
     pub dev_cert_path: Option<std::path::PathBuf>,
     /// Admin HTTP address (/metrics, /health, /ready).
     pub admin_addr: SocketAddr,
+    /// Browser endpoint (web client, login API, `/ws`), when enabled.
+    pub web_addr: Option<SocketAddr>,
     /// Health and readiness state.
     pub admin_state: Arc<AdminState>,
     /// Metrics.
@@ -131,6 +133,7 @@ pub fn start(config: Config) -> Result<RunningServer, ServerError> {
     admin_state.attach_net(Arc::clone(&net));
     let io = io::spawn(&config, Arc::clone(&server_tls.config), tx, Arc::clone(&net))?;
     let game_addr = io.local_addr;
+    let web_addr = io.web_addr;
 
     let sim = Simulation::new(zone, config.game.tick_rate, config.game.seed)
         .with_chat_limits(&config.chat, Some(metrics.chat_refusals.clone()));
@@ -171,6 +174,7 @@ pub fn start(config: Config) -> Result<RunningServer, ServerError> {
     admin_state.set_phase(Phase::Ready);
     Ok(RunningServer {
         admin_addr: admin.local_addr(),
+        web_addr,
         admin_state,
         metrics,
         admin,
@@ -229,7 +233,27 @@ fn build_backend(
     };
     let locks = Arc::new(crate::lock::MeteredLocks::new(locks, metrics.locks.clone()));
     let login = LoginService::new(accounts, players, locks, hasher, LoginPolicy::from_config(config));
-    Ok((Backend { login, transfers }, database))
+    Ok((Backend { login, transfers, tokens: Arc::new(token_signer(config)) }, database))
+}
+
+/// The browser login token signer: `security.token_secret`, or a random per-process secret in development (with a
+/// warning; production refuses to start without a real one, see `Config::validate`).
+fn token_signer(config: &Config) -> crate::account::token::TokenSigner {
+    let ttl = Duration::from_secs(config.security.token_ttl_secs.max(1));
+    let secret = if config.security.token_secret.is_empty() {
+        if config.server.web_enabled {
+            log::warn!(
+                "security.token_secret (JWT_SECRET) is not set: browser login tokens are signed with a random \
+                 secret of this process (they stop working when it restarts and no other zone accepts them)"
+            );
+        }
+        let mut random = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
+        random.to_vec()
+    } else {
+        config.security.token_secret.as_bytes().to_vec()
+    };
+    crate::account::token::TokenSigner::new(&secret, &config.server.zone, ttl)
 }
 
 /// Copies the database monitor's view into /health and the metrics every two seconds.
@@ -330,12 +354,18 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         log::warn!("{w}");
     }
     let grace = config.server.shutdown_grace_secs;
+    let tls_web = config.server.ws_tls;
     let server = start(config)?;
     let stop = server.stop_flag();
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         // A second signal while draining exits at once (exit code 1).
         signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop)).map_err(ServerError::Signals)?;
         signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(ServerError::Signals)?;
+    }
+    if let Some(web) = server.web_addr {
+        let scheme = if tls_web { "https" } else { "http" };
+        let host = if web.ip().is_unspecified() { "127.0.0.1".to_owned() } else { web.ip().to_string() };
+        log::info!("play in a browser: {scheme}://{host}:{}/", web.port());
     }
     log::info!(
         "ready: game on {} (TLS + UDP), admin on http://{} (/metrics /health /ready); SIGTERM or SIGINT stops \

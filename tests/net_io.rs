@@ -84,7 +84,7 @@ impl Harness {
                                 handles[io].wake();
                             }
                         }
-                        Inbound::UdpBound { .. } | Inbound::Disconnected { .. } => {}
+                        Inbound::UdpBound { .. } | Inbound::Disconnected { .. } | Inbound::Authenticate { .. } => {}
                     }
                 }
             })

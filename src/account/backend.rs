@@ -23,6 +23,17 @@ pub struct Backend {
     pub login: LoginService,
     /// Zone-transfer tokens (shared by every zone when Redis is configured).
     pub transfers: Arc<dyn TransferTokens>,
+    /// Browser login tokens (JWT).
+    pub tokens: Arc<super::token::TokenSigner>,
+}
+
+/// A browser login's answer: a signed token and how long it is valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedToken {
+    /// The JWT.
+    pub token: String,
+    /// Its lifetime.
+    pub ttl: Duration,
 }
 
 /// Why a hand-over to another zone failed.
@@ -63,6 +74,39 @@ impl Backend {
             Ok(Some(a)) if a.id == player_id => self.login.claim(player_id, &a.username, ip),
             _ => Err(refused()),
         }
+    }
+
+    /// `POST /api/login` and `/api/register`: the password checked (or the account created) under the rules of
+    /// the TLS login, and a single-use token answered; the player is claimed when the token opens `/ws`.
+    pub fn issue_token(
+        &self,
+        username: &str,
+        password: &str,
+        register: bool,
+        ip: IpAddr,
+    ) -> Result<IssuedToken, Refusal> {
+        let (id, name) = if register {
+            (self.login.create_account(username, password, ip)?, username.to_owned())
+        } else {
+            self.login.authenticate(username, password, ip)?
+        };
+        let token = self.tokens.issue(id, &name, std::time::SystemTime::now());
+        Ok(IssuedToken { token, ttl: self.tokens.ttl() })
+    }
+
+    /// `GET /ws?token=`: the token checked and used up, then the player claimed as by a password login. Any bad
+    /// token (malformed, tampered, expired, for another zone, used already) answers the same refusal.
+    pub fn token_login(&self, token: &str, ip: IpAddr) -> Result<LoginGrant, Refusal> {
+        let claims = self.tokens.redeem(token, std::time::SystemTime::now()).map_err(|e| {
+            log::info!("browser login token from {ip} refused: {e}");
+            Refusal {
+                reason: LoginErrorReason::LoginErrorInvalidToken,
+                message: "login token invalid, expired or used: log in again".into(),
+                retry_after: Duration::ZERO,
+            }
+        })?;
+        let player_id = claims.player_id().unwrap_or_default();
+        self.login.claim(player_id, &claims.name, ip)
     }
 
     /// Saves a batch (each row fenced by its epoch), then releases `release`'s locks: the players that left.

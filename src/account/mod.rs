@@ -14,6 +14,7 @@ pub mod backend;
 pub mod login;
 pub mod memory;
 pub mod password;
+pub mod token;
 pub mod transfer;
 
 use std::fmt;

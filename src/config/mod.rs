@@ -19,6 +19,7 @@ use toml::Value;
 pub const LEGACY_ENV: &[(&str, &str)] = &[
     ("SERVER_HOST", "server.host"),
     ("SERVER_PORT", "server.port"),
+    ("SERVER_WS_PORT", "server.ws_port"),
     ("SERVER_ENV", "server.environment"),
     ("SERVER_ZONE", "server.zone"),
     ("ADMIN_PORT", "admin.port"),
@@ -175,6 +176,20 @@ pub struct ServerConfig {
     pub io_nice: i32,
     /// Grace period for a graceful shutdown, in seconds.
     pub shutdown_grace_secs: u64,
+    /// Browser endpoint (HTTP API, the web client, `GET /ws`) on the same io threads and host; 0 picks a free
+    /// port. `SERVER_WS_PORT`.
+    pub ws_port: u16,
+    /// Whether the browser endpoint is served at all.
+    pub web_enabled: bool,
+    /// TLS on the browser endpoint, with the game certificate (required in production, unless a proxy in front
+    /// terminates TLS: then set `web_behind_proxy`).
+    pub ws_tls: bool,
+    /// A TLS-terminating proxy serves the browser endpoint (production may then run it without TLS).
+    pub web_behind_proxy: bool,
+    /// Origins allowed to call the API and open `/ws` besides the page's own (`https://play.example.com`).
+    pub web_allowed_origins: Vec<String>,
+    /// Largest WebSocket message accepted from a browser, bytes.
+    pub ws_max_message_bytes: usize,
 }
 
 /// `[admin]`
@@ -335,9 +350,12 @@ pub struct WorkerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SecurityConfig {
-    /// Accepted for compatibility with the operations guide's JWT_SECRET; Realm issues no JWTs (session and
-    /// transfer tokens are random and stored hashed), so nothing is signed with it today. Never logged.
+    /// Signs the browser login tokens (JWT HS256; `JWT_SECRET`). Empty in development: a random per-process secret
+    /// is used, with a warning (tokens then work only on this process, until it restarts). Production refuses an
+    /// empty, short (< 32 bytes) or example secret. Never logged.
     pub token_secret: String,
+    /// How long a browser login token is valid (it is single-use), seconds.
+    pub token_ttl_secs: u64,
     /// Concurrent argon2 hashes (each takes 19 MiB).
     pub max_concurrent_hashes: usize,
     /// Failed logins per account before a lockout.
@@ -373,6 +391,12 @@ impl Default for ServerConfig {
             zone: "starter-vale".into(),
             host: IpAddr::from([0, 0, 0, 0]),
             port: 7777,
+            ws_port: 8080,
+            web_enabled: true,
+            ws_tls: false,
+            web_behind_proxy: false,
+            web_allowed_origins: Vec::new(),
+            ws_max_message_bytes: 4096,
             environment: Environment::Development,
             io_threads: 0,
             io_cores: Vec::new(),
@@ -470,6 +494,7 @@ impl Default for SecurityConfig {
     fn default() -> Self {
         Self {
             token_secret: String::new(),
+            token_ttl_secs: 60,
             max_concurrent_hashes: 2,
             lockout_failures: 5,
             lockout_secs: 300,
@@ -707,6 +732,18 @@ impl Config {
                 "security.token_secret",
                 "<redacted>",
                 "production must not use the documentation's example secret",
+            )?;
+            check(
+                !self.server.web_enabled || self.security.token_secret.len() >= crate::account::token::MIN_SECRET_BYTES,
+                "security.token_secret",
+                "<redacted>",
+                "production needs a secret of at least 32 bytes to sign browser logins (JWT_SECRET; openssl rand -hex 32)",
+            )?;
+            check(
+                !self.server.web_enabled || self.server.ws_tls || self.server.web_behind_proxy,
+                "server.ws_tls",
+                "false",
+                "production serves browsers over TLS (ws_tls) or behind a TLS-terminating proxy (web_behind_proxy)",
             )?;
         }
         Ok(())

@@ -186,6 +186,7 @@ pub fn reason_text(reason: LoginErrorReason) -> &'static str {
         LoginErrorReason::LoginErrorProtocolVersion => "protocol version mismatch",
         LoginErrorReason::LoginErrorRateLimited => "too many attempts from this address",
         LoginErrorReason::LoginErrorInvalidResume => "session expired: log in again",
+        LoginErrorReason::LoginErrorInvalidToken => "login token invalid or expired: log in again",
     }
 }
 

@@ -33,6 +33,20 @@ use crate::queue::{self, Pop, Producer};
 
 pub use crate::link::{Inbound, IoHandle, Outbound, SessionId, SimWaker};
 
+/// The session an outbound item is for (`u64::MAX` for `Shutdown`, which is for everyone).
+fn outbound_session(item: &Outbound) -> SessionId {
+    match item {
+        Outbound::Admit { session, .. }
+        | Outbound::Refuse { session, .. }
+        | Outbound::Token { session, .. }
+        | Outbound::Control { session, .. }
+        | Outbound::Data { session, .. }
+        | Outbound::Encoded { session, .. }
+        | Outbound::Close { session, .. } => *session,
+        Outbound::Shutdown { .. } => u64::MAX,
+    }
+}
+
 /// The simulation's view of a session's end.
 fn disconnected(session: SessionId, reason: &CloseReason) -> Inbound {
     let departure = match reason {
@@ -312,6 +326,8 @@ pub struct IoThreads {
     pub local_addr: SocketAddr,
     /// Thread handles, for joining at shutdown.
     pub joins: Vec<JoinHandle<()>>,
+    /// The browser endpoint's address, when enabled.
+    pub web_addr: Option<SocketAddr>,
 }
 
 /// How many io threads to run when the configuration says 0: one per core but one (the simulation's), between 1
@@ -338,16 +354,34 @@ pub fn spawn<E: From<Inbound> + Send + 'static>(
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut addr = SocketAddr::new(config.server.host, config.server.port);
     let mut sockets = Vec::with_capacity(threads);
+    let mut web_addr = config.server.web_enabled.then(|| SocketAddr::new(config.server.host, config.server.ws_port));
     for _ in 0..threads {
         let listener = bind_listener(addr)?;
         addr = listener.local_addr()?;
         let udp = bind_reuseport(addr, 4 << 20)?;
-        sockets.push((listener, udp));
+        let web = match web_addr {
+            Some(a) => {
+                let l = bind_listener(a)?;
+                web_addr = Some(l.local_addr()?);
+                Some(l)
+            }
+            None => None,
+        };
+        sockets.push((listener, udp, web));
     }
+    let web_settings = super::web::WebSettings {
+        origins: super::web::http::OriginPolicy {
+            allowed: config.server.web_allowed_origins.clone(),
+            tls: config.server.ws_tls,
+        },
+        max_message: config.server.ws_max_message_bytes,
+        idle_timeout: Duration::from_millis(config.net.idle_timeout_ms),
+        login_timeout: Duration::from_millis(config.net.login_timeout_ms),
+    };
     let limits = SessionLimits::from_config(config);
     let mut handles = Vec::with_capacity(threads);
     let mut joins = Vec::with_capacity(threads);
-    for (index, (listener, udp)) in sockets.into_iter().enumerate() {
+    for (index, (listener, udp, web)) in sockets.into_iter().enumerate() {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = queue::channel::<Outbound>();
@@ -378,6 +412,10 @@ pub fn spawn<E: From<Inbound> + Send + 'static>(
             recv: RecvBatch::new(32),
             send: SendBatch::new(32),
             shutting_down: None,
+            web: web.map(|l| {
+                let tls = config.server.ws_tls.then(|| Arc::clone(&tls));
+                super::web::Gateway::new(l, tls, web_settings.clone(), index)
+            }),
         };
         let nice = config.server.io_nice;
         let running = Arc::clone(&shared);
@@ -397,7 +435,7 @@ pub fn spawn<E: From<Inbound> + Send + 'static>(
         joins.push(join);
     }
     log::info!("listening on {addr} (TLS over TCP, UDP data channel) with {threads} io thread(s)");
-    Ok(IoThreads { handles, local_addr: addr, joins })
+    Ok(IoThreads { handles, local_addr: addr, joins, web_addr })
 }
 
 fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -462,12 +500,17 @@ struct IoThread<E> {
     recv: RecvBatch,
     send: SendBatch,
     shutting_down: Option<Instant>,
+    /// The browser endpoint on this thread, when enabled.
+    web: Option<super::web::Gateway>,
 }
 
 impl<E: From<Inbound>> IoThread<E> {
     fn run(&mut self) -> io::Result<()> {
         self.poll.registry().register(&mut self.listener, LISTENER, Interest::READABLE)?;
         self.poll.registry().register(&mut self.udp, UDP, Interest::READABLE)?;
+        if let Some(web) = &mut self.web {
+            self.poll.registry().register(web.listener(), super::web::LISTENER, Interest::READABLE)?;
+        }
         let mut events = Events::with_capacity(1024);
         let mut next_sweep = Instant::now() + SWEEP;
         loop {
@@ -485,6 +528,13 @@ impl<E: From<Inbound>> IoThread<E> {
                     LISTENER => self.accept(now),
                     UDP => self.receive_datagrams(now),
                     WAKER => {}
+                    super::web::LISTENER => self.web_accept(now),
+                    Token(t) if t >= super::web::FIRST_CONN => {
+                        if let Some(web) = &mut self.web {
+                            let ctx = super::web::Ctx { registry: self.poll.registry(), shared: &self.shared };
+                            web.ready(&ctx, t, now);
+                        }
+                    }
                     // A reset arrives as an error/hang-up event: read it too, so the session sees the error.
                     Token(t) => self.conn_ready(
                         t - FIRST_CONN,
@@ -500,15 +550,27 @@ impl<E: From<Inbound>> IoThread<E> {
             }
             self.publish();
             if let Some(deadline) = self.shutting_down {
-                if self.by_session.is_empty() || now >= deadline {
+                if (self.by_session.is_empty() && self.web.as_ref().is_none_or(|w| w.is_empty())) || now >= deadline {
                     return Ok(());
                 }
             }
         }
     }
 
+    fn web_accept(&mut self, now: Instant) {
+        let refuse_all = self.shutting_down.is_some() || self.shared.draining.load(Ordering::Relaxed);
+        if let Some(web) = &mut self.web {
+            let ctx = super::web::Ctx { registry: self.poll.registry(), shared: &self.shared };
+            web.accept(&ctx, now, refuse_all);
+        }
+    }
+
     /// Publishes this iteration's inbound items with one swap.
     fn publish(&mut self) {
+        if let Some(web) = &mut self.web {
+            self.pending.append(&mut web.pending);
+            self.wake_sim |= std::mem::take(&mut web.wake_sim);
+        }
         if self.pending.is_empty() {
             return;
         }
@@ -687,7 +749,13 @@ impl<E: From<Inbound>> IoThread<E> {
                     } else {
                         self.wake_sim |= matches!(
                             msg.body,
-                            Some(Body::Login(_) | Body::Register(_) | Body::TransferLogin(_) | Body::Resume(_))
+                            Some(
+                                Body::Login(_)
+                                    | Body::Register(_)
+                                    | Body::TransferLogin(_)
+                                    | Body::TokenLogin(_)
+                                    | Body::Resume(_)
+                            )
                         );
                         self.pending.push(Inbound::Control { session: conn.id, msg });
                     }
@@ -772,7 +840,21 @@ impl<E: From<Inbound>> IoThread<E> {
                 // (the producer wakes us after pushing), so stop rather than spin on the hot loop.
                 Pop::Inconsistent => break,
             };
+            let item = match (&mut self.web, &item) {
+                (Some(web), Outbound::Shutdown { reason, message }) => {
+                    let ctx = super::web::Ctx { registry: self.poll.registry(), shared: &self.shared };
+                    web.shutdown(&ctx, *reason, message);
+                    item
+                }
+                (Some(web), _) if !self.by_session.contains_key(&outbound_session(&item)) => {
+                    let ctx = super::web::Ctx { registry: self.poll.registry(), shared: &self.shared };
+                    web.outbound(&ctx, item);
+                    continue;
+                }
+                _ => item,
+            };
             match item {
+                Outbound::Token { .. } => {}
                 Outbound::Admit { session, msg } => {
                     let Some(&slot) = self.by_session.get(&session) else { continue };
                     let Some(Some(conn)) = self.conns.get_mut(slot) else { continue };
@@ -914,6 +996,10 @@ impl<E: From<Inbound>> IoThread<E> {
     }
 
     fn sweep(&mut self, now: Instant) {
+        if let Some(web) = &mut self.web {
+            let ctx = super::web::Ctx { registry: self.poll.registry(), shared: &self.shared };
+            web.sweep(&ctx, now);
+        }
         if self.shared.evictions_owed.load(Ordering::Relaxed) > 0 {
             self.pay_evictions();
         }

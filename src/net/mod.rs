@@ -7,3 +7,4 @@ pub mod io;
 pub mod session;
 pub mod tls;
 pub mod udp;
+pub mod web;

@@ -541,7 +541,12 @@ impl ControlSession {
             (SessionState::AwaitHello, Body::Hello(_)) => true,
             (
                 SessionState::Greeted,
-                Body::Register(_) | Body::Login(_) | Body::TransferLogin(_) | Body::Resume(_) | Body::Logout(_),
+                Body::Register(_)
+                | Body::Login(_)
+                | Body::TransferLogin(_)
+                | Body::TokenLogin(_)
+                | Body::Resume(_)
+                | Body::Logout(_),
             ) => true,
             (SessionState::InGame, Body::Chat(_) | Body::Logout(_) | Body::UdpRebind(_)) => true,
             _ => false,
@@ -584,7 +589,7 @@ impl ControlSession {
                     self.events.push_back(SessionEvent::Greeted);
                 }
             }
-            Body::Register(_) | Body::Login(_) | Body::TransferLogin(_) | Body::Resume(_) => {
+            Body::Register(_) | Body::Login(_) | Body::TransferLogin(_) | Body::TokenLogin(_) | Body::Resume(_) => {
                 self.login_attempts += 1;
                 if self.login_attempts > self.limits.max_login_attempts {
                     let text = format!("more than {} login attempts on one connection", self.limits.max_login_attempts);

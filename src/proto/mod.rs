@@ -48,6 +48,7 @@ impl ControlMessage {
             Some(Loot(_)) => "loot",
             Some(ChatRefused(_)) => "chat_refused",
             Some(Resume(_)) => "resume",
+            Some(TokenLogin(_)) => "token_login",
         }
     }
 }

@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::account::backend::{Backend, HandOverError, HeldLock};
+use crate::account::backend::{Backend, HandOverError, HeldLock, IssuedToken};
 use crate::account::login::{LoginGrant, Refusal};
 use crate::account::{GrantOutcome, OwnedItem, SaveOutcome, SaveRow};
 use crate::link::{Inbound, SessionId};
@@ -39,6 +39,11 @@ pub enum LoginRequest {
         username: String,
         /// Password.
         password: String,
+    },
+    /// A browser login token (`TokenLogin`, `GET /ws?token=`).
+    Token {
+        /// The JWT.
+        token: String,
     },
     /// Arrival through a portal, with the token the previous zone issued.
     Transfer {
@@ -75,6 +80,21 @@ pub enum Job {
         ip: IpAddr,
         /// How.
         request: LoginRequest,
+    },
+    /// Check a password (or create an account) and answer a browser login token (the login lane).
+    IssueToken {
+        /// The HTTP request's connection.
+        session: SessionId,
+        /// Its io thread.
+        io: usize,
+        /// From where.
+        ip: IpAddr,
+        /// `POST /api/register` rather than `/api/login`.
+        register: bool,
+        /// Username.
+        username: String,
+        /// Password.
+        password: String,
     },
     /// Save players.
     Save(SaveBatch),
@@ -133,6 +153,15 @@ pub enum SimEvent {
         session: SessionId,
         /// Outcome.
         result: Result<LoginGrant, Refusal>,
+    },
+    /// A browser login (`POST /api/login|register`) was answered.
+    TokenIssued {
+        /// The HTTP request's connection.
+        session: SessionId,
+        /// Its io thread.
+        io: usize,
+        /// The token, or why not.
+        result: Result<IssuedToken, Refusal>,
     },
     /// A save batch was written (each row saved or fenced off).
     Saved {
@@ -206,6 +235,7 @@ impl Job {
     pub fn name(&self) -> &'static str {
         match self {
             Job::Login { .. } => "login",
+            Job::IssueToken { .. } => "issue_token",
             Job::Save(_) => "save",
             Job::HandOver { .. } => "transfer",
             Job::RenewLocks { .. } => "renew_locks",
@@ -217,7 +247,7 @@ impl Job {
     /// The pool it runs on.
     pub fn lane(&self) -> Lane {
         match self {
-            Job::Login { .. } => Lane::Login,
+            Job::Login { .. } | Job::IssueToken { .. } => Lane::Login,
             _ => Lane::Work,
         }
     }
@@ -230,8 +260,12 @@ impl Job {
                     LoginRequest::Password { username, password } => b.login.login(&username, &password, ip),
                     LoginRequest::Register { username, password } => b.login.register(&username, &password, ip),
                     LoginRequest::Transfer { username, token, zone } => b.transfer_login(&token, &username, &zone, ip),
+                    LoginRequest::Token { token } => b.token_login(&token, ip),
                 };
                 SimEvent::LoggedIn { session, result }
+            }
+            Job::IssueToken { session, io, ip, register, username, password } => {
+                SimEvent::TokenIssued { session, io, result: b.issue_token(&username, &password, register, ip) }
             }
             Job::Save(batch) => match b.save(&batch.rows, &batch.release) {
                 Ok(outcomes) => SimEvent::Saved {

@@ -42,6 +42,10 @@ use crate::proto::{
     LoginError, LoginErrorReason, LoginOk, Pong,
 };
 
+fn login_error(reason: LoginErrorReason, message: &str, retry_after_ms: u32) -> LoginError {
+    LoginError { reason: reason as i32, message: message.into(), retry_after_ms }
+}
+
 /// Save attempts before the players of a failing batch are kicked rather than played on unsaved.
 pub const SAVE_ATTEMPTS: u32 = 3;
 
@@ -196,6 +200,23 @@ impl Sessions {
             SimEvent::Net(Inbound::Control { session, msg }) => self.on_control(game, session, msg, now),
             SimEvent::Net(Inbound::Data { session, msg }) => self.on_data(game, session, msg, now),
             SimEvent::Net(Inbound::UdpBound { session, .. }) => game.set_udp_bound(session),
+            SimEvent::Net(Inbound::Authenticate { session, io, addr, register, username, password }) => {
+                if self.draining {
+                    let error =
+                        login_error(LoginErrorReason::LoginErrorServerFull, "the zone is shutting down", 10_000);
+                    self.effects.push(Effect::Io { io, item: Outbound::Token { session, result: Err(error) } });
+                } else {
+                    let ip = addr.ip();
+                    self.effects.push(Effect::Job(Job::IssueToken { session, io, ip, register, username, password }));
+                }
+            }
+            SimEvent::TokenIssued { session, io, result } => {
+                let result = result.map(|t| (t.token, t.ttl)).map_err(|r| {
+                    self.metrics.login_refused(r.reason);
+                    login_error(r.reason, &r.message, r.retry_after.as_millis() as u32)
+                });
+                self.effects.push(Effect::Io { io, item: Outbound::Token { session, result } });
+            }
             SimEvent::Net(Inbound::Disconnected { session, departure, .. }) => {
                 self.disconnected(game, session, departure, now)
             }
@@ -250,6 +271,7 @@ impl Sessions {
                 };
                 self.start_login(session, ip, request)
             }
+            Some(Body::TokenLogin(t)) => self.start_login(session, ip, LoginRequest::Token { token: t.token }),
             Some(Body::TransferLogin(_)) => self.refuse(
                 session,
                 Refusal {
@@ -668,6 +690,10 @@ impl Sessions {
                     retry_after: Duration::from_secs(2),
                 },
             ),
+            Job::IssueToken { session, io, .. } => {
+                let error = login_error(LoginErrorReason::LoginErrorServerBusy, "server busy: try again shortly", 2000);
+                self.effects.push(Effect::Io { io, item: Outbound::Token { session, result: Err(error) } });
+            }
             Job::Save(batch) => self.on_save_failed(game, batch),
             Job::HandOver { session, row, .. } => {
                 self.leaving.remove(&row.player_id);

@@ -25,6 +25,8 @@ pub struct ServerProcess {
     pub admin: SocketAddr,
     pub cert: PathBuf,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The browser endpoint (`REALM_SERVER_WS_PORT=0` by default here: a free port).
+    pub web: Option<SocketAddr>,
 }
 
 impl ServerProcess {
@@ -39,6 +41,7 @@ impl ServerProcess {
             .env("REALM_ADMIN_HOST", "127.0.0.1")
             .env("REALM_ADMIN_PORT", admin.to_string())
             .env("REALM_SERVER_SHUTDOWN_GRACE_SECS", "5")
+            .env("REALM_SERVER_WS_PORT", "0")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -53,7 +56,11 @@ impl ServerProcess {
             let log = Arc::clone(&log);
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if line.contains("written to ") || line.contains("ready:") || line.contains("cannot start") {
+                    if line.contains("written to ")
+                        || line.contains("ready:")
+                        || line.contains("cannot start")
+                        || line.contains("play in a browser: ")
+                    {
                         let _ = tx.send(line.clone());
                     }
                     let mut log = log.lock().unwrap();
@@ -64,12 +71,22 @@ impl ServerProcess {
             });
         }
         let mut cert = None;
+        let mut web = None;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx
                 .recv_timeout(left)
                 .unwrap_or_else(|_| panic!("server never became ready: {:?}", log.lock().unwrap()));
+            if let Some(url) = line.split("play in a browser: ").nth(1) {
+                web = url
+                    .trim()
+                    .trim_start_matches("http://")
+                    .trim_start_matches("https://")
+                    .trim_end_matches('/')
+                    .parse()
+                    .ok();
+            }
             if let Some(rest) = line.split("written to ").nth(1) {
                 cert = rest.split(')').next().map(PathBuf::from);
             }
@@ -84,6 +101,7 @@ impl ServerProcess {
             admin: format!("127.0.0.1:{admin}").parse().unwrap(),
             cert: cert.expect("dev cert path in the log"),
             log,
+            web,
         }
     }
 

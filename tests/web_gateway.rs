@@ -1,0 +1,348 @@
+//! The browser endpoint of a real `realm-server` process (issue 18), driven the way a browser drives it: HTTP
+//! login for a signed token, then a WebSocket of `WsFrame`s. A browser player and a TLS+UDP player share one world;
+//! and every bad input on the new surface (HTTP heads and bodies, WebSocket frames, tokens) ends that connection
+//! with a clear answer and nothing else.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use common::process::ServerProcess;
+use prost::Message as _;
+use realm::proto::{
+    control_message::Body, data_message::Body as DataBody, ws_frame, Chat, ChatChannel, ControlMessage, DataMessage,
+    Input, KickReason, LoginErrorReason, LoginOk, Logout, Register, Snapshot, Vec2, WsFrame,
+};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+/// One HTTP request on a fresh connection; returns (status, headers, body).
+fn http(addr: SocketAddr, raw: &[u8]) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(raw).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}
+
+fn post(addr: SocketAddr, path: &str, json: &str) -> (u16, serde_json::Value) {
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+        json.len()
+    );
+    let (status, _, body) = http(addr, req.as_bytes());
+    (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
+}
+
+fn token(addr: SocketAddr, path: &str, name: &str) -> String {
+    let (status, body) = post(addr, path, &format!(r#"{{"username":"{name}","password":"password123"}}"#));
+    assert_eq!(status, 200, "{body}");
+    body["token"].as_str().unwrap().to_owned()
+}
+
+type Ws = WebSocket<TcpStream>;
+type Attack = Box<dyn Fn(&mut Ws)>;
+
+fn open(addr: SocketAddr, query: &str) -> Ws {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (ws, response) = tungstenite::client::client(format!("ws://{addr}/ws{query}"), stream).expect("upgrade");
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+fn send(ws: &mut Ws, body: ws_frame::Body) {
+    ws.send(Message::Binary(WsFrame { body: Some(body) }.encode_to_vec().into())).unwrap();
+}
+
+/// The next frame, or the close (as Err with its code).
+fn next(ws: &mut Ws) -> Result<WsFrame, Option<CloseCode>> {
+    loop {
+        match ws.read() {
+            Ok(Message::Binary(b)) => return Ok(WsFrame::decode(b.as_ref()).expect("server frames decode")),
+            Ok(Message::Close(f)) => return Err(f.map(|f| f.code)),
+            Ok(_) => {}
+            Err(_) => return Err(None),
+        }
+    }
+}
+
+fn login_ok(ws: &mut Ws) -> LoginOk {
+    match next(ws) {
+        Ok(WsFrame { body: Some(ws_frame::Body::Control(ControlMessage { body: Some(Body::LoginOk(ok)) })) }) => ok,
+        other => panic!("expected LoginOk, got {other:?}"),
+    }
+}
+
+fn snapshot_with(ws: &mut Ws, want: impl Fn(&Snapshot) -> bool) -> Snapshot {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(WsFrame { body: Some(ws_frame::Body::Data(DataMessage { body: Some(DataBody::Snapshot(s)) })) }) =
+            next(ws)
+        {
+            if want(&s) {
+                return s;
+            }
+        }
+    }
+    panic!("no such snapshot in 10 s");
+}
+
+fn input(seq: u32, x: f32) -> ws_frame::Body {
+    ws_frame::Body::Data(DataMessage::new(DataBody::Input(Input {
+        sequence: seq,
+        move_dir: Some(Vec2 { x, y: 0.0 }),
+        ..Default::default()
+    })))
+}
+
+fn server() -> (ServerProcess, SocketAddr) {
+    // A small zone with one spawn point: every player starts in view of every other.
+    let dir = std::env::temp_dir().join(common::unique("web_zone"));
+    let zone = common::starter_zone_with_portal(&dir, "127.0.0.1:1".parse().unwrap(), (5.0, 5.0));
+    let zone = zone.to_string_lossy().into_owned();
+    let s = ServerProcess::start(&[("REALM_SECURITY_TOKEN_TTL_SECS", "3"), ("REALM_GAME_ZONE_FILE", &zone)]);
+    let web = s.web.expect("the browser endpoint is on by default and its URL is printed");
+    (s, web)
+}
+
+#[test]
+fn a_browser_registers_plays_and_sees_a_native_player_in_the_same_world() {
+    let (s, web) = server();
+    let (status, head, body) = http(web, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 200);
+    assert!(body.contains("<canvas") || body.contains("app.js"), "the web client: {body:.200}");
+    for h in
+        ["Content-Security-Policy: default-src 'none'", "X-Content-Type-Options: nosniff", "frame-ancestors 'none'"]
+    {
+        assert!(head.contains(h), "{h}:\n{head}");
+    }
+    let (status, _, js) = http(web, b"GET /app.js HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(status == 200 && js.len() > 1000);
+
+    let mut browser = open(web, &format!("?token={}", token(web, "/api/register", "webby")));
+    let ok = login_ok(&mut browser);
+    assert_eq!(ok.zone, "starter-vale");
+
+    // A native player (TLS + UDP) in the same world.
+    let mut native = s.connect().unwrap();
+    let nok = native
+        .authenticate(Body::Register(Register { username: "nativey".into(), password: "password123".into() }))
+        .unwrap();
+    let keys = native.udp_keys(nok.session_id).unwrap();
+    let mut link = realm::client::UdpLink::bind(s.game, nok.session_id, &keys, Duration::from_secs(5)).unwrap();
+
+    // The browser sees itself and the native player; the native player sees the browser player.
+    for seq in 1..=5 {
+        send(&mut browser, input(seq, 0.0));
+    }
+    let snap = snapshot_with(&mut browser, |s| s.entities.iter().any(|e| e.id == nok.entity_id));
+    assert!(snap.entities.iter().any(|e| e.id == ok.entity_id));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = false;
+    while !seen && Instant::now() < deadline {
+        if let Ok(DataMessage { body: Some(DataBody::Snapshot(s)) }) = link.recv(Duration::from_millis(500)) {
+            seen = s.entities.iter().any(|e| e.id == ok.entity_id);
+        }
+    }
+    assert!(seen, "the native player sees the browser player");
+
+    // The browser walks: its own entity moves in its snapshots.
+    let start = snap.entities.iter().find(|e| e.id == ok.entity_id).and_then(|e| e.position).unwrap();
+    for seq in 6..=30 {
+        send(&mut browser, input(seq, 1.0));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let moved = snapshot_with(&mut browser, |s| s.last_processed_input >= 30);
+    let now = moved.entities.iter().find(|e| e.id == ok.entity_id).and_then(|e| e.position).unwrap();
+    assert!(now.x > start.x + 5.0, "walked east: {start:?} -> {now:?}");
+
+    // The browser says something; the native player hears it.
+    send(
+        &mut browser,
+        ws_frame::Body::Control(ControlMessage::new(Body::Chat(Chat {
+            channel: ChatChannel::Zone as i32,
+            text: "hello from a browser".into(),
+        }))),
+    );
+    native.set_timeout(Duration::from_secs(5)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut heard = false;
+    while !heard && Instant::now() < deadline {
+        if let Ok(ControlMessage { body: Some(Body::ChatMessage(m)) }) = native.recv() {
+            heard = m.text == "hello from a browser";
+        }
+    }
+    assert!(heard, "chat crosses transports");
+
+    // Logout ends with KICK_REASON_LOGGED_OUT and a normal close.
+    send(&mut browser, ws_frame::Body::Control(ControlMessage::new(Body::Logout(Logout {}))));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut kicked = None;
+    while Instant::now() < deadline {
+        match next(&mut browser) {
+            Ok(WsFrame { body: Some(ws_frame::Body::Control(ControlMessage { body: Some(Body::Kick(k)) })) }) => {
+                kicked = Some(k.reason)
+            }
+            Ok(_) => {}
+            Err(code) => {
+                assert_eq!(code, Some(CloseCode::Normal));
+                break;
+            }
+        }
+    }
+    assert_eq!(kicked, Some(KickReason::LoggedOut as i32));
+    s.stop();
+}
+
+#[test]
+fn bad_tampered_expired_and_replayed_tokens_are_refused_and_nothing_else_is_affected() {
+    let (s, web) = server();
+    let good = token(web, "/api/register", "tokeny");
+    let refused = |query: &str| {
+        let mut ws = open(web, query);
+        let frame = next(&mut ws);
+        let reason = match frame {
+            Ok(WsFrame { body: Some(ws_frame::Body::Control(ControlMessage { body: Some(Body::LoginError(e)) })) }) => {
+                e.reason
+            }
+            other => panic!("expected LoginError for {query:.40}, got {other:?}"),
+        };
+        assert_eq!(next(&mut ws).err(), Some(Some(CloseCode::Policy)), "closed with 1008");
+        reason
+    };
+    let invalid = LoginErrorReason::LoginErrorInvalidToken as i32;
+    assert_eq!(refused("?token=not-a-token"), invalid);
+    // Tampered: another player id in the payload, the signature unchanged.
+    let parts: Vec<&str> = good.split('.').collect();
+    let payload = String::from_utf8(B64.decode(parts[1]).unwrap()).unwrap();
+    let forged = payload.replacen("\"sub\":\"", "\"sub\":\"9", 1);
+    assert_eq!(refused(&format!("?token={}.{}.{}", parts[0], B64.encode(forged), parts[2])), invalid);
+    // The good token works once...
+    let mut ws = open(web, &format!("?token={good}"));
+    login_ok(&mut ws);
+    send(&mut ws, ws_frame::Body::Control(ControlMessage::new(Body::Logout(Logout {}))));
+    while next(&mut ws).is_ok() {}
+    // ...and is refused when replayed after the logout.
+    assert_eq!(refused(&format!("?token={good}")), invalid);
+    // Expired (the TTL is 3 s here).
+    let late = token(web, "/api/login", "tokeny");
+    std::thread::sleep(Duration::from_millis(3200));
+    assert_eq!(refused(&format!("?token={late}")), invalid);
+    // A wrong password over HTTP: 401 with the proto's reason name; an unknown field set: 400.
+    let (status, body) = post(web, "/api/login", r#"{"username":"tokeny","password":"wrong-password"}"#);
+    assert_eq!((status, body["reason"].as_str()), (401, Some("LOGIN_ERROR_INVALID_CREDENTIALS")));
+    assert_eq!(post(web, "/api/login", r#"{"user":"x"}"#).0, 400);
+    // Through all of it, a fresh login still plays.
+    let mut ws = open(web, &format!("?token={}", token(web, "/api/login", "tokeny")));
+    login_ok(&mut ws);
+    s.stop();
+}
+
+#[test]
+fn oversized_malformed_and_flooding_browsers_are_closed_and_their_slots_freed() {
+    let (s, web) = server();
+    // HTTP: an endless head, a huge body, a foreign origin, a slow client.
+    let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 20_000));
+    assert_eq!(http(web, &big).0, 431);
+    assert_eq!(http(web, b"POST /api/login HTTP/1.1\r\nContent-Length: 100000\r\n\r\n").0, 413);
+    let foreign = format!(
+        "POST /api/login HTTP/1.1\r\nHost: {web}\r\nOrigin: https://evil.example\r\nContent-Length: 2\r\n\r\n{{}}"
+    );
+    assert_eq!(http(web, foreign.as_bytes()).0, 403);
+    assert_eq!(http(web, b"\x16\x03\x01\x00\xa5garbage\r\n\r\n").0, 400);
+    // WebSocket: a message over the cap (1009), text (1003), garbage (1008), a flood (1008).
+    let cases: [(&str, Attack, CloseCode); 4] = [
+        (
+            "too big",
+            Box::new(|ws| {
+                let _ = ws.send(Message::Binary(vec![0u8; 100_000].into()));
+            }),
+            CloseCode::Size,
+        ),
+        (
+            "text",
+            Box::new(|ws| {
+                let _ = ws.send(Message::Text("hi".into()));
+            }),
+            CloseCode::Unsupported,
+        ),
+        (
+            "garbage",
+            Box::new(|ws| {
+                let _ = ws.send(Message::Binary(vec![0xff; 64].into()));
+            }),
+            CloseCode::Policy,
+        ),
+        (
+            "flood",
+            Box::new(|ws| {
+                for seq in 0..400 {
+                    let _ = ws.send(Message::Binary(WsFrame { body: Some(input(seq, 0.0)) }.encode_to_vec().into()));
+                }
+            }),
+            CloseCode::Policy,
+        ),
+    ];
+    for (i, (what, attack, code)) in cases.iter().enumerate() {
+        let mut ws = open(web, &format!("?token={}", token(web, "/api/register", &format!("attacker{i}"))));
+        login_ok(&mut ws);
+        attack(&mut ws);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut closed = None;
+        while closed.is_none() && Instant::now() < deadline {
+            if let Err(c) = next(&mut ws) {
+                closed = Some(c);
+            }
+        }
+        assert_eq!(closed, Some(Some(*code)), "{what}");
+    }
+    // A silent upgrade that never logs in... has nothing to log in with: a missing entry is a 400 before upgrade.
+    assert_eq!(http(web, format!("GET /ws HTTP/1.1\r\nHost: {web}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").as_bytes()).0, 400);
+    // Every slot is back and a player still gets in.
+    assert!(
+        ServerProcess::wait_until(Duration::from_secs(10), || s.metric("game_server_connections_open", &[]) == 0.0),
+        "open connections: {}",
+        s.metric("game_server_connections_open", &[])
+    );
+    let mut ws = open(web, &format!("?token={}", token(web, "/api/register", "afterwards")));
+    login_ok(&mut ws);
+    s.stop();
+}
+
+#[test]
+fn a_browser_whose_socket_dropped_resumes_with_its_session_token() {
+    let (s, web) = server();
+    let mut ws = open(web, &format!("?token={}", token(web, "/api/register", "resumer")));
+    let ok = login_ok(&mut ws);
+    // The network drops: no close frame.
+    ws.get_mut().shutdown(std::net::Shutdown::Both).unwrap();
+    drop(ws);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut again = open(web, &format!("?resume={}", B64.encode(&ok.session_token)));
+    let back = login_ok(&mut again);
+    assert_eq!(
+        (back.player_id, back.entity_id),
+        (ok.player_id, ok.entity_id),
+        "the same character, still in the world"
+    );
+    assert_ne!(back.session_token, ok.session_token, "a new token each time");
+    // The old token is used up.
+    let mut third = open(web, &format!("?resume={}", B64.encode(&ok.session_token)));
+    match next(&mut third) {
+        Ok(WsFrame { body: Some(ws_frame::Body::Control(ControlMessage { body: Some(Body::LoginError(e)) })) }) => {
+            assert_eq!(e.reason, LoginErrorReason::LoginErrorInvalidResume as i32)
+        }
+        other => panic!("{other:?}"),
+    }
+    s.stop();
+}
