@@ -74,8 +74,11 @@ export function apiError(status: number, body: string): SessionError & { retryAf
   } catch {
     // Not JSON (a proxy's error page): the status decides.
   }
-  if (status === 400 && reason === 'LOGIN_ERROR_UNSPECIFIED') {
-    return { kind: 'login', reason: 'HTTP_400', message: 'The server could not read the request.', detail, retryAfterMs };
+  if (reason === 'LOGIN_ERROR_UNSPECIFIED') {
+    // A status outside the contract (404 from a server without the gateway, 500, 502 from a proxy) or a 400.
+    const message =
+      status === 400 ? 'The server could not read the request.' : `The server cannot log you in (HTTP ${status}).`;
+    return { kind: 'login', reason: `HTTP_${status}`, message, detail, retryAfterMs };
   }
   return { kind: 'login', reason, message: loginErrorText(reason, retryAfterMs), detail, retryAfterMs };
 }

@@ -35,6 +35,8 @@ test('HTTP errors: the JSON reason wins, the status decides when the body is not
   assert.equal(apiError(401, '').reason, 'LOGIN_ERROR_INVALID_CREDENTIALS');
   assert.equal(apiError(403, '{"reason":"LOGIN_ERROR_BANNED"}').reason, 'LOGIN_ERROR_BANNED');
   assert.equal(apiError(400, '{}').reason, 'HTTP_400');
+  assert.deepEqual([apiError(404, 'not found').reason, apiError(404, '').message], ['HTTP_404', 'The server cannot log you in (HTTP 404).']);
+  assert.equal(apiError(500, '{"reason":"LOGIN_ERROR_SERVER_BUSY"}').reason, 'LOGIN_ERROR_SERVER_BUSY');
   assert.equal(apiError(401, '{"reason":"__proto__"}').reason, 'LOGIN_ERROR_INVALID_CREDENTIALS');
 });
 
