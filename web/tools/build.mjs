@@ -7,10 +7,11 @@
 // package-lock.json (no timestamps, no absolute paths, no hashes of the machine), so `scripts/web.sh check` can
 // rebuild it and compare byte for byte with the committed dist/.
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as esbuild from 'esbuild';
+import { noWasmInLong } from './esbuild-plugins.mjs';
 
 const web = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const args = process.argv.slice(2);
@@ -25,24 +26,6 @@ execFileSync(join(web, 'node_modules', '.bin', 'tsc'), ['--noEmit', '-p', web], 
 // Only our three files: a stale file left in dist/ would otherwise be committed and never served.
 rmSync(outdir, { recursive: true, force: true });
 mkdirSync(outdir, { recursive: true });
-
-// long.js (protobufjs's 64-bit integers) instantiates a tiny WebAssembly module at load for faster multiplication,
-// inside a try/catch that falls back to plain JS. Under the gateway's CSP (no 'wasm-unsafe-eval') the browser blocks
-// it and reports a CSP violation on every page load. The client multiplies no 64-bit numbers, so the bundle takes
-// the fallback directly. The build fails if long.js changes so that the patch no longer applies.
-const noWasmInLong = {
-  name: 'no-wasm-in-long',
-  setup(build) {
-    build.onLoad({ filter: /[\\/]node_modules[\\/]long[\\/](umd[\\/])?index\.js$/ }, (args) => {
-      const source = readFileSync(args.path, 'utf8');
-      const marker = 'wasm = new WebAssembly.Instance(';
-      if (!source.includes(marker)) throw new Error(`${args.path}: "${marker}" not found; revisit the no-wasm patch`);
-      // The module's bytes become an arrow function that is never called, so nothing is compiled.
-      const patched = source.replace(marker, 'wasm = ((neverCompiled) => { throw new Error("no wasm under the CSP"); })(() => ');
-      return { contents: patched, loader: 'js' };
-    });
-  },
-};
 
 const result = await esbuild.build({
   absWorkingDir: web,

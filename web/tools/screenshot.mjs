@@ -13,6 +13,8 @@ import { createServer } from 'node:http';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import * as esbuild from 'esbuild';
+import { noWasmInLong } from './esbuild-plugins.mjs';
 import { chromium } from 'playwright-core';
 
 const web = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -25,8 +27,29 @@ const files = {
   '/style.css': ['style.css', 'text/css; charset=utf-8'],
 };
 
+// The render fixture (tools/fixture.ts): one frame of a made-up scene drawn by src/render.ts, under the same CSP.
+const fixture = await esbuild.build({
+  absWorkingDir: web,
+  entryPoints: ['tools/fixture.ts'],
+  bundle: true,
+  format: 'iife',
+  target: 'es2020',
+  write: false,
+  plugins: [noWasmInLong],
+});
+const fixtureHtml =
+  '<!doctype html><html><head><meta charset="utf-8"><link rel="stylesheet" href="/style.css">' +
+  '<script defer src="/fixture.js"></script></head><body><canvas id="world" width="960" height="600"></canvas></body></html>';
+
 const server = createServer((req, res) => {
-  const f = files[new URL(req.url, 'http://x').pathname];
+  const path = new URL(req.url, 'http://x').pathname;
+  const f = files[path];
+  if (path === '/fixture.html' || path === '/fixture.js') {
+    const js = path.endsWith('.js');
+    res.writeHead(200, { 'Content-Type': js ? 'text/javascript' : 'text/html', 'Content-Security-Policy': CSP });
+    res.end(js ? fixture.outputFiles[0].contents : fixtureHtml);
+    return;
+  }
   if (req.method === 'GET' && f) {
     res.writeHead(200, { 'Content-Type': f[1], 'Content-Security-Policy': CSP, 'X-Content-Type-Options': 'nosniff' });
     res.end(readFileSync(join(web, 'dist', f[0])));
@@ -75,6 +98,10 @@ try {
   if (!text || after.lastError === null) problems.push('no error shown after a failed login');
   await page.screenshot({ path: join(web, 'out', 'login-error.png') });
   console.log(`login error shown: ${text} (reason ${after.lastError?.reason})`);
+
+  await page.goto(`${url}fixture.html`);
+  await page.waitForSelector('body[data-drawn=yes]');
+  await page.locator('#world').screenshot({ path: join(web, 'out', 'world.png') });
 } finally {
   await browser.close();
   server.close();
