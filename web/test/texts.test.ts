@@ -57,3 +57,18 @@ test('chat length is counted in UTF-8 bytes like the server does', () => {
   assert.equal(utf8Length('héllo'), 6);
   assert.equal(utf8Length('⚔'), 3);
 });
+
+test('what a closed socket means: kicks and logouts are final, drops in game resume, 1008 asks for a login', async () => {
+  const { afterClose } = await import('../src/session.js');
+  const base = { phase: 'game' as const, code: 1006, leaving: false, explained: false, loggedOut: false, hasResumeToken: true };
+  assert.equal(afterClose(base), 'resume', 'a dropped connection in game resumes');
+  assert.equal(afterClose({ ...base, code: 1011 }), 'resume', 'a server error without a Kick resumes too');
+  assert.equal(afterClose({ ...base, phase: 'resuming' }), 'resume', 'a failed resume attempt tries again');
+  assert.equal(afterClose({ ...base, explained: true }), 'explained', 'a Kick is never resumed');
+  assert.equal(afterClose({ ...base, explained: true, loggedOut: true }), 'logged-out');
+  assert.equal(afterClose({ ...base, leaving: true }), 'logged-out', 'after asking to leave, any close is the end');
+  assert.equal(afterClose({ ...base, code: 1008 }), 'token-refused');
+  assert.equal(afterClose({ ...base, hasResumeToken: false }), 'ended', 'no token, no resume');
+  assert.equal(afterClose({ ...base, phase: 'connecting', hasResumeToken: false }), 'back-to-login');
+  assert.equal(afterClose({ ...base, phase: 'connecting', explained: true }), 'explained', 'a LoginError then close');
+});
