@@ -14,6 +14,10 @@ env | grep '^REALM_TEST_' | sed 's/^/    /'
 step "tools (promtool, nginx, compose parser, validators)"
 scripts/tools.sh
 
+step "web client: committed bundle is current, unit tests (scripts/web.sh; needs node + npm)"
+scripts/web.sh check
+scripts/web.sh test
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -5,6 +5,8 @@
 #   scripts/web.sh check   rebuild into a temporary directory and fail if it differs from the committed web/dist/
 #                          (CI: the server embeds web/dist/ with include_bytes!, so a stale bundle ships stale code)
 #   scripts/web.sh test    unit tests of the client's pure logic (node's test runner), no server needed
+#   scripts/web.sh smoke   load web/dist/ in headless Chromium (/usr/bin/chromium, `apt-get install chromium`) under
+#                          the gateway's CSP; fails on any console error or CSP violation; screenshots in web/out/
 #
 # web/dist/ is committed so that the Rust server builds on a fresh machine with cargo alone, without node or npm.
 set -euo pipefail
@@ -41,8 +43,12 @@ case "${1:-}" in
     node tools/gen-proto.mjs
     node tools/test.mjs
     ;;
+  smoke)
+    deps
+    node tools/screenshot.mjs "${@:2}"
+    ;;
   *)
-    echo "usage: $0 build|check|test" >&2
+    echo "usage: $0 build|check|test|smoke" >&2
     exit 2
     ;;
 esac

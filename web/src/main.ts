@@ -39,6 +39,8 @@ function showScreen(): void {
     loginError.hidden = err === null;
     loginError.textContent = err === null ? '' : err.message + (err.detail ? ` (${err.detail})` : '');
     loginError.dataset.reason = err?.reason ?? '';
+    // Logging out is not an error: same place, calmer colour.
+    loginError.className = err?.reason === 'KICK_REASON_LOGGED_OUT' ? 'notice' : 'error';
   }
   if (session.phase === 'ended') {
     el('ended-title').textContent = err?.kind === 'transfer' ? 'The road is closed' : 'Disconnected';

@@ -5,8 +5,15 @@
 // random is echoed bit for bit. Ids and ticks are turned into JS numbers with `num()` for maps and arithmetic:
 // they stay far below 2^53 in practice, and a lossy id would only mis-draw, never be sent back as a nonce.
 
-import Long from 'long';
+import type LongClass from 'long';
+import $protobuf from 'protobufjs/minimal.js';
 import { realm } from './gen/realm.js';
+
+// The Long class protobufjs itself loaded (long's CommonJS build): importing 'long' here would bundle its ES module
+// build as a second copy.
+type Long = LongClass;
+const Long = $protobuf.util.Long as unknown as typeof LongClass;
+if (!Long) throw new Error('protobufjs found no Long class: 64-bit fields would lose precision');
 
 export const pb = realm.v1;
 export type Long64 = Long;

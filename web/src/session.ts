@@ -74,8 +74,11 @@ export function apiError(status: number, body: string): SessionError & { retryAf
   } catch {
     // Not JSON (a proxy's error page): the status decides.
   }
-  if (status === 400 && reason === 'LOGIN_ERROR_UNSPECIFIED') {
-    return { kind: 'login', reason: 'HTTP_400', message: 'The server could not read the request.', detail, retryAfterMs };
+  if (reason === 'LOGIN_ERROR_UNSPECIFIED') {
+    // A status outside the contract (404 from a server without the gateway, 500, 502 from a proxy) or a 400.
+    const message =
+      status === 400 ? 'The server could not read the request.' : `The server cannot log you in (HTTP ${status}).`;
+    return { kind: 'login', reason: `HTTP_${status}`, message, detail, retryAfterMs };
   }
   return { kind: 'login', reason, message: loginErrorText(reason, retryAfterMs), detail, retryAfterMs };
 }
@@ -87,6 +90,34 @@ export function utf8Length(text: string): number {
 
 function nowUs(): number {
   return Math.floor((performance.timeOrigin + performance.now()) * 1000);
+}
+
+/** What a closed socket means (see `afterClose`). */
+export type CloseOutcome = 'logged-out' | 'explained' | 'token-refused' | 'resume' | 'back-to-login' | 'ended';
+
+/**
+ * The decision taken when the game socket closes, as a pure function of what was known at that moment:
+ * - the player asked to leave, or the server's last word was Kick LOGGED_OUT: back to the login screen;
+ * - any other Kick or a LoginError came before the close: it already said why; no resume (kicks are final);
+ * - 1008: the token (login, transfer or resume) was refused; only a new login helps;
+ * - any other close while in game or resuming, with a resume token: resume (even 1000: the contract sends
+ *   1000 only after a kick or logout, so a bare 1000 is a proxy or a restart, and the server decides);
+ * - lost before any LoginOk (the gateway unreachable): back to the login screen; otherwise the ended screen.
+ */
+export function afterClose(c: {
+  phase: Phase;
+  code: number;
+  leaving: boolean;
+  explained: boolean;
+  loggedOut: boolean;
+  hasResumeToken: boolean;
+}): CloseOutcome {
+  if (c.leaving || (c.explained && c.loggedOut)) return 'logged-out';
+  if (c.explained) return 'explained';
+  if (c.code === 1008) return 'token-refused';
+  if (c.hasResumeToken && (c.phase === 'game' || c.phase === 'resuming')) return 'resume';
+  if (c.phase === 'connecting') return 'back-to-login';
+  return 'ended';
 }
 
 export class Session {
@@ -348,41 +379,45 @@ export class Session {
   private closed(code: number, reason: string): void {
     this.stopTimers();
     const wasPhase = this.phase;
-    if (this.leaving || (this.kicked && this.lastError?.reason === 'KICK_REASON_LOGGED_OUT')) {
-      this.leaving = false;
-      this.sessionToken = null;
-      this.lastError = this.lastError ?? { kind: 'kick', reason: 'KICK_REASON_LOGGED_OUT', message: kickText(KickReason.KICK_REASON_LOGGED_OUT) };
-      this.setPhase('login');
-      return;
+    const outcome = afterClose({
+      phase: wasPhase,
+      code,
+      leaving: this.leaving,
+      explained: this.kicked,
+      loggedOut: this.lastError?.reason === 'KICK_REASON_LOGGED_OUT',
+      hasResumeToken: this.sessionToken !== null,
+    });
+    this.leaving = false;
+    if (outcome !== 'resume') this.sessionToken = null;
+    switch (outcome) {
+      case 'logged-out':
+        this.lastError = { kind: 'kick', reason: 'KICK_REASON_LOGGED_OUT', message: kickText(KickReason.KICK_REASON_LOGGED_OUT) };
+        this.setPhase('login');
+        return;
+      case 'explained':
+        // A Kick or a LoginError came first and said why; login errors already moved to the login screen.
+        if (this.phase !== 'login') this.setPhase('ended');
+        else this.changed();
+        return;
+      case 'token-refused':
+        this.fail('login', { kind: 'close', reason: 'WS_CLOSE_1008', message: closeText(code, reason) });
+        return;
+      case 'resume':
+        if (wasPhase === 'game') {
+          this.resumeDeadline = performance.now() + RESUME_WINDOW_MS;
+          this.game.note('connection lost; resuming...', 'error');
+          this.planner.releaseAll();
+        }
+        this.lastError = { kind: 'close', reason: `WS_CLOSE_${code}`, message: closeText(code, reason) };
+        this.setPhase('resuming');
+        this.scheduleResume(wasPhase === 'game' ? 0 : RESUME_BACKOFF_MS);
+        return;
+      case 'back-to-login':
+      case 'ended':
+        this.lastError = { kind: 'close', reason: `WS_CLOSE_${code}`, message: closeText(code, reason) };
+        this.setPhase(outcome === 'ended' ? 'ended' : 'login');
+        return;
     }
-    if (this.kicked) {
-      // A Kick or a LoginError came first and said why; login errors already moved to the login screen.
-      this.sessionToken = null;
-      if (this.phase !== 'login') this.setPhase('ended');
-      else this.changed();
-      return;
-    }
-    if (code === 1008) {
-      // The token (login, transfer or resume) was refused: only a new login helps.
-      this.sessionToken = null;
-      this.fail('login', { kind: 'close', reason: 'WS_CLOSE_1008', message: closeText(code, reason) });
-      return;
-    }
-    const resumable = this.sessionToken !== null && (wasPhase === 'game' || wasPhase === 'resuming');
-    if (resumable && code !== 1000) {
-      if (wasPhase === 'game') {
-        this.resumeDeadline = performance.now() + RESUME_WINDOW_MS;
-        this.game.note('connection lost; resuming...', 'error');
-        this.planner.releaseAll();
-      }
-      this.lastError = { kind: 'close', reason: `WS_CLOSE_${code}`, message: closeText(code, reason) };
-      this.setPhase('resuming');
-      this.scheduleResume(wasPhase === 'game' ? 0 : RESUME_BACKOFF_MS);
-      return;
-    }
-    this.sessionToken = null;
-    this.lastError = { kind: 'close', reason: `WS_CLOSE_${code}`, message: closeText(code, reason) };
-    this.setPhase(wasPhase === 'connecting' && code === 1006 ? 'login' : 'ended');
   }
 
   private scheduleResume(delayMs: number): void {

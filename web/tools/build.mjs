@@ -11,6 +11,7 @@ import { copyFileSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as esbuild from 'esbuild';
+import { noWasmInLong } from './esbuild-plugins.mjs';
 
 const web = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const args = process.argv.slice(2);
@@ -41,6 +42,7 @@ const result = await esbuild.build({
   charset: 'utf8',
   logLevel: 'warning',
   metafile: true,
+  plugins: [noWasmInLong],
 });
 if (result.errors.length > 0) process.exit(1);
 
