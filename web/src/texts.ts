@@ -18,6 +18,7 @@ export const LOGIN_ERROR_TEXT: Record<string, string> = {
   LOGIN_ERROR_PROTOCOL_VERSION: 'This client is out of date: reload the page.',
   LOGIN_ERROR_RATE_LIMITED: 'Too many new accounts from this address. Try again later.',
   LOGIN_ERROR_INVALID_RESUME: 'Your session could not be resumed: log in again.',
+  LOGIN_ERROR_INVALID_TOKEN: 'Your login expired before the game opened (or was already used): log in again.',
 };
 
 export const KICK_TEXT: Record<string, string> = {
