@@ -25,7 +25,8 @@ use mio::{Interest, Registry, Token};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
 
-use super::behaviour::{Brain, Role, Target};
+use super::behaviour::Role;
+use super::play::Play;
 use super::stats::ThreadStats;
 use crate::client::session::{
     ControlConfig, ControlEvent, ControlSession, ControlState, Credentials, DataConfig, DataSession, LoginPolicy,
@@ -33,7 +34,7 @@ use crate::client::session::{
 };
 use crate::net::framing::{encode_frame, FrameDecoder, FrameError};
 use crate::net::udp::{DataKeys, EXPORTER_LABEL};
-use crate::proto::{control_message::Body, Chat, EntityKind, KickReason, LoginErrorReason, Snapshot, Vec2};
+use crate::proto::{control_message::Body, Chat, KickReason, LoginErrorReason, Snapshot, Vec2};
 
 /// What every bot of a run shares (read-only).
 #[derive(Debug)]
@@ -71,11 +72,11 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn now_us(&self) -> u64 {
+    pub(crate) fn now_us(&self) -> u64 {
         micros(self.now.saturating_duration_since(self.shared.epoch))
     }
 
-    fn measuring(&self) -> bool {
+    pub(crate) fn measuring(&self) -> bool {
         self.now >= self.shared.measure_from
     }
 }
@@ -90,8 +91,6 @@ const PING_EVERY: Duration = Duration::from_secs(10);
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// Smallest wait before retrying a login the server called busy.
 const MIN_RETRY: Duration = Duration::from_millis(200);
-/// Distance from its first seen position after which a bot counts as having seen itself move.
-const MOVED_METERS: f32 = 1.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -113,12 +112,6 @@ pub(crate) struct Outcome {
     pub saw_self_move: bool,
     /// The error kind that ended the bot early, if any.
     pub failure: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct InGame {
-    entity_id: u64,
-    period: Duration,
 }
 
 /// A control-channel failure, already reduced to its report kind.
@@ -164,8 +157,6 @@ pub(crate) fn kick_reason_name(code: i32) -> String {
 pub(crate) struct Bot {
     /// Account name.
     name: String,
-    role: Role,
-    seed: u64,
     tcp_token: Token,
     udp_token: Token,
     start_at: Instant,
@@ -183,14 +174,7 @@ pub(crate) struct Bot {
     control: Option<ControlSession>,
     /// The UDP channel of the latest LoginOk.
     data: Option<DataSession>,
-    game: Option<InGame>,
-    brain: Option<Brain>,
-    next_input: Instant,
-    last_processed: u32,
-    last_tick: u64,
-    first_pos: Option<(f32, f32)>,
-    pos: Option<(f32, f32)>,
-    target: Option<Target>,
+    play: Play,
     stopping: bool,
     /// Set from a deliberate drop until the resume is answered.
     resuming: Option<Instant>,
@@ -207,8 +191,6 @@ impl Bot {
     pub(crate) fn new(name: String, role: Role, seed: u64, slot: usize, start_at: Instant) -> Self {
         Self {
             name,
-            role,
-            seed,
             tcp_token: Token(slot * 2),
             udp_token: Token(slot * 2 + 1),
             start_at,
@@ -223,14 +205,7 @@ impl Bot {
             udp: None,
             control: None,
             data: None,
-            game: None,
-            brain: None,
-            next_input: start_at,
-            last_processed: 0,
-            last_tick: 0,
-            first_pos: None,
-            pos: None,
-            target: None,
+            play: Play::new(role, seed, start_at),
             stopping: false,
             resuming: None,
             rng: seed | 1,
@@ -279,7 +254,7 @@ impl Bot {
                 let control = self.control.as_ref().and_then(ControlSession::poll_timeout);
                 let data = self.data.as_ref().and_then(DataSession::poll_timeout);
                 // Chat lines are checked on every input (20 Hz is plenty for a line every ~10 s).
-                let input = self.playing().then_some(self.next_input);
+                let input = self.playing().then_some(self.play.next_input);
                 [control, data, input].into_iter().flatten().min()
             }
         }
@@ -307,9 +282,9 @@ impl Bot {
         if let Some(data) = self.data.as_mut() {
             data.handle_timeout(ctx.now).map_err(|_| Fail::new("udp_bind_timeout"))?;
         }
-        if self.playing() && ctx.now >= self.next_input {
-            if let Some(game) = self.game {
-                if self.should_drop(ctx, game.period) {
+        if self.playing() && ctx.now >= self.play.next_input {
+            if let Some(period) = self.play.period() {
+                if self.should_drop(ctx, period) {
                     return self.drop_and_resume(ctx);
                 }
             }
@@ -497,7 +472,10 @@ impl Bot {
                         eof = true;
                         break;
                     }
-                    Ok(_) => {
+                    Ok(n) => {
+                        if ctx.measuring() {
+                            ctx.stats.bytes_in += n as u64;
+                        }
                         tls.process_new_packets().map_err(|e| Fail(format!("tls:{e}")))?;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -632,8 +610,7 @@ impl Bot {
         let config = DataConfig { bind_timeout: Some(ctx.shared.udp_timeout), ..DataConfig::new(ctx.shared.epoch) };
         // Input sequences start over with each session.
         self.data = Some(DataSession::new(ok.session_id, &keys, config, ctx.now));
-        self.last_processed = 0;
-        self.game = Some(InGame { entity_id: ok.entity_id, period });
+        self.play.entered(ok.entity_id, period);
         Ok(())
     }
 
@@ -659,7 +636,11 @@ impl Bot {
         if self.state != State::Connecting {
             while tls.wants_write() {
                 match tls.write_tls(tcp) {
-                    Ok(_) => {}
+                    Ok(n) => {
+                        if ctx.measuring() {
+                            ctx.stats.bytes_out += n as u64;
+                        }
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(Fail::io(&e)),
@@ -694,7 +675,12 @@ impl Bot {
         loop {
             let (Some(udp), Some(data)) = (self.udp.as_ref(), self.data.as_mut()) else { return Ok(()) };
             let n = match udp.recv(ctx.buf) {
-                Ok(n) => n,
+                Ok(n) => {
+                    if ctx.measuring() {
+                        ctx.stats.bytes_in += n as u64;
+                    }
+                    n
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // ICMP port unreachable surfacing on a connected socket: the server is gone.
@@ -725,91 +711,25 @@ impl Bot {
     fn on_welcome(&mut self, ctx: &mut Ctx<'_>) {
         self.outcome.udp_bound = true;
         let now_us = ctx.now_us();
-        self.brain = Some(Brain::new(self.role, self.seed, now_us));
-        let period = self.game.map_or(Duration::from_millis(50), |g| g.period);
-        // Spread the bots' inputs over the tick instead of sending them all at once.
-        let phase = Duration::from_nanos(self.seed % (period.as_nanos().max(1) as u64));
-        self.next_input = ctx.now + phase;
+        self.play.start(ctx.now, now_us);
     }
 
     fn on_snapshot(&mut self, ctx: &mut Ctx<'_>, s: &Snapshot) {
-        let now_us = ctx.now_us();
-        let measuring = ctx.measuring();
-        self.outcome.snapshots += 1;
-        if measuring {
-            ctx.stats.snapshots += 1;
-            if self.last_tick != 0 && s.tick > self.last_tick + 1 {
-                ctx.stats.snapshot_ticks_missed += s.tick - self.last_tick - 1;
-            }
-            ctx.stats.note_tick_arrival(s.tick, now_us);
-        }
-        self.last_tick = self.last_tick.max(s.tick);
-        if s.last_processed_input > self.last_processed {
-            self.last_processed = s.last_processed_input;
-            if measuring && s.input_client_time_us > 0 && s.input_client_time_us <= now_us {
-                let latency = now_us - s.input_client_time_us;
-                ctx.stats.latency.record(latency);
-                ctx.stats.window.record(latency);
-            }
-        }
-        let Some(game) = self.game else { return };
-        let me = s.entities.iter().find(|e| e.id == game.entity_id).and_then(|e| e.position.as_ref());
-        if let Some(p) = me.filter(|p| p.x.is_finite() && p.y.is_finite()) {
-            let here = (p.x, p.y);
-            let first = *self.first_pos.get_or_insert(here);
-            let (dx, dy) = (here.0 - first.0, here.1 - first.1);
-            if dx * dx + dy * dy >= MOVED_METERS * MOVED_METERS {
-                self.outcome.saw_self_move = true;
-            }
-            self.pos = Some(here);
-        }
-        if self.role == Role::Fight {
-            self.target = self.pos.and_then(|(mx, my)| {
-                s.entities
-                    .iter()
-                    .filter(|e| e.kind == EntityKind::Npc as i32 && e.flags & 1 == 0)
-                    .filter_map(|e| {
-                        let p = e.position.as_ref()?;
-                        let d = (p.x - mx) * (p.x - mx) + (p.y - my) * (p.y - my);
-                        d.is_finite().then_some((d, Target { id: e.id, x: p.x, y: p.y }))
-                    })
-                    .min_by(|a, b| a.0.total_cmp(&b.0))
-                    .map(|(_, t)| t)
-            });
-        }
+        self.play.observe(ctx, s, &mut self.outcome);
     }
 
     /// Playing: send the input and chat line that are due (the session queues its own pings).
     fn play(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Fail> {
-        let now = ctx.now;
-        let now_us = ctx.now_us();
-        let Some(game) = self.game else { return Ok(()) };
-        self.send_input(ctx, now_us)?;
-        self.next_input += game.period;
-        if self.next_input <= now {
-            // This thread fell more than a tick behind: skip rather than burst (the server would drop them).
-            ctx.stats.inputs_skipped += 1;
-            self.next_input = now + game.period;
+        if let (Some(decision), Some(data)) = (self.play.input(ctx), self.data.as_mut()) {
+            let move_dir = Vec2 { x: decision.move_dir.0, y: decision.move_dir.1 };
+            data.input(move_dir, decision.ability, decision.target, ctx.now);
+            self.flush_udp(ctx)?;
         }
-        let chat = match self.brain.as_mut() {
-            Some(brain) => brain.chat(now_us, &self.name),
-            None => None,
-        };
-        if let (Some((channel, text)), Some(control)) = (chat, self.control.as_mut()) {
+        if let (Some((channel, text)), Some(control)) =
+            (self.play.chat(ctx.now_us(), &self.name), self.control.as_mut())
+        {
             control.send(Body::Chat(Chat { channel: channel as i32, text }));
             ctx.stats.chats_sent += 1;
-        }
-        Ok(())
-    }
-
-    fn send_input(&mut self, ctx: &mut Ctx<'_>, now_us: u64) -> Result<(), Fail> {
-        let (Some(brain), Some(data)) = (self.brain.as_mut(), self.data.as_mut()) else { return Ok(()) };
-        let decision = brain.decide(now_us, self.pos, self.target);
-        let move_dir = Vec2 { x: decision.move_dir.0, y: decision.move_dir.1 };
-        data.input(move_dir, decision.ability, decision.target, ctx.now);
-        self.flush_udp(ctx)?;
-        if ctx.measuring() {
-            ctx.stats.inputs += 1;
         }
         Ok(())
     }
@@ -818,7 +738,10 @@ impl Bot {
 /// Sends one datagram; a full socket buffer drops it (UDP semantics) and is counted.
 fn send_datagram(udp: &UdpSocket, datagram: &[u8], stats: &mut ThreadStats) -> Result<(), Fail> {
     match udp.send(datagram) {
-        Ok(_) => Ok(()),
+        Ok(n) => {
+            stats.bytes_out += n as u64;
+            Ok(())
+        }
         Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
             stats.udp_send_dropped += 1;
             Ok(())

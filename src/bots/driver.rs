@@ -19,6 +19,7 @@ use mio::{Events, Poll};
 
 use super::bot::{Bot, Ctx, Outcome, Shared};
 use super::stats::{Live, ThreadStats};
+use super::ws::WsBot;
 use crate::proto::MAX_DATAGRAM_BYTES;
 
 /// How long bots that are logging out may take after the run ends before the thread gives up on them.
@@ -27,7 +28,7 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 /// One thread's bots and their event loop.
 pub(crate) struct Driver {
     poll: Poll,
-    bots: Vec<Bot>,
+    bots: Vec<Agent>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     stats: ThreadStats,
     shared: Arc<Shared>,
@@ -38,13 +39,13 @@ pub(crate) struct Driver {
 
 impl Driver {
     /// A driver for `bots` (each built with its slot index in this vector).
-    pub(crate) fn new(bots: Vec<Bot>, shared: Arc<Shared>, live: Arc<Live>, live_slot: usize) -> io::Result<Self> {
+    pub(crate) fn new(bots: Vec<Agent>, shared: Arc<Shared>, live: Arc<Live>, live_slot: usize) -> io::Result<Self> {
         let mut timers = BinaryHeap::with_capacity(bots.len() * 2);
         let mut bots = bots;
         for (slot, bot) in bots.iter_mut().enumerate() {
             if let Some(at) = bot.wake() {
                 timers.push(Reverse((at, slot)));
-                bot.scheduled = Some(at);
+                *bot.scheduled() = Some(at);
             }
         }
         Ok(Self {
@@ -73,7 +74,7 @@ impl Driver {
                 stop_deadline = Some(now + STOP_GRACE);
             }
             if let Some(deadline) = stop_deadline {
-                if now >= deadline || self.bots.iter().all(Bot::is_done) {
+                if now >= deadline || self.bots.iter().all(Agent::is_done) {
                     break;
                 }
             }
@@ -81,7 +82,7 @@ impl Driver {
                 self.publish();
                 next_publish = now + Duration::from_secs(1);
                 // Every bot already failed (a dead server): nothing left to measure or wait for.
-                if stop_deadline.is_none() && self.bots.iter().all(Bot::is_done) {
+                if stop_deadline.is_none() && self.bots.iter().all(Agent::is_done) {
                     break;
                 }
             }
@@ -112,10 +113,10 @@ impl Driver {
                     break;
                 }
                 self.timers.pop();
-                if self.bots[slot].scheduled != Some(at) {
+                if *self.bots[slot].scheduled() != Some(at) {
                     continue; // stale: the bot rescheduled since
                 }
-                self.bots[slot].scheduled = None;
+                *self.bots[slot].scheduled() = None;
                 self.with_bot(slot, now, |bot, ctx| bot.on_timer(ctx));
             }
         }
@@ -127,12 +128,12 @@ impl Driver {
             }
         }
         self.publish();
-        let outcomes = self.bots.iter().map(|b| b.outcome.clone()).collect();
+        let outcomes = self.bots.iter().map(|b| b.outcome().clone()).collect();
         Ok((self.stats, outcomes))
     }
 
     /// Calls into one bot with a context, then puts its next wake-up in the heap.
-    fn with_bot(&mut self, slot: usize, now: Instant, f: impl FnOnce(&mut Bot, &mut Ctx<'_>)) {
+    fn with_bot(&mut self, slot: usize, now: Instant, f: impl FnOnce(&mut Agent, &mut Ctx<'_>)) {
         let mut ctx = Ctx {
             registry: self.poll.registry(),
             shared: &self.shared,
@@ -147,8 +148,8 @@ impl Driver {
     fn reschedule(&mut self, slot: usize) {
         let bot = &mut self.bots[slot];
         let wake = bot.wake();
-        if wake != bot.scheduled {
-            bot.scheduled = wake;
+        if wake != *bot.scheduled() {
+            *bot.scheduled() = wake;
             if let Some(at) = wake {
                 self.timers.push(Reverse((at, slot)));
             }
@@ -161,7 +162,7 @@ impl Driver {
         for bot in &self.bots {
             phases[usize::from(bot.phase())] += 1;
         }
-        let failed = self.bots.iter().filter(|b| b.outcome.failure.is_some()).count() as u64;
+        let failed = self.bots.iter().filter(|b| b.outcome().failure.is_some()).count() as u64;
         let live = &self.live.threads[self.live_slot];
         live.connecting.store(phases[1], Ordering::Relaxed);
         live.logging_in.store(phases[2], Ordering::Relaxed);
@@ -173,5 +174,52 @@ impl Driver {
             window.merge(&self.stats.window);
         }
         self.stats.window.clear();
+    }
+}
+
+/// A bot on either transport.
+pub(crate) enum Agent {
+    /// TLS control channel + UDP data channel.
+    Tls(Box<Bot>),
+    /// The browser transport: HTTP login, one WebSocket.
+    Ws(Box<WsBot>),
+}
+
+macro_rules! each {
+    ($self:expr, $b:ident => $e:expr) => {
+        match $self {
+            Agent::Tls($b) => $e,
+            Agent::Ws($b) => $e,
+        }
+    };
+}
+
+impl Agent {
+    fn wake(&self) -> Option<Instant> {
+        each!(self, b => b.wake())
+    }
+    fn is_done(&self) -> bool {
+        each!(self, b => b.is_done())
+    }
+    fn phase(&self) -> u8 {
+        each!(self, b => b.phase())
+    }
+    fn scheduled(&mut self) -> &mut Option<Instant> {
+        each!(self, b => &mut b.scheduled)
+    }
+    fn outcome(&self) -> &Outcome {
+        each!(self, b => &b.outcome)
+    }
+    fn on_timer(&mut self, ctx: &mut Ctx<'_>) {
+        each!(self, b => b.on_timer(ctx))
+    }
+    fn on_tcp(&mut self, ctx: &mut Ctx<'_>) {
+        each!(self, b => b.on_tcp(ctx))
+    }
+    fn on_udp(&mut self, ctx: &mut Ctx<'_>) {
+        each!(self, b => b.on_udp(ctx))
+    }
+    fn stop(&mut self, ctx: &mut Ctx<'_>) {
+        each!(self, b => b.stop(ctx))
     }
 }

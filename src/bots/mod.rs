@@ -21,7 +21,9 @@ pub mod behaviour;
 mod bot;
 mod driver;
 pub mod histogram;
+mod play;
 mod stats;
+mod ws;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -32,7 +34,7 @@ use rustls::pki_types::ServerName;
 
 pub use self::behaviour::Behaviour;
 use self::bot::{Bot, Shared};
-use self::driver::Driver;
+use self::driver::{Agent, Driver};
 use self::stats::{Live, ReportHeader, ThreadStats};
 pub use self::stats::{Quantiles, Report};
 use crate::net::tls::{self, ServerTrust};
@@ -41,9 +43,14 @@ use crate::net::tls::{self, ServerTrust};
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "realm-bots", version, about = "Realm load generator: many real game clients on a few threads")]
 pub struct Args {
-    /// Game server address (TLS on TCP; UDP on the port LoginOk announces).
+    /// Game server address (TLS on TCP; UDP on the port LoginOk announces), or with `--transport ws` the
+    /// browser endpoint (`server.ws_port`, plain HTTP).
     #[arg(long, default_value = "127.0.0.1:7777")]
     pub server: String,
+    /// How the bots connect: `tls` (TLS control channel + UDP, as realm-client) or `ws` (HTTP login and one
+    /// WebSocket, as the web client).
+    #[arg(long, value_enum, default_value_t = Transport::Tls)]
+    pub transport: Transport,
     /// Name the server's certificate must carry.
     #[arg(long, default_value = "localhost")]
     pub server_name: String,
@@ -94,6 +101,16 @@ pub struct Args {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// How bots reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// TLS control channel + UDP data channel.
+    Tls,
+    /// HTTP login + one WebSocket (the browser transport).
+    Ws,
 }
 
 /// Why a run could not start.
@@ -208,13 +225,17 @@ pub fn run(args: &Args) -> Result<Report, BotsError> {
 
     let mut handles = Vec::with_capacity(threads);
     for t in 0..threads {
-        let bots: Vec<Bot> = (t..args.bots)
+        let bots: Vec<Agent> = (t..args.bots)
             .step_by(threads)
             .enumerate()
             .map(|(slot, n)| {
                 let start_at = epoch + ramp.mul_f64(n as f64 / args.bots as f64);
                 let seed = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(n as u64 + 1);
-                Bot::new(args.account_name(n), args.behaviour.role(n), seed, slot, start_at)
+                let (name, role) = (args.account_name(n), args.behaviour.role(n));
+                match args.transport {
+                    Transport::Tls => Agent::Tls(Box::new(Bot::new(name, role, seed, slot, start_at))),
+                    Transport::Ws => Agent::Ws(Box::new(ws::WsBot::new(name, role, seed, slot, start_at))),
+                }
             })
             .collect();
         let driver = Driver::new(bots, Arc::clone(&shared), Arc::clone(&live), t)

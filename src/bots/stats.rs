@@ -61,6 +61,10 @@ pub(crate) struct ThreadStats {
     pub tick_period_us: u64,
     /// Errors by kind.
     pub errors: BTreeMap<String, u64>,
+    /// Bytes received from the server (TLS records and UDP datagrams, or WebSocket messages), in the window.
+    pub bytes_in: u64,
+    /// Bytes sent to the server, in the window.
+    pub bytes_out: u64,
 }
 
 impl ThreadStats {
@@ -75,6 +79,8 @@ impl ThreadStats {
     /// Adds `other` into `self`.
     pub(crate) fn merge(&mut self, other: ThreadStats) {
         self.inputs += other.inputs;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
         self.inputs_skipped += other.inputs_skipped;
         self.snapshots += other.snapshots;
         self.snapshot_ticks_missed += other.snapshot_ticks_missed;
@@ -259,6 +265,10 @@ pub struct Report {
     pub inputs_sent: u64,
     /// Inputs per second over the window.
     pub inputs_per_sec: f64,
+    /// Bytes from the server per connected player per second over the window.
+    pub bytes_in_per_player_per_sec: f64,
+    /// Bytes to the server per connected player per second over the window.
+    pub bytes_out_per_player_per_sec: f64,
     /// Snapshots received in the window.
     pub snapshots_received: u64,
     /// Snapshots per second over the window.
@@ -344,6 +354,12 @@ impl Report {
             failed,
             inputs_sent: stats.inputs,
             inputs_per_sec: stats.inputs as f64 / secs,
+            bytes_in_per_player_per_sec: stats.bytes_in as f64
+                / secs
+                / outcomes.iter().filter(|o| o.logged_in).count().max(1) as f64,
+            bytes_out_per_player_per_sec: stats.bytes_out as f64
+                / secs
+                / outcomes.iter().filter(|o| o.logged_in).count().max(1) as f64,
             snapshots_received: stats.snapshots,
             snapshots_per_sec: stats.snapshots as f64 / secs,
             snapshot_ticks_missed: stats.snapshot_ticks_missed,
@@ -398,6 +414,11 @@ impl Report {
             s,
             "  traffic:    {:.0} inputs/s, {:.0} snapshots/s, {} snapshot ticks missed, {} inputs skipped",
             self.inputs_per_sec, self.snapshots_per_sec, self.snapshot_ticks_missed, self.inputs_skipped
+        );
+        let _ = writeln!(
+            s,
+            "  bandwidth:  {:.0} B/s in, {:.0} B/s out per player",
+            self.bytes_in_per_player_per_sec, self.bytes_out_per_player_per_sec
         );
         let _ = writeln!(s, "  input->snapshot: {}", q(&self.latency_ms, "ms"));
         let _ = writeln!(s, "                   {}", q(&self.latency_ticks, "ticks"));
