@@ -21,7 +21,7 @@ seconds="${1:-60}"
 shift || true
 targets=("$@")
 if [ "${#targets[@]}" -eq 0 ]; then
-  targets=(control_frame control_session_plaintext udp_datagram admin_http config_zone)
+  targets=(control_frame control_session_plaintext udp_datagram admin_http config_zone web_http)
 fi
 case "$seconds" in
   '' | *[!0-9]*) echo "fuzz: seconds per target must be a number, got '$seconds'" >&2; exit 2 ;;
