@@ -3,8 +3,10 @@
 # Realm zone server image.
 #
 #   docker build -t realm-server:dev .
-#   docker run --rm -p 7777:7777/tcp -p 7777:7777/udp \
+#   docker run --rm -p 7777:7777/tcp -p 7777:7777/udp -p 8080:8080/tcp \
 #     -p 127.0.0.1:9100:9100 -e REALM_ADMIN_HOST=0.0.0.0 realm-server:dev
+#
+# 8080 is the browser endpoint (web client, login API, WebSocket game sessions: server.ws_port / SERVER_WS_PORT).
 #
 # The admin listener binds loopback unless told otherwise: the HEALTHCHECK below reaches it there; publishing the
 # admin port (or scraping it from another container) needs REALM_ADMIN_HOST=0.0.0.0, as the compose file and the
@@ -17,6 +19,22 @@
 
 ARG RUST_VERSION=1
 ARG DEBIAN_RELEASE=bookworm
+ARG NODE_VERSION=20
+
+############################################################################### frontend
+# The web client (web/): TypeScript and the protobuf code generated from proto/, bundled by esbuild into web/dist.
+# The repository also carries that bundle (so `cargo build` works without npm, and `scripts/web.sh check` proves the
+# two agree); the image builds it from source here, with the lock file, and the server embeds the result.
+FROM node:${NODE_VERSION}-${DEBIAN_RELEASE}-slim AS frontend
+WORKDIR /src/web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY proto /src/proto
+COPY web/tsconfig.json ./
+COPY web/static static
+COPY web/tools tools
+COPY web/src src
+RUN node tools/build.mjs --outdir dist
 
 ############################################################################### builder
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS builder
@@ -55,6 +73,7 @@ COPY build.rs ./
 COPY proto proto
 COPY migrations migrations
 COPY src src
+COPY --from=frontend /src/web/dist web/dist
 # `cargo clean -p` drops the stub artifacts of our own crate, so the real sources are rebuilt whatever their mtimes
 # (COPY keeps the mtimes of the build context, which may be older than the stub build).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
@@ -94,7 +113,7 @@ USER 10001:10001
 
 # 7777/tcp: TLS control channel; 7777/udp: sealed data channel (same port number by protocol design: LoginOk tells
 # the client to use the TCP port's number for UDP); 9100: admin HTTP (/metrics /health /ready).
-EXPOSE 7777/tcp 7777/udp 9100/tcp
+EXPOSE 7777/tcp 7777/udp 8080/tcp 9100/tcp
 
 # /health answers 200 while the zone is starting, serving or draining, 503 when the tick is frozen or a configured
 # backend is down. One HTTP/1.0 GET over bash's /dev/tcp (no curl in the image); the admin port honours the same

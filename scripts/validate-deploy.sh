@@ -311,7 +311,10 @@ check "nginx -t of scripts/local-cluster.sh's generated config" \
 check "hadolint Dockerfile" hadolint --no-color Dockerfile
 docker_context() { # every COPY source (not --from) exists and is not excluded by .dockerignore
   python3 - <<'PY'
-import fnmatch, os, re, sys
+import fnmatch, os, re, subprocess, sys
+# Files git ignores (node_modules, generated code) are not in a clean clone's build context either.
+git_ignored = set(subprocess.run(["git", "ls-files", "-o", "-i", "--exclude-standard"], capture_output=True,
+                                 text=True).stdout.split())
 rules = []
 for line in open(".dockerignore"):
     line = line.strip()
@@ -343,6 +346,8 @@ for line in open("Dockerfile"):
             for dirpath, _, files in os.walk(src):
                 for f in files:
                     p = os.path.join(dirpath, f)
+                    if p in git_ignored:
+                        continue
                     if ignored(p) and not re.search(r"(\.pem|\.key|~|\.swp)$", p):
                         errors.append(f"{p} (under COPY {src}) is excluded by .dockerignore")
 print(f"{len(sources)} COPY sources present in the build context: {' '.join(sources)}")
