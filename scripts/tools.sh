@@ -26,6 +26,8 @@ declare -A PACKAGE=(
 # Files (not commands) that must exist, with their Debian package: Debian builds nginx's stream module separately.
 declare -A FILE_PACKAGE=(
   [/usr/lib/nginx/modules/ngx_stream_module.so]=libnginx-mod-stream
+  # A font for Chromium's text (only recommended by the chromium package, and recommends are not installed here).
+  [/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf]=fonts-liberation
 )
 
 missing=()
