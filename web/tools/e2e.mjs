@@ -8,7 +8,8 @@
 // The scenario, as players would do it (keyboard, form, buttons; window.realm.state() only to read what the page
 // knows):
 //   1. two pages register through the login form with distinct names and enter the same world;
-//   2. they walk apart, then toward each other with the keyboard; each sees the other;
+//   2. they walk apart, then toward each other with the keyboard; each sees the other; standing still, the
+//      round trip the HUD shows stays small;
 //   3. page A says a line on the zone channel; page B shows it in its chat log;
 //   4. page A targets the nearest NPC (Tab) and casts firebolt (2); combat events appear in its combat log;
 //   5. a screenshot of A's canvas is kept in DIR and checked to show the world (colours, non-background pixels);
@@ -288,6 +289,16 @@ try {
     aInputs: sa.lastInputSequence,
     bInputs: sb.lastInputSequence,
   };
+  // Standing still, the HUD's round trip stays what the last acknowledged input or ping measured (loopback: a few
+  // ms); it must not grow with the time since the last key press.
+  await sleep(1500);
+  const idle = await Promise.all([state(a), state(b)]);
+  result.walk.rttMsAfterIdle = idle.map((x) => x.rttMs);
+  result.walk.hudNet = await a.textContent('[data-testid=hud-net]');
+  check(
+    idle.every((x) => x.rttMs !== null && x.rttMs < 1000),
+    `round trip after 1.5 s standing still: ${JSON.stringify(result.walk.rttMsAfterIdle)} ms`,
+  );
   mark('walked');
   log(`walked: ${apart.toFixed(1)} m apart, then ${together.toFixed(1)} m; each sees the other`);
 
