@@ -157,6 +157,9 @@ fn two_browsers_and_a_script_player_play_together_and_a_dropped_page_resumes() {
     // The dropped page came back as the same entity.
     assert_eq!(r["resume"]["entityBefore"], r["resume"]["entityAfter"], "{}", r["resume"]);
     assert!(r["resume"]["entityAfter"].is_u64(), "{}", r["resume"]);
+    // ... by the server's resumption (not a new login), once: the attempts made while offline never reached it.
+    assert_eq!(server.metric("game_server_resumes_total", &[("outcome", "resumed")]), 1.0);
+    assert_eq!(server.metric("game_server_resumes_total", &[("outcome", "refused")]), 0.0);
     assert_eq!(server.log_lines("panicked").len(), 0, "{}", server_log());
 
     println!("browser e2e: {:.1} s in all (node {} s)", started.elapsed().as_secs_f64(), r["seconds"]);
