@@ -11,7 +11,7 @@ step "services"
 eval "$(scripts/services.sh)"
 env | grep '^REALM_TEST_' | sed 's/^/    /'
 
-step "tools (promtool, nginx, compose parser, validators)"
+step "tools (promtool, nginx, compose parser, validators, chromium for the browser tests)"
 scripts/tools.sh
 
 step "web client: committed bundle is current, unit tests (scripts/web.sh; needs node + npm)"

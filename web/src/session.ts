@@ -142,6 +142,8 @@ export class Session {
   private pingTimer: ReturnType<typeof setInterval> | null = null;
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
   private pingNonce = 0;
+  /** The newest input sequence a snapshot acknowledged in this session (sequences restart at 1 with each). */
+  private rttAcked = 0;
   private readonly listeners: (() => void)[] = [];
 
   constructor(origin: string) {
@@ -244,6 +246,7 @@ export class Session {
         const ok = m.loginOk!;
         this.sessionToken = ok.sessionToken && ok.sessionToken.length > 0 ? ok.sessionToken : null;
         this.planner.reset();
+        this.rttAcked = 0;
         this.game.join(
           {
             entityId: num(ok.entityId),
@@ -336,8 +339,13 @@ export class Session {
       case 'snapshot': {
         const s = m.snapshot!;
         this.game.snapshot(s, performance.now());
+        // The echo is the send time of the newest input the server processed, repeated in every snapshot until the
+        // next input: it measures a round trip only in the first snapshot that acknowledges a new input (otherwise
+        // the "rtt" of a player standing still would grow with the time since the last key press).
+        const acked = s.lastProcessedInput ?? 0;
         const echoed = num(s.inputClientTimeUs);
-        if (echoed > 0) this.rttMs = (nowUs() - echoed) / 1000;
+        if (echoed > 0 && acked > this.rttAcked) this.rttMs = (nowUs() - echoed) / 1000;
+        this.rttAcked = Math.max(this.rttAcked, acked);
         break;
       }
       case 'ping':
