@@ -21,7 +21,8 @@ zone_name() {
   sed -n 's/^name *= *"\(.*\)".*/\1/p' "$1" | head -1
 }
 
-# start_server ZONE_FILE LOG: starts realm-server, waits until ready, sets SERVER_PID GAME_ADDR ADMIN_ADDR CERT.
+# start_server ZONE_FILE LOG: starts realm-server, waits until ready, sets SERVER_PID GAME_ADDR ADMIN_ADDR CERT
+# WEB_ADDR (the browser endpoint, plain HTTP on a free port).
 # Extra REALM_* variables in the caller's environment pass through. Every bot connects from 127.0.0.1, so the
 # per-address limits (connection rate, open and unauthenticated connections, registrations) are lifted.
 start_server() {
@@ -29,7 +30,7 @@ start_server() {
   [[ -x "$bin" ]] || die "$bin not built (cargo build --release --bin realm-server)"
   # A fresh log: the readiness wait and the address parsing below read it (a step run twice reuses the path).
   : >"$logfile"
-  REALM_SERVER_HOST=127.0.0.1 REALM_SERVER_PORT=0 REALM_ADMIN_HOST=127.0.0.1 REALM_ADMIN_PORT=0 \
+  REALM_SERVER_HOST=127.0.0.1 REALM_SERVER_PORT=0 REALM_SERVER_WS_PORT=0 REALM_ADMIN_HOST=127.0.0.1 REALM_ADMIN_PORT=0 \
     REALM_GAME_ZONE_FILE="$zone" REALM_SERVER_ZONE="$(zone_name "$zone")" \
     REALM_GAME_TICK_RATE="${TICK_RATE:-20}" \
     REALM_GAME_MAX_PLAYERS="${REALM_GAME_MAX_PLAYERS:-10000}" \
@@ -55,6 +56,7 @@ start_server() {
   GAME_ADDR="$(sed -n 's/.*listening on \([0-9.:]*\) .*/\1/p' "$logfile" | head -1)"
   ADMIN_ADDR="$(sed -n 's#.*admin listener on http://\([0-9.:]*\) .*#\1#p' "$logfile" | head -1)"
   CERT="$(sed -n 's/.*written to \(.*\.pem\)).*/\1/p' "$logfile" | head -1)"
+  WEB_ADDR="$(sed -n 's#.*play in a browser: http://\([0-9.:]*\)/.*#\1#p' "$logfile" | head -1)"
   [[ -n "$GAME_ADDR" && -n "$CERT" ]] || die "could not parse the game address / certificate from $logfile"
   log "realm-server pid $SERVER_PID: game $GAME_ADDR, admin ${ADMIN_ADDR:-none}, cert $CERT"
 }

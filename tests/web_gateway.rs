@@ -346,3 +346,43 @@ fn a_browser_whose_socket_dropped_resumes_with_its_session_token() {
     }
     s.stop();
 }
+
+#[test]
+fn with_ws_tls_the_browser_endpoint_speaks_tls_with_the_game_certificate() {
+    let s = ServerProcess::start(&[("REALM_SERVER_WS_TLS", "true")]);
+    let web = s.web.expect("browser endpoint");
+    let tls = |addr: SocketAddr| {
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(s.client_tls(), name).unwrap();
+        let tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        rustls::StreamOwned::new(conn, tcp)
+    };
+    // Plain HTTP to a TLS port gets nothing useful.
+    let (status, _, _) = http(web, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 0, "no plaintext answer on a TLS endpoint");
+    // The login API over TLS.
+    let body = r#"{"username":"tlsweb","password":"password123"}"#;
+    let mut stream = tls(web);
+    let req = format!("POST /api/register HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let token = json["token"].as_str().unwrap();
+    // And a game session over wss.
+    let (mut ws, _) = tungstenite::client::client(format!("wss://localhost:{}/ws?token={token}", web.port()), tls(web))
+        .expect("wss upgrade");
+    match ws.read() {
+        Ok(Message::Binary(b)) => match WsFrame::decode(b.as_ref()).unwrap().body {
+            Some(ws_frame::Body::Control(ControlMessage { body: Some(Body::LoginOk(ok)) })) => {
+                assert!(ok.player_id > 0)
+            }
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    s.stop();
+}

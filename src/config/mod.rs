@@ -1014,6 +1014,25 @@ mod tests {
     }
 
     #[test]
+    fn production_refuses_a_missing_or_weak_token_secret_and_plain_browser_traffic() {
+        let prod = |extra: &[(&str, &str)]| {
+            let mut vars = vec![("SERVER_ENV", "production"), ("TLS_CERT", "/c.pem"), ("TLS_KEY", "/k.pem")];
+            vars.extend_from_slice(extra);
+            Config::load_with_env(None, env(&vars)).map_err(|e| e.to_string())
+        };
+        let strong = "0123456789abcdef0123456789abcdef";
+        let err = prod(&[("REALM_SERVER_WS_TLS", "true")]).unwrap_err();
+        assert!(err.contains("security.token_secret"), "missing secret: {err}");
+        let err = prod(&[("REALM_SERVER_WS_TLS", "true"), ("JWT_SECRET", "short")]).unwrap_err();
+        assert!(err.contains("security.token_secret"), "short secret: {err}");
+        let err = prod(&[("JWT_SECRET", strong)]).unwrap_err();
+        assert!(err.contains("server.ws_tls"), "plain HTTP for browsers: {err}");
+        assert!(prod(&[("JWT_SECRET", strong), ("REALM_SERVER_WS_TLS", "true")]).is_ok());
+        assert!(prod(&[("JWT_SECRET", strong), ("REALM_SERVER_WEB_BEHIND_PROXY", "true")]).is_ok());
+        assert!(prod(&[("REALM_SERVER_WEB_ENABLED", "false")]).is_ok(), "no browser endpoint, no browser secret");
+    }
+
+    #[test]
     fn secrets_are_redacted_in_the_logged_config() {
         let c = Config::load_with_env(
             None,
