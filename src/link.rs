@@ -158,6 +158,22 @@ pub enum Outbound {
     },
 }
 
+impl Outbound {
+    /// The session the item is for; `None` for `Shutdown` (every session).
+    pub fn session(&self) -> Option<SessionId> {
+        match self {
+            Outbound::Admit { session, .. }
+            | Outbound::Refuse { session, .. }
+            | Outbound::Token { session, .. }
+            | Outbound::Control { session, .. }
+            | Outbound::Data { session, .. }
+            | Outbound::Encoded { session, .. }
+            | Outbound::Close { session, .. } => Some(*session),
+            Outbound::Shutdown { .. } => None,
+        }
+    }
+}
+
 /// Wakes whatever drains an [`IoHandle`]'s queue (an io thread's `mio::Waker`; a test's closure).
 pub type Wake = Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>;
 

@@ -33,20 +33,6 @@ use crate::queue::{self, Pop, Producer};
 
 pub use crate::link::{Inbound, IoHandle, Outbound, SessionId, SimWaker};
 
-/// The session an outbound item is for (`u64::MAX` for `Shutdown`, which is for everyone).
-fn outbound_session(item: &Outbound) -> SessionId {
-    match item {
-        Outbound::Admit { session, .. }
-        | Outbound::Refuse { session, .. }
-        | Outbound::Token { session, .. }
-        | Outbound::Control { session, .. }
-        | Outbound::Data { session, .. }
-        | Outbound::Encoded { session, .. }
-        | Outbound::Close { session, .. } => *session,
-        Outbound::Shutdown { .. } => u64::MAX,
-    }
-}
-
 /// The simulation's view of a session's end.
 fn disconnected(session: SessionId, reason: &CloseReason) -> Inbound {
     let departure = match reason {
@@ -279,6 +265,25 @@ impl std::fmt::Debug for NetShared {
 }
 
 impl NetShared {
+    /// The per-address checks every new connection passes (game port and browser endpoint alike): the connect
+    /// rate, then the address's caps on open and on unauthenticated connections. A refusal is counted by reason;
+    /// an admitted connection must be given back with `per_address.release`.
+    pub fn admit_address(&self, ip: IpAddr, now: Instant) -> bool {
+        if !self.rate.allow(ip, now) {
+            self.stats.refused_rate_limited.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        if let Err(refusal) = self.per_address.admit(ip) {
+            let counter = match refusal {
+                AddressRefusal::Open => &self.stats.refused_per_ip,
+                AddressRefusal::Unauthenticated => &self.stats.refused_unauthenticated_per_ip,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
     /// Whether a new player could connect now.
     pub fn accepting(&self) -> Accepting {
         let s = &self.stats;
@@ -599,18 +604,8 @@ impl<E: From<Inbound>> IoThread<E> {
             if self.shutting_down.is_some() || self.shared.draining.load(Ordering::Relaxed) {
                 continue; // dropping the stream closes it
             }
-            if !self.shared.rate.allow(addr.ip(), now) {
-                self.shared.stats.refused_rate_limited.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
             // The address's own caps first: a connection they refuse must not cost anyone else their slot.
-            if let Err(refusal) = self.shared.per_address.admit(addr.ip()) {
-                let stats = &self.shared.stats;
-                let counter = match refusal {
-                    AddressRefusal::Open => &stats.refused_per_ip,
-                    AddressRefusal::Unauthenticated => &stats.refused_unauthenticated_per_ip,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
+            if !self.shared.admit_address(addr.ip(), now) {
                 continue;
             }
             if self.shared.stats.open_connections.load(Ordering::Relaxed) >= self.shared.max_connections
@@ -846,7 +841,7 @@ impl<E: From<Inbound>> IoThread<E> {
                     web.shutdown(&ctx, *reason, message);
                     item
                 }
-                (Some(web), _) if !self.by_session.contains_key(&outbound_session(&item)) => {
+                (Some(web), _) if !item.session().is_some_and(|id| self.by_session.contains_key(&id)) => {
                     let ctx = super::web::Ctx { registry: self.poll.registry(), shared: &self.shared };
                     web.outbound(&ctx, item);
                     continue;

@@ -41,7 +41,15 @@ impl ServerProcess {
             .env("REALM_ADMIN_HOST", "127.0.0.1")
             .env("REALM_ADMIN_PORT", admin.to_string())
             .env("REALM_SERVER_SHUTDOWN_GRACE_SECS", "5")
-            .env("REALM_SERVER_WS_PORT", "0")
+            // A free browser port (an older build, under REALM_TEST_SERVER_BIN, may not know the key).
+            .env(
+                if std::env::var_os("REALM_TEST_SERVER_BIN").is_some() {
+                    "REALM_TEST_UNUSED"
+                } else {
+                    "REALM_SERVER_WS_PORT"
+                },
+                "0",
+            )
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

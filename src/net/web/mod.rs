@@ -36,7 +36,7 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
 use self::http::{Entry, OriginPolicy, Parsed, Request, Response};
-use super::io::{AddressRefusal, NetShared};
+use super::io::NetShared;
 use crate::link::{Departure, Inbound, Outbound, SessionId};
 use crate::proto::{
     control_message::Body, data_message::Body as DataBody, ws_frame, ControlMessage, Kick, KickReason,
@@ -238,16 +238,7 @@ impl Gateway {
             if refuse_all {
                 continue;
             }
-            if !shared.rate.allow(addr.ip(), now) {
-                shared.stats.refused_rate_limited.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            if let Err(refusal) = shared.per_address.admit(addr.ip()) {
-                let counter = match refusal {
-                    AddressRefusal::Open => &shared.stats.refused_per_ip,
-                    AddressRefusal::Unauthenticated => &shared.stats.refused_unauthenticated_per_ip,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
+            if !shared.admit_address(addr.ip(), now) {
                 continue;
             }
             if shared.stats.open_connections.load(Ordering::Relaxed) >= shared.max_connections {
@@ -491,16 +482,7 @@ impl Gateway {
 
     /// Carries an item from the simulation; false if the session is not ours.
     pub fn outbound(&mut self, ctx: &Ctx<'_>, item: Outbound) -> bool {
-        let session = match &item {
-            Outbound::Admit { session, .. }
-            | Outbound::Refuse { session, .. }
-            | Outbound::Token { session, .. }
-            | Outbound::Control { session, .. }
-            | Outbound::Data { session, .. }
-            | Outbound::Encoded { session, .. }
-            | Outbound::Close { session, .. } => *session,
-            Outbound::Shutdown { .. } => return false,
-        };
+        let Some(session) = item.session() else { return false };
         let Some(&slot) = self.by_session.get(&session) else { return false };
         let Some(Some(conn)) = self.conns.get_mut(slot) else { return true };
         let stage = std::mem::replace(&mut conn.stage, Stage::Gone);
