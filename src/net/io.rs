@@ -33,6 +33,22 @@ use crate::queue::{self, Pop, Producer};
 
 pub use crate::link::{Inbound, IoHandle, Outbound, SessionId, SimWaker};
 
+/// The next connection waiting on `listener`; `None` once there is none (or accepting failed: EMFILE and friends
+/// are logged, and tried again at the next readiness event).
+pub(crate) fn accept_one(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        match listener.accept() {
+            Ok(pair) => return Some(pair),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::warn!("accept on {:?} failed: {e}", listener.local_addr().ok());
+                return None;
+            }
+        }
+    }
+}
+
 /// The simulation's view of a session's end.
 fn disconnected(session: SessionId, reason: &CloseReason) -> Inbound {
     let departure = match reason {
@@ -591,16 +607,7 @@ impl<E: From<Inbound>> IoThread<E> {
 
     fn accept(&mut self, now: Instant) {
         loop {
-            let (mut stream, addr) = match self.listener.accept() {
-                Ok(pair) => pair,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // EMFILE and friends: log and try again on the next readiness event.
-                    log::warn!("accept failed: {e}");
-                    return;
-                }
-            };
+            let Some((mut stream, addr)) = accept_one(&self.listener) else { return };
             if self.shutting_down.is_some() || self.shared.draining.load(Ordering::Relaxed) {
                 continue; // dropping the stream closes it
             }

@@ -225,15 +225,7 @@ impl Gateway {
     /// Accepts what is waiting, under the game port's limits.
     pub fn accept(&mut self, ctx: &Ctx<'_>, now: Instant, refuse_all: bool) {
         loop {
-            let (mut stream, addr) = match self.listener.accept() {
-                Ok(pair) => pair,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::warn!("web accept failed: {e}");
-                    return;
-                }
-            };
+            let Some((mut stream, addr)) = super::io::accept_one(&self.listener) else { return };
             let shared = ctx.shared;
             if refuse_all {
                 continue;
