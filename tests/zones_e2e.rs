@@ -336,3 +336,75 @@ fn sigterm_saves_every_player_releases_every_lock_and_exits_0_within_the_grace_p
     }
     assert!(locks(&mut redis).is_empty(), "every lock released: {:?}", locks(&mut redis));
 }
+
+#[test]
+#[ignore = "needs PostgreSQL and Redis: run scripts/test.sh"]
+fn a_browser_player_takes_a_portal_to_the_other_zones_browser_endpoint() {
+    use base64::Engine;
+    use common::ws::{login_ok, next, open, send, token};
+    use realm::proto::{ws_frame, ControlMessage, WsFrame};
+    let prefix = common::unique("zones_web");
+    let env = backend_env(&prefix, &[]);
+    let dir = std::env::temp_dir().join(common::unique("zones_web"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let b_file = dir.join("b.toml");
+    std::fs::write(
+        &b_file,
+        "name = \"dark-forest\"\nsize = 400.0\nview_radius = 40.0\nplayer_speed = 6.0\nspawn_points = [[300.0, 300.0]]\n",
+    )
+    .unwrap();
+    let b = start_zone("dark-forest", &b_file.display().to_string(), &env);
+    let b_web = b.web.expect("zone b's browser endpoint");
+    // Zone a: a portal 5 m east of the spawn into zone b, naming b's game and browser endpoints.
+    let a_file = dir.join("a.toml");
+    std::fs::write(
+        &a_file,
+        format!(
+            "name = \"starter-vale\"\nsize = 400.0\nview_radius = 40.0\nplayer_speed = 6.0\n\
+             spawn_points = [[200.0, 200.0]]\n[[portals]]\nname = \"east\"\nmin = [205.0, 0.0]\nmax = [215.0, 400.0]\n\
+             target_zone = \"dark-forest\"\ntarget_address = \"{}\"\ntarget_web_address = \"http://{b_web}\"\n\
+             target_position = [50.0, 60.0]\n",
+            b.game
+        ),
+    )
+    .unwrap();
+    let a = start_zone("starter-vale", &a_file.display().to_string(), &env);
+    let a_web = a.web.expect("zone a's browser endpoint");
+    let name = common::unique("webtraveller");
+    let mut ws = open(a_web, &format!("?token={}", token(a_web, "/api/register", &name)));
+    let ok = login_ok(&mut ws);
+    assert_eq!(ok.zone, "starter-vale");
+    // Walk east over the WebSocket until zone a hands the player over.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seq = 0;
+    let transfer = loop {
+        assert!(Instant::now() < deadline, "no ZoneTransfer");
+        seq += 1;
+        let input = Input { sequence: seq, move_dir: Some(Vec2 { x: 1.0, y: 0.0 }), ..Default::default() };
+        send(&mut ws, ws_frame::Body::Data(DataMessage::new(DataBody::Input(input))));
+        match next(&mut ws) {
+            Ok(WsFrame {
+                body: Some(ws_frame::Body::Control(ControlMessage { body: Some(Body::ZoneTransfer(t)) })),
+            }) => break t,
+            Ok(_) => {}
+            Err(code) => panic!("socket closed before the transfer: {code:?}"),
+        }
+    };
+    assert_eq!(transfer.zone, "dark-forest");
+    assert_eq!(transfer.web_address, format!("http://{b_web}"), "the browser is told where zone b's page is");
+    // The browser follows it: zone b admits the player with the token, no password.
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&transfer.transfer_token);
+    let mut there = open(b_web, &format!("?transfer={b64}&username={name}"));
+    let arrived = login_ok(&mut there);
+    assert_eq!((arrived.zone.as_str(), arrived.player_id), ("dark-forest", ok.player_id));
+    let pos = arrived.position.expect("position");
+    assert!((pos.x - 50.0).abs() < 1.0 && (pos.y - 60.0).abs() < 1.0, "arrives at the portal's target: {pos:?}");
+    // The token is single-use.
+    let mut again = open(b_web, &format!("?transfer={b64}&username={name}"));
+    match next(&mut again) {
+        Ok(WsFrame { body: Some(ws_frame::Body::Control(ControlMessage { body: Some(Body::LoginError(e)) })) }) => {
+            assert_eq!(e.reason, LoginErrorReason::LoginErrorInvalidTransfer as i32)
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod ws;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
