@@ -327,3 +327,52 @@ fn with_ws_tls_the_browser_endpoint_speaks_tls_with_the_game_certificate() {
     }
     s.stop();
 }
+
+#[test]
+fn a_browser_that_stops_reading_gets_the_newest_snapshot_not_a_backlog() {
+    // A crowd of NPCs around the spawn: every snapshot is full (~1.1 KB), as in a busy zone.
+    let dir = std::env::temp_dir().join(common::unique("web_crowd"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let zone = dir.join("crowd.toml");
+    std::fs::write(
+        &zone,
+        "name = \"starter-vale\"\nsize = 400.0\nview_radius = 40.0\nplayer_speed = 6.0\n\
+         spawn_points = [[200.0, 200.0]]\n[[npc_spawns]]\nkind = \"wolf\"\ncount = 200\ncenter = [200.0, 200.0]\n\
+         radius = 20.0\nlevel = 1\nmax_hp = 30\ndamage = [1, 1]\naggro_radius = 1.0\nleash_radius = 25.0\n\
+         speed = 1.0\nrespawn_secs = 2\n",
+    )
+    .unwrap();
+    let s = ServerProcess::start(&[("REALM_GAME_ZONE_FILE", zone.to_str().unwrap())]);
+    let web = s.web.unwrap();
+    let t = token(web, "/api/register", "sleepy");
+    // A small receive window, so the server's socket fills while the page does not read (a stalled tab).
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&web.into()).unwrap();
+    let stream: TcpStream = sock.into();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (mut ws, _) = tungstenite::client::client(format!("ws://{web}/ws?token={t}"), stream).unwrap();
+    login_ok(&mut ws);
+    let first = snapshot_with(&mut ws, |_| true).tick;
+    // 15 s without reading: 300 snapshots of ~1 KB each would overflow a per-socket queue (256 KiB: the client
+    // would be closed as too slow); the server keeps only the newest one for a socket that has not taken the last.
+    std::thread::sleep(Duration::from_secs(15));
+    let (mut newest, mut received) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match next(&mut ws) {
+            Ok(WsFrame { body: Some(ws_frame::Body::Data(DataMessage { body: Some(DataBody::Snapshot(s)) })) }) => {
+                newest = newest.max(s.tick);
+                received += 1;
+            }
+            Ok(_) => {}
+            Err(code) => panic!("a stalled page was disconnected ({code:?}) instead of getting fewer snapshots"),
+        }
+    }
+    // The server ticked ~300 + 100 times meanwhile; the page is current again within the 5 s of reading.
+    assert!(newest >= first + 350, "caught up to the present: first {first}, newest {newest}");
+    // What the sockets' buffers held was delivered late; everything beyond that was superseded, never queued.
+    let ticks = newest - first + 1;
+    assert!(received + 60 < ticks, "{received} snapshots for {ticks} ticks: a stalled page got a backlog");
+    s.stop();
+}

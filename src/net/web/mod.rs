@@ -52,6 +52,8 @@ pub const FIRST_CONN: usize = 1 << 30;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an API request may wait for its answer before it is given up (the login workers are saturated).
 const API_TIMEOUT: Duration = Duration::from_secs(30);
+/// Kernel send buffer of a browser socket (Linux doubles it): about 100 snapshots.
+const SEND_BUFFER_BYTES: usize = 64 * 1024;
 /// Messages per second a browser may send (inputs at the tick rate, chat, pings) before it is closed as a flood.
 const MESSAGE_BUDGET: u32 = 120;
 
@@ -250,6 +252,9 @@ impl Gateway {
                 continue;
             }
             let _ = stream.set_nodelay(true);
+            // A bounded kernel send buffer: what a slow browser has not taken yet waits here, and a snapshot that
+            // waits is stale. With at most this much queued, the gateway's newest-snapshot rule decides the rest.
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER_BYTES);
             let stream = match &self.tls {
                 Some(config) => match ServerConnection::new(Arc::clone(config)) {
                     Ok(conn) => Stream::Tls(Box::new(StreamOwned::new(conn, stream))),
