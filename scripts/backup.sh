@@ -53,8 +53,6 @@
 # is older than 26 h.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-
 MODE=dump
 case "${1:-}" in dump | base | prune) MODE=$1; shift ;; esac
 
@@ -104,7 +102,7 @@ done
 TEXTFILE=${TEXTFILE:-$DEST/realm_backup.prom}
 
 # PostgreSQL client tools: the newest installed version (Debian keeps them out of PATH), else PATH.
-PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+PG_BIN=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -type d -name bin 2>/dev/null | sort -V | tail -n 1 || true)
 pgtool() { if [ -n "$PG_BIN" ] && [ -x "$PG_BIN/$1" ]; then echo "$PG_BIN/$1"; else command -v "$1"; fi; }
 
 START=$(date +%s)
@@ -195,7 +193,7 @@ sql() {
   return 1
 }
 close_session() {
-  printf '%s\n' 'COMMIT;' '\q' >&"${PSQL[1]}" 2>/dev/null || true
+  { printf '%s\n' 'COMMIT;' '\q' >&"${PSQL[1]}"; } 2>/dev/null || true
   wait "$PSQL_PID" 2>/dev/null || true
 }
 

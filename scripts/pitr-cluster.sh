@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+BIN=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -type d -name bin 2>/dev/null | sort -V | tail -n 1 || true)
 [ -n "$BIN" ] || BIN=$(dirname "$(command -v pg_ctl)")
 as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 own() { if [ "$(id -u)" = 0 ]; then chown -R postgres:postgres "$@"; fi; }
@@ -38,7 +38,10 @@ psql_port() { "$BIN/psql" -h 127.0.0.1 -p "$PORT" -U postgres -qtAX -v ON_ERROR_
 
 case "$cmd" in
   start)
-    [ -n "$PGDATA_DIR" ] && [ -n "$PORT" ] && [ -n "$ARCHIVE" ] || { echo "pitr-cluster: start needs --pgdata --port --archive" >&2; exit 2; }
+    if [ -z "$PGDATA_DIR" ] || [ -z "$PORT" ] || [ -z "$ARCHIVE" ]; then
+      echo "pitr-cluster: start needs --pgdata --port --archive" >&2
+      exit 2
+    fi
     mkdir -p "$ARCHIVE" "$PGDATA_DIR"
     chmod 700 "$PGDATA_DIR"
     own "$ARCHIVE" "$PGDATA_DIR"

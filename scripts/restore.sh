@@ -103,14 +103,15 @@ done
 [ -n "$PRIMARY" ] || fail 2 "--primary URL is required"
 if [ -n "$TO_TIME" ]; then
   [ -z "$SET" ] || fail 2 "--set and --to-time are two different restores: choose one"
-  [ -n "$BASE" ] && [ -n "$WAL_ARCHIVE" ] && [ -n "$PGDATA_NEW" ] && [ -n "$PORT" ] ||
+  if [ -z "$BASE" ] || [ -z "$WAL_ARCHIVE" ] || [ -z "$PGDATA_NEW" ] || [ -z "$PORT" ]; then
     fail 2 "--to-time needs --base, --wal-archive, --pgdata and --port"
+  fi
 else
   [ -n "$SET" ] || fail 2 "choose a backup: --set DIR (a dump set) or --to-time TIME (point in time)"
 fi
 command -v jq >/dev/null || fail 2 "jq is needed to read manifests (apt-get install jq)"
 
-PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+PG_BIN=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -type d -name bin 2>/dev/null | sort -V | tail -n 1 || true)
 pgtool() { if [ -n "$PG_BIN" ] && [ -x "$PG_BIN/$1" ]; then echo "$PG_BIN/$1"; else command -v "$1"; fi; }
 psql_q() { local url=$1; shift; "$(pgtool psql)" "$url" -qtAX -v ON_ERROR_STOP=1 --no-password "$@"; }
 redact() { sed -E 's#(://[^:/@]+):[^@]*@#\1:***@#' <<<"$1"; }

@@ -161,7 +161,9 @@ fn epochs(shards: &[String]) -> BTreeMap<i64, i64> {
 fn item_ids(shards: &[String]) -> Vec<i64> {
     let mut ids = Vec::new();
     for s in shards {
-        ids.extend(connect(s).query("SELECT item_id FROM inventory_items", &[]).unwrap().iter().map(|r| r.get::<_, i64>(0)));
+        ids.extend(
+            connect(s).query("SELECT item_id FROM inventory_items", &[]).unwrap().iter().map(|r| r.get::<_, i64>(0)),
+        );
     }
     ids
 }
@@ -327,8 +329,7 @@ fn a_dump_restores_exactly_the_backed_up_world_fenced_and_playable() {
 
     // --- play: six players register, walk, kill and loot (until the world holds a few items) -------------------
     let players: Vec<String> = (0..6).map(|i| format!("early_{i}")).collect();
-    let mut loot =
-        play_all(&zone, players.iter().enumerate().map(|(i, p)| session("register", p, i, 1.5)).collect());
+    let mut loot = play_all(&zone, players.iter().enumerate().map(|(i, p)| session("register", p, i, 1.5)).collect());
     for _ in 0..3 {
         if loot >= 4 {
             break;
@@ -396,8 +397,9 @@ fn a_dump_restores_exactly_the_backed_up_world_fenced_and_playable() {
         assert!(set.join(f).is_file(), "{f} missing from the set");
         assert!(upload.join(set.file_name().unwrap()).join(f).is_file(), "the upload hook did not get {f}");
     }
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(set.join("manifest.json")).unwrap())
-        .expect("manifest.json is JSON");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(set.join("manifest.json")).unwrap())
+            .expect("manifest.json is JSON");
     assert_eq!(manifest["schema_version"], "0003_event_logs");
     assert_eq!(manifest["shard_map"]["count"], 2);
     assert_eq!(manifest["databases"].as_array().unwrap().len(), 3);
@@ -424,7 +426,9 @@ fn a_dump_restores_exactly_the_backed_up_world_fenced_and_playable() {
     assert!(live_epoch_early_0 > epochs_before[&early_0]);
     let live_max_item = item_ids(&shards).into_iter().max().unwrap();
     let live_max_player = scalar_i64(&primary, "SELECT max(id) FROM players");
-    eprintln!("late players looted {late_loot} items; live max item id {live_max_item}, max player id {live_max_player}");
+    eprintln!(
+        "late players looted {late_loot} items; live max item id {live_max_item}, max player id {live_max_player}"
+    );
     // The old world's zone dies holding a lock on a player (kill -9 leaves it until its TTL): planted by hand.
     let early_1 = player_id(&primary, "early_1").unwrap();
     let lock_key = format!("{prefix}:lock:player:{early_1}");
@@ -527,7 +531,10 @@ fn a_dump_restores_exactly_the_backed_up_world_fenced_and_playable() {
     assert!(ok, "a restored player (whose old lock the restore cleared) could not log in:\n{transcript}");
     assert!(transcript.contains(&format!("logged-in player={early_1} ")), "{transcript}");
     let (ok, transcript) = play(&zone, "login late_0 password123\n");
-    assert!(!ok && transcript.contains("invalid credentials"), "an account made after the backup exists:\n{transcript}");
+    assert!(
+        !ok && transcript.contains("invalid credentials"),
+        "an account made after the backup exists:\n{transcript}"
+    );
     // early_0 logs in and loots: a new item id above every id the lost world used.
     let (ok, transcript) = play(&zone, &session("login", "early_0", 3, 1.0));
     assert!(ok, "{transcript}");
@@ -632,7 +639,9 @@ fn point_in_time_recovery_stops_between_two_known_writes() {
     assert_eq!(zone.stop(), 0);
     assert!(player_id(&primary, "first_write").is_some() && player_id(&primary, "second_write").is_some());
     let switched = Instant::now();
-    assert!(run(Command::new(script("pitr-cluster.sh")).args(["switch-wal", "--port", &p.to_string()])).status.success());
+    assert!(run(Command::new(script("pitr-cluster.sh")).args(["switch-wal", "--port", &p.to_string()]))
+        .status
+        .success());
     eprintln!("pitr: the last writes were archived {:.2} s after pg_switch_wal", switched.elapsed().as_secs_f64());
 
     let rp = common::process::free_port();
@@ -696,10 +705,8 @@ fn fake_sets(dest: &Path, names: &[String]) {
 }
 
 fn surviving(dest: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dest.join("dumps"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let mut v: Vec<String> =
+        std::fs::read_dir(dest.join("dumps")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     v.sort();
     v
 }
@@ -731,8 +738,7 @@ fn retention_keeps_seven_dailies_four_weeklies_and_twelve_monthlies() {
         // daily: the newest of each of the last 7 days (03-15's 03:00, not its 01:00)
         "20260309", "20260310", "20260311", "20260312", "20260313", "20260314", "20260315",
         // weekly: the newest of each of the last 4 ISO weeks (Sundays)
-        "20260308", "20260301", "20260222",
-        // monthly: the newest of each of the last 12 months
+        "20260308", "20260301", "20260222", // monthly: the newest of each of the last 12 months
         "20260228", "20260131", "20251231", "20251130", "20251031", "20250930", "20250831", "20250731", "20250630",
         "20250531", "20250430",
     ]
