@@ -117,7 +117,7 @@ psql_q() { local url=$1; shift; "$(pgtool psql)" "$url" -qtAX -v ON_ERROR_STOP=1
 redact() { sed -E 's#(://[^:/@]+):[^@]*@#\1:***@#' <<<"$1"; }
 db_name_of() { local rest=${1#*://}; rest=${rest#*/}; rest=${rest%%\?*}; echo "$rest"; }
 # The same server's maintenance database (to create and drop the target).
-maintenance_url() { local url=$1 name; name=$(db_name_of "$url"); echo "${url/\/$name/\/postgres}"; }
+maintenance_url() { local base=${1%%\?*}; echo "${base%/*}/postgres${1#"$base"}"; }
 # PostgreSQL refuses to run as root: server-side commands run as postgres when we are root.
 as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
