@@ -72,7 +72,7 @@ NOW=""
 SHARDS=()
 shards_given=0
 
-usage() { sed -n '2,52p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,53p' "$0" | sed 's/^# \{0,1\}//'; }
 log() { echo "backup: $*" >&2; }
 die_usage() { echo "backup: ERROR: $*" >&2; exit 2; }
 
@@ -105,11 +105,15 @@ TEXTFILE=${TEXTFILE:-$DEST/realm_backup.prom}
 PG_BIN=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -type d -name bin 2>/dev/null | sort -V | tail -n 1 || true)
 pgtool() { if [ -n "$PG_BIN" ] && [ -x "$PG_BIN/$1" ]; then echo "$PG_BIN/$1"; else command -v "$1"; fi; }
 
+# Writing to a psql coprocess that died must be an error we report, not SIGPIPE killing the script silently.
+trap '' PIPE
+
 START=$(date +%s)
 SET_BYTES=0
 SETS_KEPT=0
 PRUNED=0
 SET_NAME=-
+WORK=""
 
 # --- metrics and the final log line --------------------------------------------------------------------------------
 # The last success is carried over from the previous file, so a failed run keeps the alert's clock running.
@@ -168,7 +172,12 @@ finish() { # finish EXIT_CODE REASON
   echo "realm-backup kind=$MODE status=$status exit=$rc set=$SET_NAME bytes=$SET_BYTES duration_s=$(($(date +%s) - START)) kept=$SETS_KEPT pruned=$PRUNED reason=\"$reason\""
   exit "$rc"
 }
-fail() { log "ERROR: $2"; finish "$1" "$2"; }
+fail() {
+  log "ERROR: $2"
+  # A failed run leaves no half set behind (the reason is in the log line).
+  case "${WORK:-}" in */.partial-*) rm -rf "$WORK" ;; esac
+  finish "$1" "$2"
+}
 
 # --- helpers -----------------------------------------------------------------------------------------------------
 # A URL with its password replaced, for manifests and logs.
@@ -183,16 +192,19 @@ open_session() {
   coproc PSQL { "$(pgtool psql)" "$1" -qtAX -v ON_ERROR_STOP=1 2>&1; }
 }
 sql() {
-  printf '%s\n' "$@" '\echo __realm_end__' >&"${PSQL[1]}"
+  # The coprocess is gone when psql could not connect (or died): bash then unsets PSQL.
+  [ -n "${PSQL[1]:-}" ] || { log "psql session ended"; return 1; }
+  printf '%s\n' "$@" '\echo __realm_end__' >&"${PSQL[1]}" || return 1
   local line
   while IFS= read -r -t 600 line <&"${PSQL[0]}"; do
     [ "$line" = __realm_end__ ] && return 0
-    case "$line" in psql:*ERROR:* | ERROR:* | FATAL:* | psql:*FATAL:*) log "$line"; return 1 ;; esac
+    case "$line" in psql:* | ERROR:* | FATAL:*) log "$line"; return 1 ;; esac
     printf '%s\n' "$line"
   done
   return 1
 }
 close_session() {
+  [ -n "${PSQL[1]:-}" ] || return 0
   { printf '%s\n' 'COMMIT;' '\q' >&"${PSQL[1]}"; } 2>/dev/null || true
   wait "$PSQL_PID" 2>/dev/null || true
 }

@@ -12,6 +12,9 @@
 #       empty data directory NEWDIR, archived WAL is replayed up to TIME (recovery_target_time, exclusive: a
 #       transaction that committed exactly at TIME is not included), and the recovered cluster is promoted and left
 #       running on 127.0.0.1:PORT. --primary/--shard name its databases (URLs on that port) for the steps below.
+#   scripts/restore.sh --fence-only --primary URL [--shard URL]... [--redis URL --key-prefix P]
+#       Only steps 1-4 below, on databases restored by other means (a managed service's or an operator's
+#       point-in-time restore, a snapshot of the volume) or after a run whose fencing failed (exit 7).
 #
 # Both modes, before anything is written: the manifest is verified (format, SHA256SUMS and each file's SHA-256,
 # shard count against the --shard URLs, schema version known to this checkout's migrations/). After restoring, the
@@ -65,13 +68,15 @@ ID_GAP=4294967296
 JOBS=2
 MIGRATIONS=$ROOT/migrations
 FENCE=1
+FENCE_ONLY=0
+MODE_NAME=dump
 START=$(date +%s)
 
 usage() { sed -n '2,52p' "$0" | sed 's/^# \{0,1\}//'; }
 log() { echo "restore: $*" >&2; }
 finish() {
   local rc=$1 reason=$2
-  echo "realm-restore status=$([ "$rc" = 0 ] && echo ok || echo failed) exit=$rc mode=$([ -n "$TO_TIME" ] && echo pitr || echo dump) duration_s=$(($(date +%s) - START)) reason=\"$reason\""
+  echo "realm-restore status=$([ "$rc" = 0 ] && echo ok || echo failed) exit=$rc mode=$MODE_NAME duration_s=$(($(date +%s) - START)) reason=\"$reason\""
   exit "$rc"
 }
 fail() { log "ERROR: $2"; finish "$1" "$2"; }
@@ -93,6 +98,7 @@ while [ $# -gt 0 ]; do
     --jobs) JOBS=$2; shift 2 ;;
     --migrations) MIGRATIONS=$2; shift 2 ;;
     --skip-fence) FENCE=0; shift ;;
+    --fence-only) FENCE_ONLY=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) fail 2 "unknown argument: $1 (see --help)" ;;
   esac
@@ -101,7 +107,12 @@ done
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || fail 2 "--jobs must be a positive whole number"
 [[ "$KEY_PREFIX" =~ ^[A-Za-z0-9_.:-]+$ ]] || fail 2 "--key-prefix '$KEY_PREFIX' has characters a Redis pattern would read"
 [ -n "$PRIMARY" ] || fail 2 "--primary URL is required"
-if [ -n "$TO_TIME" ]; then
+if [ "$FENCE_ONLY" = 1 ]; then
+  MODE_NAME=fence-only
+  if [ -n "$SET" ] || [ -n "$TO_TIME" ]; then fail 2 "--fence-only restores nothing: no --set or --to-time"; fi
+  [ "$FENCE" = 1 ] || fail 2 "--fence-only and --skip-fence contradict each other"
+elif [ -n "$TO_TIME" ]; then
+  MODE_NAME=pitr
   [ -z "$SET" ] || fail 2 "--set and --to-time are two different restores: choose one"
   if [ -z "$BASE" ] || [ -z "$WAL_ARCHIVE" ] || [ -z "$PGDATA_NEW" ] || [ -z "$PORT" ]; then
     fail 2 "--to-time needs --base, --wal-archive, --pgdata and --port"
@@ -309,9 +320,15 @@ CONF
     log "note: no transaction committed after $TO_TIME was found in the archive; recovered to the end of the archived WAL"
 }
 
-if [ -n "$TO_TIME" ]; then restore_pitr; else restore_dump; fi
+if [ "$FENCE_ONLY" = 1 ]; then
+  log "--fence-only: fencing $(redact "$PRIMARY") and ${#SHARDS[@]} shards as restored databases"
+elif [ -n "$TO_TIME" ]; then
+  restore_pitr
+else
+  restore_dump
+fi
 if [ "$FENCE" = 1 ]; then
-  fence || fail 7 "fencing the restored databases failed (do not start zones on them: run again with the same arguments)"
+  fence || fail 7 "fencing the restored databases failed (do not start zones on them: run scripts/restore.sh --fence-only with the same --primary/--shard/--redis)"
 else
   log "--skip-fence: NOT safe to serve (epochs, id sequences, sessions and Redis locks are as in the backup)"
 fi

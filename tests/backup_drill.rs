@@ -21,9 +21,14 @@ use std::time::{Duration, Instant};
 use common::process::ServerProcess;
 use postgres::{Client, NoTls};
 use realm::account::{GrantOutcome, PlayerStore, Progress, SaveOutcome, SaveRow};
+use realm::client::{ClientError, Connection, UdpLink};
 use realm::config::Config;
 use realm::db::store::PgPlayers;
 use realm::db::{ChatLine, CombatEvent, Database};
+use realm::proto::{
+    control_message::Body, data_message::Body as DataBody, CombatEventKind, ControlMessage, DataMessage, EntityKind,
+    Input, KickReason, Login, Register, Vec2,
+};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const CLIENT: &str = env!("CARGO_BIN_EXE_realm-client");
@@ -189,6 +194,16 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// An executable on PATH.
+fn which(name: &str) -> Result<PathBuf, String> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("{name} not on PATH"))
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -270,40 +285,112 @@ fn play(zone: &ServerProcess, lines: &str) -> (bool, String) {
     (out.status.success(), format!("{}{}", text(&out.stdout), text(&out.stderr)))
 }
 
-/// Several players at once; each transcript must end well. Returns the number of items looted.
-fn play_all(zone: &ServerProcess, scripts: Vec<String>) -> usize {
+/// How a player enters the game.
+#[derive(Debug, Clone, Copy)]
+enum Enter {
+    Register,
+    Login,
+}
+
+/// One player's session through the client library, as a game client plays it: enter, walk away from the spawn in
+/// direction `dir` (of 8, so players spread out), then firebolt the nearest living NPC until `kills` kills (the
+/// target is chosen again and the input sent again every 300 ms: inputs ride unreliable UDP, and another player may
+/// take the kill), then log out and wait for the server's goodbye (saved and released). Returns the looted item ids.
+fn play_session(zone: &ServerProcess, enter: Enter, name: &str, dir: usize, walk_secs: f32, kills: usize) -> Vec<u64> {
+    let mut c = zone.connect().unwrap_or_else(|e| panic!("{name}: connect: {e}"));
+    let (username, password) = (name.to_owned(), PASSWORD.to_owned());
+    let ok = c
+        .authenticate(match enter {
+            Enter::Register => Body::Register(Register { username, password }),
+            Enter::Login => Body::Login(Login { username, password }),
+        })
+        .unwrap_or_else(|e| panic!("{name}: {enter:?}: {e}"));
+    let keys = c.udp_keys(ok.session_id).unwrap();
+    let mut link = UdpLink::bind(zone.game, ok.session_id, &keys, Duration::from_secs(5)).unwrap();
+    c.set_timeout(Duration::from_millis(10)).unwrap();
+    let mut seq = 0;
+    let mut send = |link: &mut UdpLink, move_dir: Option<Vec2>, ability: u32, target_entity: u64| {
+        seq += 1;
+        let input = Input { sequence: seq, move_dir, ability, target_entity, ..Default::default() };
+        let _ = link.send(&DataMessage::new(DataBody::Input(input)));
+    };
+    let angle = dir as f32 * std::f32::consts::TAU / 8.0;
+    let start = Instant::now();
+    while start.elapsed().as_secs_f32() < walk_secs {
+        send(&mut link, Some(Vec2 { x: angle.cos(), y: angle.sin() }), 0, 0);
+        let _ = link.recv(Duration::from_millis(50));
+    }
+    send(&mut link, None, 0, 0);
+
+    let (mut killed, mut loot) = (0, Vec::new());
+    let control = |c: &mut Connection, killed: &mut usize, loot: &mut Vec<u64>| -> bool {
+        loop {
+            match c.recv() {
+                Ok(m) => match m.body {
+                    Some(Body::CombatEvent(e))
+                        if e.kind == CombatEventKind::CombatEventKill as i32 && e.source_entity == ok.entity_id =>
+                    {
+                        *killed += 1
+                    }
+                    Some(Body::Loot(l)) => loot.push(l.item_id),
+                    _ => {}
+                },
+                Err(ClientError::Timeout) => return false,
+                // The answer to Logout: saved and released.
+                Err(ClientError::Kicked { reason: KickReason::LoggedOut, .. }) => return true,
+                Err(e) => panic!("{name}: connection ended: {e}"),
+            }
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let (mut target, mut last_shot) = (None, Instant::now() - Duration::from_secs(1));
+    while killed < kills {
+        assert!(Instant::now() < deadline, "{name}: only {killed} of {kills} kills in 40 s");
+        if let Ok(DataMessage { body: Some(DataBody::Snapshot(snap)) }) = link.recv(Duration::from_millis(20)) {
+            let me = snap.entities.iter().find(|e| e.id == ok.entity_id).and_then(|e| e.position);
+            target = me.and_then(|me| {
+                let d2 = |p: &Vec2| (p.x - me.x).powi(2) + (p.y - me.y).powi(2);
+                snap.entities
+                    .iter()
+                    .filter(|e| e.kind == EntityKind::Npc as i32 && e.flags & 1 == 0 && e.hp > 0)
+                    .filter_map(|e| e.position.map(|p| (e.id, d2(&p))))
+                    .filter(|&(_, d)| d < 24.0 * 24.0)
+                    .min_by(|a, b| a.1.total_cmp(&b.1))
+                    .map(|(id, _)| id)
+            });
+        }
+        if let Some(t) = target {
+            if last_shot.elapsed() >= Duration::from_millis(300) {
+                send(&mut link, None, 2, t);
+                last_shot = Instant::now();
+            }
+        }
+        control(&mut c, &mut killed, &mut loot);
+    }
+    c.send(&ControlMessage::new(Body::Logout(Default::default()))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !control(&mut c, &mut killed, &mut loot) {
+        assert!(Instant::now() < deadline, "{name}: no answer to Logout");
+    }
+    loot
+}
+
+/// Several players at once, arriving 150 ms apart (logins do not all hash at the same instant). Returns every item
+/// id looted.
+fn play_all(zone: &ServerProcess, players: &[(Enter, String, usize)]) -> Vec<u64> {
     std::thread::scope(|s| {
-        let handles: Vec<_> = scripts
-            .into_iter()
+        let handles: Vec<_> = players
+            .iter()
             .enumerate()
-            .map(|(i, sc)| {
+            .map(|(i, (enter, name, dir))| {
                 s.spawn(move || {
-                    // Staggered, as players arrive: logins do not all hash at the same instant.
                     std::thread::sleep(Duration::from_millis(150 * i as u64));
-                    play(zone, &sc)
+                    play_session(zone, *enter, name, *dir, 1.5, 3)
                 })
             })
             .collect();
-        let mut loot = 0;
-        for h in handles {
-            let (ok, transcript) = h.join().unwrap();
-            assert!(ok, "a player's session failed:\n{transcript}");
-            assert!(transcript.lines().any(|l| l == "logged-out"), "{transcript}");
-            loot += transcript.lines().filter(|l| l.starts_with("loot item=")).count();
-        }
-        loot
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
     })
-}
-
-/// A session: enter (register or log in), walk away from the spawn in direction `dir` (of 8: players who walk
-/// apart pick different nearest NPCs, so no two shoot at one corpse), three firebolt kills, log out.
-fn session(enter: &str, name: &str, dir: usize, walk_secs: f32) -> String {
-    let angle = dir as f32 * std::f32::consts::TAU / 8.0;
-    let (dx, dy) = (angle.cos(), angle.sin());
-    format!(
-        "{enter} {name} {PASSWORD}\nmove {dx:.3} {dy:.3} {walk_secs}\nattack-nearest\nwait 2.6\nattack-nearest\n\
-         wait 2.6\nattack-nearest\nlogout\n"
-    )
 }
 
 fn wait_all_offline(zone: &ServerProcess) {
@@ -329,14 +416,13 @@ fn a_dump_restores_exactly_the_backed_up_world_fenced_and_playable() {
 
     // --- play: six players register, walk, kill and loot (until the world holds a few items) -------------------
     let players: Vec<String> = (0..6).map(|i| format!("early_{i}")).collect();
-    let mut loot = play_all(&zone, players.iter().enumerate().map(|(i, p)| session("register", p, i, 1.5)).collect());
-    for _ in 0..3 {
-        if loot >= 4 {
-            break;
-        }
-        loot += play_all(&zone, players.iter().enumerate().map(|(i, p)| session("login", p, i + 1, 1.0)).collect());
+    let spread = |enter: Enter, shift: usize| -> Vec<(Enter, String, usize)> {
+        players.iter().enumerate().map(|(i, p)| (enter, p.clone(), i + shift)).collect()
+    };
+    let mut loot = play_all(&zone, &spread(Enter::Register, 0));
+    while loot.len() < 4 {
+        loot.extend(play_all(&zone, &spread(Enter::Login, loot.len() + 1)));
     }
-    assert!(loot >= 4, "the players looted only {loot} items");
     // The partitioned event logs (the server does not write them yet; the data layer does).
     {
         let mut cfg = Config::default();
@@ -413,11 +499,36 @@ fn a_dump_restores_exactly_the_backed_up_world_fenced_and_playable() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     assert!((now - success).abs() < 120.0, "last success {success}, now {now}");
     assert!(metrics.contains("realm_backup_last_status{kind=\"dump\"} 1"), "{metrics}");
+    // The file is valid Prometheus text (what node_exporter's textfile collector will parse).
+    if let Ok(promtool) = which("promtool") {
+        let mut lint = Command::new(promtool).args(["check", "metrics"]).stdin(Stdio::piped()).spawn().unwrap();
+        lint.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+        assert!(lint.wait().unwrap().success(), "promtool check metrics rejects {}", textfile.display());
+    }
+    // A failing run says so (exit code, log line, last_status 0) and leaves the last success where it was, so
+    // RealmBackupMissing keeps counting from the last backup that worked.
+    let mut broken = Command::new(script("backup.sh"));
+    broken.arg("--dest").arg(&dest).arg("--primary").arg("postgres://postgres@127.0.0.1:1/nowhere");
+    broken.arg("--textfile").arg(&textfile);
+    let out = run(&mut broken);
+    assert_eq!(out.status.code(), Some(3), "an unreachable database is exit 3");
+    assert!(text(&out.stdout).contains("realm-backup kind=dump status=failed exit=3"), "{}", text(&out.stdout));
+    let after_failure = std::fs::read_to_string(&textfile).unwrap();
+    assert!(after_failure.contains("realm_backup_last_status{kind=\"dump\"} 0"), "{after_failure}");
+    assert!(
+        after_failure.contains(&format!("realm_backup_last_success_timestamp_seconds{{kind=\"dump\"}} {success}")),
+        "the failed run moved the last success: {after_failure}"
+    );
+    assert_eq!(std::fs::read_dir(dest.join("dumps")).unwrap().count(), 1, "the failed run left a set behind");
 
     // --- play more: new players, and an early player comes back and moves on -----------------------------------
-    let mut late: Vec<String> = (0..3).map(|i| session("register", &format!("late_{i}"), 2 * i, 1.5)).collect();
-    late.push(session("login", "early_0", 7, 2.0));
-    let late_loot = play_all(&zone, late);
+    let mut late: Vec<(Enter, String, usize)> = (0..3).map(|i| (Enter::Register, format!("late_{i}"), 2 * i)).collect();
+    late.push((Enter::Login, "early_0".into(), 7));
+    let mut late_loot = play_all(&zone, &late);
+    while late_loot.is_empty() {
+        // Items looted after the backup are what the restore must never hand out again: make sure there are some.
+        late_loot = play_all(&zone, &[(Enter::Login, "late_0".into(), 3)]);
+    }
     wait_all_offline(&zone);
     let live_after = world_state(&all_live);
     assert_ne!(live_after, before, "playing after the backup changed nothing");
@@ -426,9 +537,7 @@ fn a_dump_restores_exactly_the_backed_up_world_fenced_and_playable() {
     assert!(live_epoch_early_0 > epochs_before[&early_0]);
     let live_max_item = item_ids(&shards).into_iter().max().unwrap();
     let live_max_player = scalar_i64(&primary, "SELECT max(id) FROM players");
-    eprintln!(
-        "late players looted {late_loot} items; live max item id {live_max_item}, max player id {live_max_player}"
-    );
+    eprintln!("late players looted {late_loot:?}; live max item id {live_max_item}, max player id {live_max_player}");
     // The old world's zone dies holding a lock on a player (kill -9 leaves it until its TTL): planted by hand.
     let early_1 = player_id(&primary, "early_1").unwrap();
     let lock_key = format!("{prefix}:lock:player:{early_1}");
@@ -536,11 +645,14 @@ fn a_dump_restores_exactly_the_backed_up_world_fenced_and_playable() {
         "an account made after the backup exists:\n{transcript}"
     );
     // early_0 logs in and loots: a new item id above every id the lost world used.
-    let (ok, transcript) = play(&zone, &session("login", "early_0", 3, 1.0));
-    assert!(ok, "{transcript}");
-    let new_ids: Vec<i64> = item_ids(&r_shards).into_iter().filter(|id| !r_items.contains(id)).collect();
-    assert!(new_ids.iter().all(|&id| id > live_max_item), "a new item reused an old id: {new_ids:?}");
-    assert_eq!(r_epochs[&early_0] + 1, epochs(&r_shards)[&early_0], "logging in claimed above the fence");
+    let mut new_ids = Vec::new();
+    while new_ids.is_empty() {
+        new_ids = play_session(&zone, Enter::Login, "early_0", 3, 1.0, 3);
+    }
+    assert!(new_ids.iter().all(|&id| id as i64 > live_max_item), "a new item reused an old id: {new_ids:?}");
+    let stored: Vec<i64> = item_ids(&r_shards).into_iter().filter(|id| !r_items.contains(id)).collect();
+    assert_eq!(stored.len(), new_ids.len(), "every looted item is stored, once");
+    assert!(epochs(&r_shards)[&early_0] > r_epochs[&early_0], "logging in claimed above the fence");
     assert_eq!(zone.stop(), 0);
 
     let bytes: u64 = std::fs::read_dir(&set).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
