@@ -338,7 +338,11 @@ fn play_session(zone: &ServerProcess, enter: Enter, name: &str, dir: usize, walk
                 Err(ClientError::Timeout) => return false,
                 // The answer to Logout: saved and released.
                 Err(ClientError::Kicked { reason: KickReason::LoggedOut, .. }) => return true,
-                Err(e) => panic!("{name}: connection ended: {e}"),
+                Err(e) => {
+                    let log = zone.log.lock().unwrap();
+                    let tail: Vec<&String> = log.iter().rev().take(15).collect();
+                    panic!("{name}: connection ended: {e}; the zone's last log lines (newest first): {tail:#?}")
+                }
             }
         }
     };
