@@ -76,6 +76,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY scripts/backup.sh scripts/restore.sh scripts/wal-archive.sh /opt/realm/scripts/
 COPY migrations /opt/realm/migrations
+# /backups owned by the image's user: a new named volume mounted there starts with that ownership.
+RUN mkdir -p /backups/metrics && chown -R 999:999 /backups
 ENV REALM_BACKUP_DIR=/backups
 # The image's postgres user (uid 999): backups need no privileges in the container, only database credentials.
 USER 999:999

@@ -51,7 +51,7 @@ case "$cmd" in
 # scripts/pitr-cluster.sh
 port = $PORT
 listen_addresses = '127.0.0.1'
-unix_socket_directories = '$PGDATA_DIR'
+unix_socket_directories = '/tmp'
 wal_level = replica
 archive_mode = on
 archive_command = '$ROOT/scripts/wal-archive.sh push %p %f $ARCHIVE'
