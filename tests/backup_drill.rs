@@ -573,6 +573,31 @@ fn a_dump_restores_exactly_the_backed_up_world_fenced_and_playable() {
         let exists = scalar_i64(&admin, &format!("SELECT count(*) FROM pg_database WHERE datname = '{n}'"));
         assert_eq!(exists, 0, "{n} was created although the manifest did not verify");
     }
+    // A set whose dumps do not hold what its manifest says (a table's checksum altered, SHA256SUMS made to match):
+    // the restore loads it, compares every table with the manifest, and fails (exit 6) instead of serving it.
+    let lying = tmp.join("lying");
+    std::fs::create_dir_all(&lying).unwrap();
+    for e in std::fs::read_dir(&set).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), lying.join(e.file_name())).unwrap();
+    }
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(lying.join("manifest.json")).unwrap()).unwrap();
+    let primary_db = m["databases"].as_array_mut().unwrap().iter_mut().find(|d| d["role"] == "primary").unwrap();
+    primary_db["tables"]["players"]["checksum"] = "0:0".into();
+    std::fs::write(lying.join("manifest.json"), serde_json::to_string_pretty(&m).unwrap()).unwrap();
+    let resum = Command::new("bash")
+        .arg("-c")
+        .arg("sha256sum -- *.dump manifest.json > SHA256SUMS")
+        .current_dir(&lying)
+        .status()
+        .unwrap();
+    assert!(resum.success());
+    let scratch = FreshDbs::names_only("drill_lying", &["p", "s0", "s1"]);
+    let out = run(&mut restore_cmd(&lying, &scratch.primary(), &scratch.shards()));
+    assert_eq!(out.status.code(), Some(6), "restored tables that differ from the manifest must fail the restore");
+    assert!(text(&out.stderr).contains("differ from the manifest"), "{}", text(&out.stderr));
+    drop(scratch);
     // The wrong number of shards is refused.
     let out = run(&mut restore_cmd(&set, &r_primary, &r_shards[..1]));
     assert_eq!(out.status.code(), Some(3));
