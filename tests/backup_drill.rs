@@ -597,6 +597,13 @@ fn a_dump_restores_exactly_the_backed_up_world_fenced_and_playable() {
     let out = run(&mut restore_cmd(&lying, &scratch.primary(), &scratch.shards()));
     assert_eq!(out.status.code(), Some(6), "restored tables that differ from the manifest must fail the restore");
     assert!(text(&out.stderr).contains("differ from the manifest"), "{}", text(&out.stderr));
+    // Those databases now hold tables: the good set goes in only with --force (dropped and recreated), exactly.
+    let scratch_urls: Vec<String> = std::iter::once(scratch.primary()).chain(scratch.shards()).collect();
+    let out = run(&mut restore_cmd(&set, &scratch.primary(), &scratch.shards()));
+    assert_eq!(out.status.code(), Some(4), "a non-empty target needs --force");
+    let out = run(restore_cmd(&set, &scratch.primary(), &scratch.shards()).arg("--force"));
+    assert!(out.status.success(), "--force restore failed");
+    assert_eq!(world_state(&scratch_urls), before, "--force restored something else than the backup");
     drop(scratch);
     // The wrong number of shards is refused.
     let out = run(&mut restore_cmd(&set, &r_primary, &r_shards[..1]));
