@@ -196,7 +196,8 @@ sql() {
   [ -n "${PSQL[1]:-}" ] || { log "psql session ended"; return 1; }
   printf '%s\n' "$@" '\echo __realm_end__' >&"${PSQL[1]}" || return 1
   local line
-  while IFS= read -r -t 600 line <&"${PSQL[0]}"; do
+  # No short timeout: a checksum of a very large table prints nothing for a long time (the CronJob has a deadline).
+  while IFS= read -r -t 21600 line <&"${PSQL[0]}"; do
     [ "$line" = __realm_end__ ] && return 0
     case "$line" in psql:* | ERROR:* | FATAL:*) log "$line"; return 1 ;; esac
     printf '%s\n' "$line"
