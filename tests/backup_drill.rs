@@ -101,6 +101,15 @@ impl Drop for FreshDbs {
     }
 }
 
+/// A scratch directory, removed on drop (also when the test fails).
+struct TmpDir(PathBuf);
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Columns compared exactly for each table; the restore deliberately changes the others (owner_epoch and
 /// owner_zone: fencing; sessions.expires_at: every session expired), and the test checks those separately.
 fn row_expr(table: &str) -> &'static str {
@@ -413,7 +422,8 @@ fn a_dump_restores_exactly_the_backed_up_world_fenced_and_playable() {
     let live = FreshDbs::new("drill_live", &["p", "s0", "s1"]);
     let (primary, shards) = (live.primary(), live.shards());
     let all_live: Vec<String> = std::iter::once(primary.clone()).chain(shards.iter().cloned()).collect();
-    let tmp = std::env::temp_dir().join(common::unique("realm-drill"));
+    let tmp_guard = TmpDir(std::env::temp_dir().join(common::unique("realm-drill")));
+    let tmp = tmp_guard.0.clone();
     let zone_file = drill_zone(&tmp);
     let prefix = common::unique("drill");
     let zone = start_zone(&primary, &shards, &prefix, &zone_file);
@@ -700,7 +710,6 @@ fn a_dump_restores_exactly_the_backed_up_world_fenced_and_playable() {
         items_before.len(),
         t0.elapsed().as_secs_f64()
     );
-    let _ = std::fs::remove_dir_all(&tmp);
 }
 
 /// A throwaway PostgreSQL cluster (scripts/pitr-cluster.sh) with WAL archiving; stopped and deleted on drop.
@@ -865,7 +874,8 @@ fn prune(dest: &Path, now: &str) -> Output {
 
 #[test]
 fn retention_keeps_seven_dailies_four_weeklies_and_twelve_monthlies() {
-    let dest = std::env::temp_dir().join(common::unique("realm-retention"));
+    let dest_guard = TmpDir(std::env::temp_dir().join(common::unique("realm-retention")));
+    let dest = dest_guard.0.clone();
     // A nightly set at 03:00 from 2025-01-01 to 2026-03-15, plus an earlier one on the last day.
     let out = Command::new("bash")
         .arg("-c")
@@ -906,5 +916,4 @@ fn retention_keeps_seven_dailies_four_weeklies_and_twelve_monthlies() {
     // Backups stopped long ago: everything is past every window, yet the newest set is never deleted.
     assert!(prune(&dest, "2028-01-01T00:00:00Z").status.success());
     assert_eq!(surviving(&dest), vec![".partial-20260315T040000Z".to_owned(), "20260315T030000Z".to_owned()]);
-    let _ = std::fs::remove_dir_all(&dest);
 }
