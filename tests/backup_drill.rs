@@ -766,24 +766,51 @@ fn point_in_time_recovery_stops_between_two_known_writes() {
         .unwrap();
     assert!(migrate.status.success(), "{}", text(&migrate.stderr));
 
-    // The base backup comes first; both writes are replayed from the WAL archive.
+    // Two base backups with --keep-base 1: the older one and the WAL only it needed are pruned. The writes below are
+    // then replayed from the kept base backup and the archive.
     let dest = dir.join("backups");
-    let out = run(Command::new(script("backup.sh"))
-        .arg("base")
-        .arg("--dest")
-        .arg(&dest)
-        .arg("--primary")
-        .arg(cluster.url(p, "postgres"))
-        .arg("--wal-archive")
-        .arg(&archive)
-        .arg("--textfile")
-        .arg(dir.join("realm_backup.prom")));
-    assert!(out.status.success(), "base backup failed");
-    let base = std::fs::read_dir(dest.join("base"))
+    let base_backup = || {
+        run(Command::new(script("backup.sh"))
+            .arg("base")
+            .arg("--dest")
+            .arg(&dest)
+            .arg("--primary")
+            .arg(cluster.url(p, "postgres"))
+            .arg("--wal-archive")
+            .arg(&archive)
+            .arg("--keep-base")
+            .arg("1")
+            .arg("--textfile")
+            .arg(dir.join("realm_backup.prom")))
+    };
+    assert!(base_backup().status.success(), "base backup failed");
+    let bases = |dest: &Path| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dest.join("base"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with('2'))
+            .collect();
+        v.sort();
+        v
+    };
+    let first = bases(&dest);
+    assert_eq!(first.len(), 1);
+    std::thread::sleep(Duration::from_millis(1100)); // base backups are named by the second
+    assert!(base_backup().status.success(), "second base backup failed");
+    let kept = bases(&dest);
+    assert_eq!(kept.len(), 1, "--keep-base 1 keeps one: {kept:?}");
+    assert_ne!(kept, first, "the newer base backup is the one kept");
+    let base = kept[0].clone();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(base.join("manifest.json")).unwrap()).unwrap();
+    let start_wal = manifest["start_wal"].as_str().unwrap().to_owned();
+    assert_eq!(start_wal.len(), 24, "{manifest}");
+    let segments: Vec<String> = std::fs::read_dir(&archive)
         .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with('2'))
-        .expect("a base backup");
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.len() == 24)
+        .collect();
+    assert!(segments.iter().all(|n| *n >= start_wal), "WAL older than the kept base backup remains: {segments:?}");
 
     let prefix = common::unique("pitr");
     let tmp = dir.join("zone");
