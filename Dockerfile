@@ -81,6 +81,28 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && cargo build --release --locked --bin realm-server \
  && install -D -m 0755 target/release/realm-server /out/realm-server
 
+############################################################################### backup
+# The backup image (docker build --target backup -t realm-backup .): scripts/backup.sh, restore.sh and
+# wal-archive.sh of this release with the PostgreSQL 15 client tools (pg_dump, pg_restore, pg_basebackup,
+# pg_archivecleanup) of the official image, plus jq (restore.sh reads manifests), redis-cli (restore.sh clears
+# ownership locks) and curl (optional Pushgateway). Runs the compose `backup` service and the Kubernetes CronJob.
+# Not the default target: `docker build .` still ends at the runtime stage below.
+FROM postgres:15-bookworm AS backup
+# Not version-pinned (DL3008): same reasoning as the runtime stage (security updates, archive churn).
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends jq redis-tools curl ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+COPY scripts/backup.sh scripts/restore.sh scripts/wal-archive.sh /opt/realm/scripts/
+COPY migrations /opt/realm/migrations
+# /backups owned by the image's user: a new named volume mounted there starts with that ownership.
+RUN mkdir -p /backups/metrics && chown -R 999:999 /backups
+ENV REALM_BACKUP_DIR=/backups
+# The image's postgres user (uid 999): backups need no privileges in the container, only database credentials.
+USER 999:999
+ENTRYPOINT ["/opt/realm/scripts/backup.sh"]
+CMD ["dump"]
+
 ############################################################################### runtime
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 

@@ -88,6 +88,8 @@ if [ "$SKIP_PUSH" = 0 ] && [ -z "$REGISTRY" ]; then
   usage_error "no registry: pass --registry REG (or set REALM_REGISTRY), or --skip-push for a local target"
 fi
 IMAGE=${REGISTRY:+$REGISTRY/}$IMAGE_NAME
+# The backup image (Dockerfile target `backup`: scripts/backup.sh + restore.sh of the same release).
+BACKUP_IMAGE=${REGISTRY:+$REGISTRY/}realm-backup
 KUBECTL=(kubectl)
 [ -z "$CONTEXT" ] || KUBECTL+=(--context "$CONTEXT")
 
@@ -119,12 +121,14 @@ fi
 if [ "$SKIP_BUILD" = 0 ]; then
   run docker build --pull --tag "$IMAGE:$TAG" --label "org.opencontainers.image.revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
     --label "org.opencontainers.image.version=$TAG" .
+  run docker build --target backup --tag "$BACKUP_IMAGE:$TAG" --label "org.opencontainers.image.version=$TAG" .
 fi
 if [ "$SKIP_TESTS" = 0 ]; then
   run scripts/test.sh
 fi
 if [ "$SKIP_PUSH" = 0 ]; then
   run docker push "$IMAGE:$TAG"
+  run docker push "$BACKUP_IMAGE:$TAG"
 fi
 
 # --- deploy + readiness + rollback -------------------------------------------------------------------------------
@@ -161,16 +165,16 @@ deploy_compose() {
   # one-shot migrate service (`run` starts its dependencies and leaves them running; its exit code is ours).
   # Pull only what was pushed; with --skip-push the image was built on this host.
   if [ "$SKIP_PUSH" = 0 ]; then
-    run env REALM_IMAGE="$IMAGE" REALM_TAG="$TAG" "${COMPOSE[@]}" "${COMPOSE_FILES[@]}" pull --quiet
+    run env REALM_IMAGE="$IMAGE" REALM_BACKUP_IMAGE="$BACKUP_IMAGE" REALM_TAG="$TAG" "${COMPOSE[@]}" "${COMPOSE_FILES[@]}" pull --quiet
   fi
-  run env REALM_IMAGE="$IMAGE" REALM_TAG="$TAG" "${COMPOSE[@]}" "${COMPOSE_FILES[@]}" run --rm migrate
-  run env REALM_IMAGE="$IMAGE" REALM_TAG="$TAG" "${COMPOSE[@]}" "${COMPOSE_FILES[@]}" up -d --no-build --remove-orphans
+  run env REALM_IMAGE="$IMAGE" REALM_BACKUP_IMAGE="$BACKUP_IMAGE" REALM_TAG="$TAG" "${COMPOSE[@]}" "${COMPOSE_FILES[@]}" run --rm migrate
+  run env REALM_IMAGE="$IMAGE" REALM_BACKUP_IMAGE="$BACKUP_IMAGE" REALM_TAG="$TAG" "${COMPOSE[@]}" "${COMPOSE_FILES[@]}" up -d --no-build --remove-orphans
   if wait_ready_compose; then
     run mkdir -p "$COMPOSE_STATE"
     if [ "$DRY_RUN" = 1 ]; then
       run tee "$previous_file" <<<"$TAG"
       echo "# if a zone is not ready within ${TIMEOUT}s (rollback to the previous tag recorded in $previous_file):"
-      run env REALM_IMAGE="$IMAGE" REALM_TAG="<previous>" "${COMPOSE[@]}" "${COMPOSE_FILES[@]}" up -d --no-build --remove-orphans
+      run env REALM_IMAGE="$IMAGE" REALM_BACKUP_IMAGE="$BACKUP_IMAGE" REALM_TAG="<previous>" "${COMPOSE[@]}" "${COMPOSE_FILES[@]}" up -d --no-build --remove-orphans
       log "dry run complete"
       return 0
     fi
@@ -182,7 +186,7 @@ deploy_compose() {
     die "release $TAG is not ready and there is no previous release to roll back to; inspect: ${COMPOSE[*]} logs zone-a zone-b"
   fi
   log "rolling back to $previous"
-  run env REALM_IMAGE="$IMAGE" REALM_TAG="$previous" "${COMPOSE[@]}" "${COMPOSE_FILES[@]}" up -d --no-build --remove-orphans
+  run env REALM_IMAGE="$IMAGE" REALM_BACKUP_IMAGE="$BACKUP_IMAGE" REALM_TAG="$previous" "${COMPOSE[@]}" "${COMPOSE_FILES[@]}" up -d --no-build --remove-orphans
   wait_ready_compose || die "rollback to $previous is not ready either: manual intervention needed"
   die "release $TAG failed its readiness check; rolled back to $previous"
 }
@@ -199,6 +203,9 @@ resources:
 images:
   - name: $IMAGE_NAME
     newName: $IMAGE
+    newTag: "$TAG"
+  - name: realm-backup
+    newName: $BACKUP_IMAGE
     newTag: "$TAG"
 EOF
   ns=$(kubectl kustomize "$overlay" | sed -n '/^kind: Namespace$/,/^---$/s/^  name: //p' | head -n 1)

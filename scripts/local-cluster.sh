@@ -3,7 +3,8 @@
 #
 # Usage: scripts/local-cluster.sh <command> [options]
 #
-#   up [--embedded] [--build]   start everything (idempotent: running parts are left alone)
+#   up [--embedded] [--build] [--pitr]
+#                               start everything (idempotent: running parts are left alone)
 #   down [--purge]              stop every process `up` started (--purge also deletes logs, data and the secret)
 #   status                      show each part and its health; exit 0 only if all parts run
 #   logs [PART]                 last lines of every log, or of one part (zone-a, zone-b, prometheus, nginx, migrate)
@@ -21,6 +22,11 @@
 #   nginx               Debian `nginx`, TCP stream proxy          127.0.0.1:7700 -> 127.0.0.1:7777
 #   grafana             not run (no Debian package); Prometheus' own UI at http://127.0.0.1:9090
 #
+# --pitr puts the world (a primary database and two shard databases) on its own PostgreSQL cluster with WAL
+# archiving, like compose's primary (scripts/pitr-cluster.sh: 127.0.0.1:$REALM_LOCAL_PITR_PORT, default 5434, data
+# $STATE/pg-pitr, archive $STATE/wal-archive), instead of the shared cluster of scripts/services.sh, which runs
+# without archiving and must not be reconfigured under the tests; no read replica then. Back it up and restore it
+# with scripts/backup.sh and scripts/restore.sh (README "Backups and recovery"); `down` stops that cluster.
 # --embedded runs the zones without PostgreSQL/Redis (in-memory store, nothing persists) and skips services.sh
 # and the migration. --build runs `cargo build --release --bin realm-server` first (otherwise an existing
 # target/release/realm-server is used; set REALM_SERVER_BIN to use another binary).
@@ -43,6 +49,9 @@ PG_PORT=${REALM_PG_PORT:-5432}
 REPLICA_PORT=${REALM_PG_REPLICA_PORT:-5433}
 REDIS_PORT=${REALM_REDIS_PORT:-6379}
 ZONE_READY_SECS=${REALM_LOCAL_READY_SECS:-60}
+PITR_PORT=${REALM_LOCAL_PITR_PORT:-5434}
+PITR=0
+SHARD_URLS=""
 
 # The zones, as in docker-compose.yml. Ports 7777/7787 are the ones written in the zone files' portals.
 ZONES=(zone-a zone-b)
@@ -65,7 +74,7 @@ LOGS=$STATE/logs
 
 log() { echo "local-cluster: $*" >&2; }
 die() { echo "local-cluster: ERROR: $*" >&2; exit 1; }
-usage() { sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; }
 
 # --- process bookkeeping -----------------------------------------------------------------------------------------
 pid_of() { [ -f "$RUN/$1.pid" ] && cat "$RUN/$1.pid"; }
@@ -212,6 +221,7 @@ zone_env() {
   if [ "$EMBEDDED" = 0 ]; then
     ZONE_ENV+=(
       "DATABASE_URL=$DATABASE_URL" "REALM_DATABASE_REPLICA_URLS=$REPLICA_URL" "REDIS_URL=$REDIS_URL"
+      "REALM_DATABASE_SHARD_URLS=$SHARD_URLS"
       "REALM_REDIS_KEY_PREFIX=realm-local" "REALM_DATABASE_MIGRATE_ON_START=false"
     )
   fi
@@ -249,6 +259,7 @@ up() {
     case "$arg" in
       --embedded) EMBEDDED=1 ;;
       --build) build=1 ;;
+      --pitr) PITR=1 ;;
       *) die "up: unknown option $arg (see --help)" ;;
     esac
   done
@@ -294,6 +305,14 @@ up() {
     fi
     DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/$DB_NAME
     REPLICA_URL=postgres://postgres@127.0.0.1:$REPLICA_PORT/$DB_NAME
+    if [ "$PITR" = 1 ]; then
+      scripts/pitr-cluster.sh start --pgdata "$STATE/pg-pitr" --port "$PITR_PORT" --archive "$STATE/wal-archive" \
+        --db "$DB_NAME" --db "${DB_NAME}_shard_0" --db "${DB_NAME}_shard_1" || die "scripts/pitr-cluster.sh failed"
+      DATABASE_URL=postgres://postgres@127.0.0.1:$PITR_PORT/$DB_NAME
+      SHARD_URLS=postgres://postgres@127.0.0.1:$PITR_PORT/${DB_NAME}_shard_0,postgres://postgres@127.0.0.1:$PITR_PORT/${DB_NAME}_shard_1
+      REPLICA_URL=""
+      log "PITR: world on 127.0.0.1:$PITR_PORT ($DB_NAME + 2 shards), WAL archived into $STATE/wal-archive"
+    fi
     REDIS_URL=redis://127.0.0.1:$REDIS_PORT/
     log "migrate: realm-server migrate on $DATABASE_URL"
     zone_env zone-a
@@ -358,6 +377,11 @@ down() {
   done
   # Reverse start order: the entry point first, the zones last (each drains and saves its players).
   for ((i = ${#PARTS[@]} - 1; i >= 0; i--)); do stop "${PARTS[$i]}" "$(grace_of "${PARTS[$i]}")"; done
+  # The archiving cluster of `up --pitr` is ours (the shared one of scripts/services.sh is not).
+  if [ -f "$STATE/pg-pitr/postmaster.pid" ]; then
+    scripts/pitr-cluster.sh stop --pgdata "$STATE/pg-pitr"
+    log "stopped the PITR cluster ($STATE/pg-pitr)"
+  fi
   if [ "$purge" = 1 ]; then
     case "$STATE" in /|/var|/var/tmp|/tmp|"$HOME") die "refusing to delete $STATE" ;; esac
     rm -rf "$STATE"

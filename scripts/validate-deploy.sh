@@ -359,7 +359,8 @@ PY
 check "Dockerfile COPY sources vs .dockerignore" docker_context
 
 # --- scripts -------------------------------------------------------------------------------------------------------
-SCRIPTS=(scripts/deploy.sh scripts/local-cluster.sh scripts/validate-deploy.sh)
+SCRIPTS=(scripts/deploy.sh scripts/local-cluster.sh scripts/validate-deploy.sh scripts/backup.sh scripts/restore.sh
+  scripts/wal-archive.sh scripts/pitr-cluster.sh)
 syntax() { local s; for s in "${SCRIPTS[@]}"; do bash -n "$s" || return 1; done; echo "${SCRIPTS[*]}: syntax ok"; }
 check "bash -n deployment scripts" syntax
 check "shellcheck deployment scripts" shellcheck -x "${SCRIPTS[@]}"
