@@ -1,8 +1,9 @@
 //! Every metric family an operator is told about (README, monitoring/alerts.yml, the Grafana dashboard) is emitted by
 //! a real `realm-server` process running against the real PostgreSQL (primary and replica) and Redis, and the ones
 //! the scenario below exercises have moved: counted by the production code where things happen, not by a setter in
-//! a test. The scenario: bots play (with dropped connections they resume), a player types a wrong password, a
-//! second session claims a player that is online (lock contention), one player's saves fail in the database (three
+//! a test. The scenario: bots play (with dropped connections they resume), a player types a wrong password twice
+//! (the second time the lockout's trusted-address check is a cache hit), a second session claims a player that is
+//! online (lock contention), one player's saves fail in the database (three
 //! attempts, then `SAVE_FAILED`), and another player's ownership lock is taken in Redis (`OWNERSHIP_LOST`).
 
 mod common;
@@ -146,6 +147,9 @@ fn every_family_operators_are_told_about_is_emitted_and_the_exercised_ones_move(
     let name = common::unique("mwho");
     let (mut owner, owner_ok) = register(&s, &name);
     let refused = login(&s, &name, "wrong-password");
+    // A second wrong password: the lockout's trusted-address check is answered from the cache this time.
+    let again = login(&s, &name, "wrong-password");
+    assert!(again.is_err());
     assert!(
         matches!(&refused, Err(ClientError::Login(e)) if e.reason == LoginErrorReason::LoginErrorInvalidCredentials as i32),
         "{:?}",
@@ -219,6 +223,9 @@ fn every_family_operators_are_told_about_is_emitted_and_the_exercised_ones_move(
         "game_server_db_query_duration_seconds",
         "game_server_db_replica_up",
         "game_server_build_info",
+        "game_server_cache_hits_total",
+        "game_server_cache_misses_total",
+        "game_server_cache_entries",
     ];
     let still: Vec<_> = moved.iter().filter(|f| families.get(**f).copied().unwrap_or(0.0) <= 0.0).collect();
     assert!(still.is_empty(), "not moved by the scenario: {still:?}\n{body}");
@@ -234,6 +241,7 @@ fn every_family_operators_are_told_about_is_emitted_and_the_exercised_ones_move(
     assert!(metric_in(&body, "game_server_db_pool_up", &[("pool", "replica-0")]) >= 0.0);
     assert!(!body.contains("replica=\"replica0\""));
     assert!(metric_in(&body, "game_server_save_failures_total", &[]) >= 3.0);
+    assert!(metric_in(&body, "game_server_cache_hits_total", &[("cache", "trusted_addresses")]) >= 1.0, "{body}");
     assert!(metric_in(&body, "game_server_login_refusals_total", &[("reason", "invalid_credentials")]) >= 1.0);
     assert!(metric_in(&body, "game_server_login_refusals_total", &[("reason", "already_online")]) >= 1.0);
     drop(watcher);

@@ -29,12 +29,23 @@ fn unavailable(e: DbError) -> StoreError {
 #[derive(Debug, Clone)]
 pub struct PgAccounts {
     db: Arc<Database>,
+    /// "Has this player logged in from this address lately?" (the lockout's trusted-address check), by player and
+    /// address. Every failed login against an existing account asks it, so a password-guessing flood against one
+    /// account would otherwise cost a query per guess. A yes stays true for days; a no turns into a yes only when
+    /// the player logs in from that address, which invalidates the entry here (another zone's login is seen
+    /// within the TTL).
+    trusted: Option<Arc<crate::cache::Cache<(u64, String), bool>>>,
 }
+
+/// Entries and lifetime of the trusted-address cache.
+const TRUSTED_CACHE: crate::cache::CacheConfig =
+    crate::cache::CacheConfig { capacity: 10_000, ttl: Duration::from_secs(30) };
 
 impl PgAccounts {
     /// Over `db`.
     pub fn new(db: Arc<Database>) -> PgAccounts {
-        PgAccounts { db }
+        let trusted = db.caches().cache::<(u64, String), bool>("trusted_addresses", TRUSTED_CACHE).ok();
+        PgAccounts { db, trusted }
     }
 }
 
@@ -75,11 +86,23 @@ impl AccountStore for PgAccounts {
         ip: &str,
     ) -> Result<(), StoreError> {
         let ttl = expires.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
-        self.db.insert_session(player_id, &token_hash, ttl, Some(ip), None).map(drop).map_err(unavailable)
+        self.db.insert_session(player_id, &token_hash, ttl, Some(ip), None).map_err(unavailable)?;
+        if let Some(c) = &self.trusted {
+            c.invalidate(&(player_id, ip.to_owned()));
+        }
+        Ok(())
     }
 
     fn logged_in_from(&self, player_id: u64, ip: &str, within: Duration) -> Result<bool, StoreError> {
-        self.db.logged_in_from(player_id, ip, within).map_err(unavailable)
+        let key = (player_id, ip.to_owned());
+        if let Some(known) = self.trusted.as_ref().and_then(|c| c.get(&key)) {
+            return Ok(known);
+        }
+        let trusted = self.db.logged_in_from(player_id, ip, within).map_err(unavailable)?;
+        if let Some(c) = &self.trusted {
+            c.insert(key, trusted);
+        }
+        Ok(trusted)
     }
 
     fn session_valid(&self, player_id: u64, token_hash: [u8; 32]) -> Result<bool, StoreError> {
