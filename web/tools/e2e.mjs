@@ -90,9 +90,9 @@ async function newPlayerPage(browser, label) {
   page.on('response', (r) => {
     if (r.status() < 400) return;
     const path = new URL(r.url()).pathname;
-    // Chromium asks for /favicon.ico by itself (the page names no icon; the server has none: 404). A busy answer
-    // to a registration is retried (register() records it).
-    if (path === '/favicon.ico' || (path === '/api/register' && r.status() === 503)) return;
+    // A busy answer to a registration is retried (register() records it). (/favicon.ico, which Chromium asks for
+    // by itself, is served: any 4xx for it now is a problem.)
+    if (path === '/api/register' && r.status() === 503) return;
     problems.push(`${label} HTTP ${r.status()} for ${r.request().method()} ${path}`);
   });
   page.on('console', (m) => {
