@@ -156,7 +156,19 @@ for target in targets:
     svcs = by_kind.get("Service", [])
     if not any(s["spec"].get("clusterIP") == "None" and s["metadata"]["name"] == spec["serviceName"] for s in svcs):
         err(target, f"the StatefulSet's serviceName {spec['serviceName']} is not a headless Service")
-    players = [s for s in svcs if "statefulset.kubernetes.io/pod-name" in s["spec"].get("selector", {})]
+    per_pod = [s for s in svcs if "statefulset.kubernetes.io/pod-name" in s["spec"].get("selector", {})]
+    players = [s for s in per_pod if s["spec"].get("type") == "LoadBalancer"]
+    web = [s for s in per_pod if s["spec"].get("type") != "LoadBalancer"]
+    web_selected = sorted(s["spec"]["selector"]["statefulset.kubernetes.io/pod-name"] for s in web)
+    if web and web_selected != sorted(f"realm-zone-{i}" for i in range(len(zones))):
+        err(target, f"browser Services must select each zone pod once, got {web_selected}")
+    for s in web:
+        if [(p["port"], p["protocol"]) for p in s["spec"]["ports"]] != [(8080, "TCP")]:
+            err(target, f"Service {s['metadata']['name']}: a browser Service carries TCP 8080 only")
+    backends = {p["backend"]["service"]["name"] for i in by_kind.get("Ingress", []) for r in i["spec"]["rules"]
+                for p in r["http"]["paths"]}
+    if web and backends != {s["metadata"]["name"] for s in web}:
+        err(target, f"the Ingress must route to every browser Service, routes to {sorted(backends)}")
     selected = sorted(s["spec"]["selector"]["statefulset.kubernetes.io/pod-name"] for s in players)
     if selected != sorted(f"realm-zone-{i}" for i in range(len(zones))):
         err(target, f"player Services must select each zone pod once, got {selected}")
