@@ -29,6 +29,9 @@ import {
 import { GameState } from './state.js';
 import { chatRefusedText, closeText, kickText, loginErrorText, reasonForHttpStatus } from './texts.js';
 
+/** Times a login or registration answered SERVER_BUSY is asked again before the player is told. */
+const BUSY_RETRIES = 4;
+
 export type Phase = 'login' | 'connecting' | 'game' | 'resuming' | 'ended';
 
 /** Why the last attempt or session failed, for the screens and the test hook. */
@@ -171,20 +174,29 @@ export class Session {
     this.lastError = null;
     this.setPhase('connecting');
     let res: Response;
-    try {
-      res = await fetch(`/api/${mode}`, {
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify({ username, password }),
-        credentials: 'same-origin',
-      });
-    } catch (e) {
-      this.fail('login', { kind: 'network', reason: 'NETWORK', message: 'Could not reach the server.', detail: String(e) });
-      return;
-    }
-    const body = await res.text().catch(() => '');
-    if (!res.ok) {
-      this.fail('login', apiError(res.status, body));
+    let body = '';
+    // A busy server (its password-hashing slots taken) says when to come back: the page waits and asks again by
+    // itself a few times before it shows the player anything.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        res = await fetch(`/api/${mode}`, {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify({ username, password }),
+          credentials: 'same-origin',
+        });
+      } catch (e) {
+        this.fail('login', { kind: 'network', reason: 'NETWORK', message: 'Could not reach the server.', detail: String(e) });
+        return;
+      }
+      body = await res.text().catch(() => '');
+      if (res.ok) break;
+      const error = apiError(res.status, body);
+      if (error.reason === 'LOGIN_ERROR_SERVER_BUSY' && attempt < BUSY_RETRIES) {
+        await new Promise((done) => setTimeout(done, Math.min(Math.max(error.retryAfterMs, 500), 5000)));
+        continue;
+      }
+      this.fail('login', error);
       return;
     }
     let token = '';
