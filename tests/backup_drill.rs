@@ -230,31 +230,15 @@ fn restore_cmd(set: &Path, primary: &str, shards: &[String]) -> Command {
 
 /// A 400 m zone whose spawn is surrounded by harmless one-hit NPCs: every firebolt is a kill, a third of kills loot.
 fn drill_zone(dir: &Path) -> String {
-    std::fs::create_dir_all(dir).unwrap();
-    let path = dir.join("drill-zone.toml");
-    std::fs::write(
-        &path,
-        r#"name = "starter-vale"
-size = 400.0
-view_radius = 40.0
-player_speed = 6.0
-spawn_points = [[200.0, 200.0]]
-[[npc_spawns]]
-kind = "wolf"
-count = 240
-center = [200.0, 200.0]
-radius = 40.0
-level = 1
-max_hp = 5
-damage = [0, 0]
-aggro_radius = 1.0
-leash_radius = 5.0
-speed = 1.0
-respawn_secs = 2
-"#,
-    )
-    .unwrap();
-    path.display().to_string()
+    let wolves = common::Npcs {
+        kind: "wolf",
+        count: 240,
+        at: (200.0, 200.0, 40.0),
+        max_hp: 5,
+        damage: (0, 0),
+        radii: (1.0, 5.0),
+    };
+    common::zone_file(dir, "drill-zone.toml", &wolves.toml()).display().to_string()
 }
 
 fn start_zone(primary: &str, shards: &[String], prefix: &str, zone_file: &str) -> ServerProcess {

@@ -18,32 +18,15 @@ use common::process::ServerProcess;
 /// A 400 m zone with one spawn point (every player starts in view of every other), one NPC 12 m north of it (in
 /// firebolt range, out of its own aggro range) and no portal. Returns the file's path.
 fn zone_with_an_npc(dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let path = dir.join("starter-vale.toml");
-    std::fs::write(
-        &path,
-        r#"name = "starter-vale"
-size = 400.0
-view_radius = 40.0
-player_speed = 6.0
-spawn_points = [[200.0, 200.0]]
-
-[[npc_spawns]]
-kind = "training-dummy"
-count = 1
-center = [200.0, 212.0]
-radius = 0.5
-level = 1
-max_hp = 5000
-damage = [1, 2]
-aggro_radius = 2.0
-leash_radius = 20.0
-speed = 2.0
-respawn_secs = 5
-"#,
-    )
-    .unwrap();
-    path
+    let dummy = common::Npcs {
+        kind: "training-dummy",
+        count: 1,
+        at: (200.0, 212.0, 0.5),
+        max_hp: 5000,
+        damage: (1, 2),
+        radii: (2.0, 20.0),
+    };
+    common::zone_file(dir, "starter-vale.toml", &dummy.toml())
 }
 
 fn repo() -> PathBuf {

@@ -332,16 +332,15 @@ fn with_ws_tls_the_browser_endpoint_speaks_tls_with_the_game_certificate() {
 fn a_browser_that_stops_reading_gets_the_newest_snapshot_not_a_backlog() {
     // A crowd of NPCs around the spawn: every snapshot is full (~1.1 KB), as in a busy zone.
     let dir = std::env::temp_dir().join(common::unique("web_crowd"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let zone = dir.join("crowd.toml");
-    std::fs::write(
-        &zone,
-        "name = \"starter-vale\"\nsize = 400.0\nview_radius = 40.0\nplayer_speed = 6.0\n\
-         spawn_points = [[200.0, 200.0]]\n[[npc_spawns]]\nkind = \"wolf\"\ncount = 200\ncenter = [200.0, 200.0]\n\
-         radius = 20.0\nlevel = 1\nmax_hp = 30\ndamage = [1, 1]\naggro_radius = 1.0\nleash_radius = 25.0\n\
-         speed = 1.0\nrespawn_secs = 2\n",
-    )
-    .unwrap();
+    let wolves = common::Npcs {
+        kind: "wolf",
+        count: 200,
+        at: (200.0, 200.0, 20.0),
+        max_hp: 30,
+        damage: (1, 1),
+        radii: (1.0, 25.0),
+    };
+    let zone = common::zone_file(&dir, "crowd.toml", &wolves.toml());
     let s = ServerProcess::start(&[("REALM_GAME_ZONE_FILE", zone.to_str().unwrap())]);
     let web = s.web.unwrap();
     let t = token(web, "/api/register", "sleepy");
