@@ -31,7 +31,6 @@ use realm::proto::{
 };
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const CLIENT: &str = env!("CARGO_BIN_EXE_realm-client");
 const SERVER: &str = env!("CARGO_BIN_EXE_realm-server");
 const PASSWORD: &str = "password123";
 /// `scripts/restore.sh`'s default `--id-gap`.
@@ -262,19 +261,7 @@ fn start_zone(primary: &str, shards: &[String], prefix: &str, zone_file: &str) -
 
 /// Runs a `realm-client --script` session against `zone`: (exit success, transcript).
 fn play(zone: &ServerProcess, lines: &str) -> (bool, String) {
-    let mut child = Command::new(CLIENT)
-        .arg("--server")
-        .arg(zone.game.to_string())
-        .arg("--ca")
-        .arg(&zone.cert)
-        .args(["--script", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start realm-client");
-    child.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::process::run_client_script(&zone.game.to_string(), &zone.cert, lines);
     (out.status.success(), format!("{}{}", text(&out.stdout), text(&out.stderr)))
 }
 

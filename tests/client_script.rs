@@ -10,6 +10,8 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_realm-server");
+mod common;
+
 const CLIENT: &str = env!("CARGO_BIN_EXE_realm-client");
 
 /// A port that is free for both TCP and UDP right now (the game listens on both with the same number).
@@ -124,15 +126,7 @@ fn client(server: &ServerProcess) -> Command {
 
 /// Runs a script given on stdin (`--script -`).
 fn run_script(server: &ServerProcess, script: &str) -> Output {
-    let mut child = client(server)
-        .args(["--script", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start realm-client");
-    child.stdin.take().expect("stdin is piped").write_all(script.as_bytes()).expect("write the script");
-    child.wait_with_output().expect("realm-client runs")
+    common::process::run_client_script(&server.address, &server.cert, script)
 }
 
 fn text(bytes: &[u8]) -> String {

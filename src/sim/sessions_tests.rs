@@ -8,22 +8,6 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::account::login::LoginGrant;
 use crate::proto::{Input, Login, Logout, Resume, Vec2 as PVec2};
-use crate::sim::zone::Zone;
-
-const ZONE: &str = r#"
-name = "test"
-size = 400.0
-view_radius = 40.0
-player_speed = 6.0
-spawn_points = [[200.0, 200.0]]
-[[portals]]
-name = "east"
-min = [390.0, 0.0]
-max = [400.0, 400.0]
-target_zone = "other"
-target_address = "127.0.0.1:1"
-target_position = [5.0, 5.0]
-"#;
 
 struct Harness {
     sessions: Sessions,
@@ -66,7 +50,7 @@ impl Harness {
         let now = Instant::now();
         Self {
             sessions: Sessions::new(config, Arc::clone(&metrics), now),
-            game: Simulation::new(Zone::parse(ZONE, "test").unwrap(), 20, 1),
+            game: Simulation::new(crate::sim::tests::zone(""), 20, 1),
             metrics,
             now,
         }

@@ -7,7 +7,8 @@ use crate::proto::{self, control_message::Body, ChatChannel, CombatEventKind, In
 
 const RATE: u32 = 20;
 
-fn zone(npcs: &str) -> Zone {
+/// The 400 m test zone (spawn at the centre, a portal along the east edge into "other"), with `npcs` added.
+pub(super) fn zone(npcs: &str) -> Zone {
     let text = format!(
         r#"
 name = "test"

@@ -235,3 +235,20 @@ pub fn metric_in(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .sum()
 }
+
+/// Runs `realm-client --server <server> --ca <ca> --script -` with `script` on its stdin and waits for it.
+pub fn run_client_script(server: &str, ca: &std::path::Path, script: &str) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_realm-client"))
+        .arg("--server")
+        .arg(server)
+        .arg("--ca")
+        .arg(ca)
+        .args(["--script", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start realm-client");
+    child.stdin.take().expect("stdin is piped").write_all(script.as_bytes()).expect("write the script");
+    child.wait_with_output().expect("realm-client runs")
+}
