@@ -36,10 +36,18 @@ fi
 max_len() {
   case "$1" in
     admin_http) echo 12288 ;;
+    web_http) echo 14336 ;; # head 8 KiB + body 4 KiB, and past them
     config_zone) echo 16384 ;;
     *) echo 4096 ;;
   esac
 }
+
+for t in "${targets[@]}"; do
+  if ! ls "fuzz/corpus/$t"/seed-* >/dev/null 2>&1; then
+    echo "fuzz: $t has no committed seed corpus (fuzz/corpus/$t/seed-*): add seeds before fuzzing it" >&2
+    exit 2
+  fi
+done
 
 echo "fuzz: building ${targets[*]}" >&2
 for t in "${targets[@]}"; do
