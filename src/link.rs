@@ -42,6 +42,8 @@ pub enum Inbound {
         io: usize,
         /// The client's address.
         addr: SocketAddr,
+        /// The protocol version it speaks (2: delta snapshots).
+        protocol: u32,
     },
     /// A control message allowed in the session's state.
     Control {

@@ -83,6 +83,7 @@ fn input(sequence: u32) -> DataMessage {
         ability: 0,
         target_entity: 0,
         client_time_us: 1_000 + u64::from(sequence),
+        snapshot_ack: 0,
     }))
 }
 

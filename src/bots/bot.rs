@@ -59,6 +59,8 @@ pub(crate) struct Shared {
     pub udp_timeout: Duration,
     /// Probability per second that a playing bot drops its connection and resumes (`--drop-rate`).
     pub drop_rate: f64,
+    /// `Hello.protocol_version` (the `&protocol=` of a WebSocket bot's upgrade).
+    pub protocol: u32,
 }
 
 /// Everything a bot may touch while handling an event.
@@ -422,6 +424,7 @@ impl Bot {
                 },
                 check_login_ok: true,
                 epoch: shared.epoch,
+                protocol_version: shared.protocol,
             };
             let credentials = Credentials::Register { username: name.clone(), password: shared.password.clone() };
             ControlSession::new(config, Some(credentials))
@@ -702,6 +705,7 @@ impl Bot {
                     self.on_snapshot(ctx, &s);
                 }
                 Received::Rejected(_) => ctx.stats.udp_rejected += 1,
+                Received::Undecodable(_) => ctx.stats.snapshots_undecodable += 1,
                 _ => {}
             }
             self.flush_udp(ctx)?;

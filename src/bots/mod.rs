@@ -51,6 +51,10 @@ pub struct Args {
     /// WebSocket, as the web client).
     #[arg(long, value_enum, default_value_t = Transport::Tls)]
     pub transport: Transport,
+    /// Protocol version the bots speak: 2 (delta snapshots) or 1 (full snapshots), to measure both.
+    #[arg(long, default_value_t = crate::proto::PROTOCOL_VERSION,
+          value_parser = clap::value_parser!(u32).range(1..=2))]
+    pub protocol: u32,
     /// Name the server's certificate must carry.
     #[arg(long, default_value = "localhost")]
     pub server_name: String,
@@ -218,6 +222,7 @@ pub fn run(args: &Args) -> Result<Report, BotsError> {
         login_timeout: Duration::from_secs_f64(args.login_timeout),
         udp_timeout: Duration::from_secs(5),
         drop_rate: args.drop_rate,
+        protocol: args.protocol,
     });
     let end = epoch + ramp + settle + duration;
     let threads = args.threads.min(args.bots);
@@ -282,6 +287,7 @@ pub fn run(args: &Args) -> Result<Report, BotsError> {
         ramp_secs: args.ramp,
         settle_secs: args.settle,
         duration_secs: args.duration,
+        protocol: args.protocol,
     };
     Ok(Report::build(header, stats, &outcomes))
 }

@@ -29,6 +29,8 @@ pub(crate) struct ThreadStats {
     pub snapshot_ticks_missed: u64,
     /// Datagrams that did not open (forged, replayed, undecodable).
     pub udp_rejected: u64,
+    /// Delta snapshots not decoded (reordered behind a newer one, or their baseline was lost).
+    pub snapshots_undecodable: u64,
     /// Datagrams not sent because the socket buffer was full.
     pub udp_send_dropped: u64,
     /// Logins the server called busy and the bot retried.
@@ -85,6 +87,7 @@ impl ThreadStats {
         self.snapshots += other.snapshots;
         self.snapshot_ticks_missed += other.snapshot_ticks_missed;
         self.udp_rejected += other.udp_rejected;
+        self.snapshots_undecodable += other.snapshots_undecodable;
         self.udp_send_dropped += other.udp_send_dropped;
         self.login_retries += other.login_retries;
         self.drops += other.drops;
@@ -243,6 +246,8 @@ pub struct Report {
     pub threads: usize,
     /// Behaviour.
     pub behaviour: Behaviour,
+    /// Protocol version spoken (2: delta snapshots, 1: full).
+    pub protocol: u32,
     /// Ramp length, seconds.
     pub ramp_secs: f64,
     /// Seconds between the ramp and the measured window.
@@ -302,6 +307,8 @@ pub struct Report {
     pub inputs_skipped: u64,
     /// Datagrams from the server that did not authenticate or decode.
     pub udp_rejected: u64,
+    /// Protocol v2: delta snapshots that could not be decoded (reordered, or against a lost baseline).
+    pub snapshots_undecodable: u64,
     /// Datagrams the bots could not send (socket buffer full).
     pub udp_send_dropped: u64,
     /// Chat lines sent.
@@ -343,6 +350,7 @@ impl Report {
             bots: header.bots,
             threads: header.threads,
             behaviour: header.behaviour,
+            protocol: header.protocol,
             ramp_secs: header.ramp_secs,
             settle_secs: header.settle_secs,
             duration_secs: header.duration_secs,
@@ -376,6 +384,7 @@ impl Report {
             resume_ms: ms(&stats.resume_time),
             inputs_skipped: stats.inputs_skipped,
             udp_rejected: stats.udp_rejected,
+            snapshots_undecodable: stats.snapshots_undecodable,
             udp_send_dropped: stats.udp_send_dropped,
             chats_sent: stats.chats_sent,
             chats_received: stats.chats_received,
@@ -438,8 +447,14 @@ impl Report {
         let _ = writeln!(s, "  TLS rtt:    {}", q(&self.control_rtt_ms, "ms"));
         let _ = writeln!(
             s,
-            "  other:      {} chat sent, {} chat received, {} combat events, {} datagrams rejected, {} not sent",
-            self.chats_sent, self.chats_received, self.combat_events, self.udp_rejected, self.udp_send_dropped
+            "  other:      {} chat sent, {} chat received, {} combat events, {} datagrams rejected, {} not sent, \
+             {} delta snapshots undecodable",
+            self.chats_sent,
+            self.chats_received,
+            self.combat_events,
+            self.udp_rejected,
+            self.udp_send_dropped,
+            self.snapshots_undecodable
         );
         if self.errors.is_empty() {
             let _ = writeln!(s, "  errors:     none");
@@ -463,6 +478,7 @@ pub(crate) struct ReportHeader {
     pub ramp_secs: f64,
     pub settle_secs: f64,
     pub duration_secs: f64,
+    pub protocol: u32,
 }
 
 #[cfg(test)]
@@ -478,6 +494,7 @@ mod tests {
             ramp_secs: 0.0,
             settle_secs: 0.0,
             duration_secs: 10.0,
+            protocol: 2,
         }
     }
 

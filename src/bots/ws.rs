@@ -23,6 +23,7 @@ use tungstenite::{Message, WebSocket};
 use super::behaviour::Role;
 use super::bot::{kick_reason_name, login_reason_name, Ctx, Outcome};
 use super::play::Play;
+use crate::proto::delta::DeltaDecoder;
 use crate::proto::{
     control_message::Body, data_message::Body as DataBody, ws_frame, Chat, ControlMessage, DataMessage, Input, Logout,
     Pong, Vec2, WsFrame,
@@ -65,6 +66,8 @@ pub(crate) struct WsBot {
     play: Play,
     sequence: u32,
     in_game: bool,
+    /// Protocol v2: the views decoded, the newest acknowledged in every input.
+    views: DeltaDecoder,
     /// The wake-up time currently in the driver's timer heap (the driver owns this field).
     pub scheduled: Option<Instant>,
     /// How the bot is doing.
@@ -96,6 +99,7 @@ impl WsBot {
             play: Play::new(role, seed, start_at),
             sequence: 0,
             in_game: false,
+            views: DeltaDecoder::new(),
             scheduled: None,
             outcome: Outcome::default(),
         }
@@ -171,6 +175,7 @@ impl WsBot {
             ability: decision.ability,
             target_entity: decision.target,
             client_time_us: ctx.now_us(),
+            snapshot_ack: self.views.ack(),
         };
         let mut out = vec![frame(ws_frame::Body::Data(DataMessage::new(DataBody::Input(input))))];
         if let Some((channel, text)) = self.play.chat(ctx.now_us(), &self.name) {
@@ -242,8 +247,9 @@ impl WsBot {
                 let mut key = [0u8; 16];
                 rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut key);
                 let req = format!(
-                    "GET /ws?token={token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                    "GET /ws?token={token}&protocol={} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                      Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {}\r\n\r\n",
+                    ctx.shared.protocol,
                     ctx.shared.server,
                     B64.encode(key)
                 );
@@ -329,6 +335,10 @@ impl WsBot {
             },
             Some(ws_frame::Body::Data(DataMessage { body: Some(body) })) => match body {
                 DataBody::Snapshot(s) => self.play.observe(ctx, &s, &mut self.outcome),
+                DataBody::DeltaSnapshot(d) => match self.views.decode(&d) {
+                    Ok(s) => self.play.observe(ctx, &s, &mut self.outcome),
+                    Err(_) => ctx.stats.snapshots_undecodable += 1,
+                },
                 DataBody::Ping(p) => {
                     let pong = Pong { nonce: p.nonce, client_time_us: p.client_time_us, server_tick: 0 };
                     if let Stage::Playing(ws) = &mut self.stage {

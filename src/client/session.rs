@@ -30,6 +30,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::net::udp::{DataChannel, DataKeys, UdpError};
+use crate::proto::delta::{DeltaDecoder, DeltaError};
 use crate::proto::{
     control_message::Body, data_message::Body as DataBody, ControlMessage, DataMessage, Hello, HelloOk, Input, Kick,
     KickReason, Login, LoginError, LoginErrorReason, LoginOk, Logout, Ping, Pong, Register, Resume, Snapshot,
@@ -131,6 +132,9 @@ pub struct ControlConfig {
     pub check_login_ok: bool,
     /// `client_time_us` counts microseconds from here.
     pub epoch: Instant,
+    /// `Hello.protocol_version`: [`PROTOCOL_VERSION`] (2, delta snapshots) unless a tool asks for 1 (full
+    /// snapshots; the load benchmark measures both side by side).
+    pub protocol_version: u32,
 }
 
 impl ControlConfig {
@@ -145,6 +149,7 @@ impl ControlConfig {
             policy: LoginPolicy::default(),
             check_login_ok: false,
             epoch,
+            protocol_version: PROTOCOL_VERSION,
         }
     }
 }
@@ -317,7 +322,7 @@ impl ControlSession {
         self.deadline = self.config.hello_timeout.map(|t| now + t);
         self.next_ping = None;
         self.transmit.push_back(ControlMessage::new(Body::Hello(Hello {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: self.config.protocol_version,
             client_name: self.config.client_name.clone(),
         })));
     }
@@ -590,8 +595,13 @@ pub enum Received {
     Nothing,
     /// The server bound this address (`UdpWelcome`; again for a hello resent after binding); snapshots follow.
     Welcome(UdpWelcome),
-    /// One tick of the world. The first one while binding also binds (it may overtake the welcome).
+    /// One tick of the world (protocol v2's `DeltaSnapshot`s arrive decoded into one). The first one while binding
+    /// also binds (it may overtake the welcome).
     Snapshot(Snapshot),
+    /// A `DeltaSnapshot` that could not be decoded: reordered behind a newer one, against a view this session does
+    /// not hold (lost), or malformed. Nothing to do: the next one decodes (it is against what
+    /// [`DataSession::input`] acknowledged).
+    Undecodable(DeltaError),
     /// A `Pong`; `rtt` when it answers one of this session's pings.
     Pong {
         /// The server's answer.
@@ -633,6 +643,8 @@ pub struct DataSession {
     next_ping: Option<Instant>,
     sequence: u32,
     transmit: VecDeque<Pending>,
+    /// Protocol v2: the views decoded, the newest acknowledged in every input.
+    views: DeltaDecoder,
 }
 
 impl DataSession {
@@ -648,6 +660,7 @@ impl DataSession {
             next_ping: None,
             sequence: 0,
             transmit: VecDeque::new(),
+            views: DeltaDecoder::new(),
         };
         session.bind(now);
         session
@@ -720,6 +733,15 @@ impl DataSession {
                 }
                 Received::Snapshot(s)
             }
+            Some(DataBody::DeltaSnapshot(d)) => {
+                if !self.bound {
+                    self.on_bound(now);
+                }
+                match self.views.decode(&d) {
+                    Ok(s) => Received::Snapshot(s),
+                    Err(e) => Received::Undecodable(e),
+                }
+            }
             // The server measures round-trip time with pings; answering is part of the protocol.
             Some(DataBody::Ping(p)) => {
                 let pong = Pong { nonce: p.nonce, client_time_us: p.client_time_us, server_tick: 0 };
@@ -745,6 +767,7 @@ impl DataSession {
             ability,
             target_entity,
             client_time_us: micros_since(self.config.epoch, now),
+            snapshot_ack: self.views.ack(),
         };
         self.transmit.push_back(Pending::Message(DataMessage::new(DataBody::Input(input))));
         input
@@ -802,6 +825,7 @@ mod tests {
 
     fn bot_config(t0: Instant) -> ControlConfig {
         ControlConfig {
+            protocol_version: PROTOCOL_VERSION,
             client_name: "test".into(),
             hello_timeout: Some(Duration::from_secs(5)),
             login_timeout: Some(Duration::from_secs(10)),

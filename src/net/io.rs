@@ -741,9 +741,14 @@ impl<E: From<Inbound>> IoThread<E> {
         let Some(Some(conn)) = self.conns.get_mut(slot) else { return };
         while let Some(event) = conn.session.poll_event() {
             match event {
-                SessionEvent::Greeted => {
+                SessionEvent::Greeted { protocol } => {
                     self.shared.stats.handshakes.fetch_add(1, Ordering::Relaxed);
-                    self.pending.push(Inbound::Connected { session: conn.id, io: self.index, addr: conn.addr });
+                    self.pending.push(Inbound::Connected {
+                        session: conn.id,
+                        io: self.index,
+                        addr: conn.addr,
+                        protocol,
+                    });
                 }
                 SessionEvent::Message(msg) => {
                     if let Some(Body::UdpRebind(_)) = msg.body {

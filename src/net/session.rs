@@ -19,7 +19,8 @@ use rustls::{ServerConfig, ServerConnection};
 
 use crate::net::framing::{encode_frame, FrameDecoder, FrameError};
 use crate::proto::{
-    control_message::Body, ControlMessage, HelloOk, Kick, KickReason, LoginError, LoginOk, Pong, PROTOCOL_VERSION,
+    control_message::Body, ControlMessage, HelloOk, Kick, KickReason, LoginError, LoginOk, Pong, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
 };
 
 /// Where a session stands in the protocol.
@@ -145,7 +146,10 @@ impl CloseReason {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SessionEvent {
     /// The TLS handshake and Hello are done.
-    Greeted,
+    Greeted {
+        /// The protocol version agreed (the client's).
+        protocol: u32,
+    },
     /// A message for the simulation.
     Message(ControlMessage),
     /// An inbound message was dropped because the session ran out of credits this window.
@@ -562,11 +566,11 @@ impl ControlSession {
                 let _ = self.write_frame(&ControlMessage::new(Body::Pong(pong)));
             }
             Body::Hello(h) => {
-                if h.protocol_version != PROTOCOL_VERSION {
+                if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&h.protocol_version) {
                     // "Upgrade me", not "you sent garbage": a LoginError a client can act on, then the close
                     // (without a Kick: the LoginError is the reason).
                     let text = format!(
-                        "protocol version {} is not supported (server speaks {PROTOCOL_VERSION})",
+                        "protocol version {} is not supported (server speaks {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION})",
                         h.protocol_version
                     );
                     let refusal = crate::proto::LoginError {
@@ -579,14 +583,14 @@ impl ControlSession {
                     return;
                 }
                 let ok = HelloOk {
-                    protocol_version: PROTOCOL_VERSION,
+                    protocol_version: h.protocol_version,
                     server_version: env!("CARGO_PKG_VERSION").into(),
                     max_frame_bytes: self.limits.max_frame as u32,
                     zone: self.limits.zone.clone(),
                 };
                 if self.write_frame(&ControlMessage::new(Body::HelloOk(ok))).is_ok() {
                     self.state = SessionState::Greeted;
-                    self.events.push_back(SessionEvent::Greeted);
+                    self.events.push_back(SessionEvent::Greeted { protocol: h.protocol_version });
                 }
             }
             Body::Register(_) | Body::Login(_) | Body::TransferLogin(_) | Body::TokenLogin(_) | Body::Resume(_) => {
@@ -740,7 +744,7 @@ mod tests {
             assert_eq!(self.server.state(), SessionState::Greeted);
             let got = self.client_received();
             assert!(matches!(got[0].body, Some(Body::HelloOk(_))), "{got:?}");
-            assert_eq!(self.events(), vec![SessionEvent::Greeted]);
+            assert_eq!(self.events(), vec![SessionEvent::Greeted { protocol: PROTOCOL_VERSION }]);
         }
     }
 

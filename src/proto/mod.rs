@@ -10,8 +10,12 @@ mod generated {
 
 pub use generated::*;
 
-/// The protocol version this build speaks; `Hello.protocol_version` must match it.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub mod delta;
+
+/// The newest protocol version this build speaks (2: delta snapshots); clients send it in `Hello`.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest version the server still accepts (1: full snapshots), so clients written against it keep working.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
 /// Largest UDP payload we send or accept: fits the IPv6 minimum MTU minus headers, so no fragmentation.
 pub const MAX_DATAGRAM_BYTES: usize = 1200;

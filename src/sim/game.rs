@@ -11,14 +11,16 @@ use std::collections::BTreeMap;
 
 use super::aoi::Grid;
 use super::chat::{ChatLimiter, Refusal};
+use super::delta::{self, Encoder, Frame};
 use super::phase::Phase;
 use super::rng::Pcg32;
 use super::world::{EntityId, Health, Kind, NpcData, NpcState, PlayerData, Vec2, World};
 use super::zone::Zone;
 use crate::link::SessionId;
+use crate::proto::delta::{quantize_pos, quantize_vel, QState, MAX_VIEW};
 use crate::proto::{
-    self, control_message::Body, ChatChannel, CombatEvent, CombatEventKind, ControlMessage, EntityKind, EntityState,
-    Input, PlayerStats, Snapshot,
+    self, control_message::Body, ChatChannel, CombatEvent, CombatEventKind, ControlMessage, DeltaSnapshot, EntityKind,
+    EntityState, Input, PlayerStats, Snapshot,
 };
 
 /// Inputs applied per player per tick; more would let a client move faster than its speed.
@@ -242,6 +244,9 @@ struct SnapshotCache {
     /// snapshot being built.
     prev: Vec<u32>,
     parts: Vec<(u32, u32)>,
+    /// Protocol v2: one bit per slot shown to some v2 client; the shared encodings.
+    seen: Vec<u64>,
+    delta: Encoder,
 }
 
 /// One player's snapshot between the passes of [`Simulation::snapshots`].
@@ -254,6 +259,8 @@ struct View {
     len: u32,
     /// The size of its whole visible set (the snapshot carries at most `len` of them).
     total: u32,
+    /// Protocol v2: its baseline (`None`: v1).
+    client: Option<delta::Client>,
 }
 
 fn secs_to_ticks(secs: f32, rate: u32) -> u64 {
@@ -382,6 +389,7 @@ impl Simulation {
             last_input_time_us: 0,
             cooldown_until: [0; 4],
             visible: Vec::new(),
+            delta: None,
             dirty: false,
             transferring: false,
             udp_bound: false,
@@ -476,6 +484,23 @@ impl Simulation {
         Some(id)
     }
 
+    /// The protocol version the session's client speaks: 2 gets delta snapshots, from an empty view (called at
+    /// spawn and at every resume: a new connection's client holds no view).
+    pub fn set_protocol(&mut self, session: SessionId, version: u32) {
+        if let Some(slot) = self.sessions.get(&session).and_then(|&id| self.world.slot(id)) {
+            if let Some(p) = self.world.player[slot].as_mut() {
+                p.delta = (version >= 2).then(Box::default);
+            }
+        }
+    }
+
+    /// Protocol v2: the entity ids the session's snapshot of `tick` held (tests compare them with what a client
+    /// decoded; `None` for v1 sessions and ticks no longer held).
+    pub fn delta_view(&self, session: SessionId, tick: u64) -> Option<&[EntityId]> {
+        let slot = self.sessions.get(&session).and_then(|&id| self.world.slot(id))?;
+        self.world.player[slot].as_ref()?.delta.as_ref()?.sent_ids(tick)
+    }
+
     /// Lets a player who entered a portal move again (the transfer was refused).
     pub fn release_transfer(&mut self, session: SessionId) {
         if let Some(slot) = self.sessions.get(&session).and_then(|&id| self.world.slot(id)) {
@@ -489,6 +514,10 @@ impl Simulation {
     pub fn queue_input(&mut self, session: SessionId, input: Input) -> Result<(), Rejected> {
         let slot = self.sessions.get(&session).and_then(|&id| self.world.slot(id)).ok_or(Rejected::UnknownSession)?;
         let player = self.world.player[slot].as_mut().ok_or(Rejected::UnknownSession)?;
+        if let Some(link) = player.delta.as_mut() {
+            // Acknowledgements count even on a stale input: they only ever move forward.
+            link.acknowledge(input.snapshot_ack);
+        }
         let newest = player.pending.back().map_or(player.last_input, |i| i.sequence);
         if input.sequence <= newest {
             self.stats.inputs_rejected_stale += 1;
@@ -995,6 +1024,9 @@ impl Simulation {
         let slots = self.world.slots();
         cache.need.clear();
         cache.need.resize(slots.div_ceil(64), 0);
+        cache.seen.clear();
+        cache.seen.resize(slots.div_ceil(64), 0);
+        cache.delta.begin(slots);
         cache.encoded.resize(slots, (0, 0, 0));
         cache.arena.clear();
         cache.lists.clear();
@@ -1018,20 +1050,25 @@ impl Simulation {
             let world = &self.world;
             cache.prev.clear();
             cache.prev.extend(player.visible.iter().filter_map(|&id| world.slot(id)).map(|s| s as u32));
+            // v2 views hold unchanged entities for nothing: three times as many fit a datagram.
+            let limit = if player.delta.is_some() { MAX_VIEW } else { MAX_SNAPSHOT_ENTITIES };
             let total = self.grid.visible_nearest(
                 world.pos[slot],
                 self.enter_r,
                 self.leave_r,
                 &cache.prev,
-                MAX_SNAPSHOT_ENTITIES,
+                limit,
                 &mut visible,
             );
             let start = cache.lists.len() as u32;
+            let marks = if player.delta.is_some() { &mut cache.seen } else { &mut cache.need };
             for &(_, s) in &visible {
-                cache.need[s as usize / 64] |= 1 << (s % 64);
+                marks[s as usize / 64] |= 1 << (s % 64);
                 cache.lists.push(s);
             }
-            cache.views.push(View { session, slot, start, len: visible.len() as u32, total: total as u32 });
+            let client =
+                player.delta.as_ref().map(|link| cache.delta.plan(link, self.tick, visible.iter().map(|v| v.1)));
+            cache.views.push(View { session, slot, start, len: visible.len() as u32, total: total as u32, client });
         }
         // Pass 2: each entity any snapshot shows, encoded once.
         for (word_at, &word) in cache.need.iter().enumerate() {
@@ -1045,9 +1082,37 @@ impl Simulation {
                 cache.encoded[s] = (state.id, start as u32, (cache.arena.len() - start) as u32);
             }
         }
+        cache.delta.encode(self.tick, &cache.seen, |s| (self.world.id(s), self.qstate(s)));
         // Pass 3: the snapshots.
         for view in &cache.views {
             let Some(player) = self.world.player[view.slot].as_ref() else { continue };
+            if let Some(client) = &view.client {
+                let header = DeltaSnapshot {
+                    tick: self.tick,
+                    baseline_tick: client.base,
+                    last_processed_input: player.last_input,
+                    input_client_time_us: player.last_input_time_us,
+                    total_visible: view.total,
+                    entities: Vec::new(),
+                };
+                let Some(mut link) = self.world.player[view.slot].as_mut().and_then(|p| p.delta.take()) else {
+                    continue;
+                };
+                let world = &self.world;
+                let frame = Frame { tick: self.tick, id: &|s| world.id(s) };
+                let list = &cache.lists[view.start as usize..(view.start + view.len) as usize];
+                let mut bytes = Vec::new();
+                let shown = cache.delta.assemble(&mut link, client, &frame, header, list, SNAPSHOT_BUDGET, &mut bytes);
+                self.stats.snapshot_truncated_entities += u64::from(view.total) - shown as u64;
+                if let Some(p) = self.world.player[view.slot].as_mut() {
+                    p.visible.clear();
+                    p.visible.extend_from_slice(link.sent_ids(self.tick).unwrap_or(&[]));
+                    p.delta = Some(link);
+                }
+                self.stats.snapshots += 1;
+                out.push(Output::Snapshot { session: view.session, snapshot: EncodedSnapshot { bytes } });
+                continue;
+            }
             let header = Snapshot {
                 tick: self.tick,
                 last_processed_input: player.last_input,
@@ -1086,6 +1151,23 @@ impl Simulation {
         self.scratch_ids = ids;
         self.scratch_order = order;
         self.snapshot_cache = cache;
+    }
+
+    /// An entity as protocol v2 carries it (the same numbers as [`Simulation::entity_state`], quantized).
+    pub(crate) fn qstate(&self, slot: usize) -> QState {
+        let w = &self.world;
+        let h = w.health[slot];
+        QState {
+            npc: w.kind[slot] == Kind::Npc,
+            x: quantize_pos(w.pos[slot].x),
+            y: quantize_pos(w.pos[slot].y),
+            vx: quantize_vel(w.vel[slot].x),
+            vy: quantize_vel(w.vel[slot].y),
+            hp: h.hp,
+            max_hp: h.max_hp,
+            level: w.level[slot],
+            flags: u32::from(h.is_dead()) | u32::from(w.in_combat_until[slot] > self.tick) << 1,
+        }
     }
 
     fn entity_state(&self, slot: usize) -> EntityState {

@@ -9,6 +9,7 @@
 
 pub mod aoi;
 pub mod chat;
+pub mod delta;
 pub mod game;
 pub mod jobs;
 pub mod phase;
@@ -19,6 +20,8 @@ pub mod tick;
 pub mod world;
 pub mod zone;
 
+#[cfg(test)]
+mod delta_tests;
 #[cfg(test)]
 mod tests;
 

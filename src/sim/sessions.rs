@@ -112,6 +112,8 @@ enum Stage {
 struct Session {
     io: usize,
     addr: SocketAddr,
+    /// Protocol version (2: delta snapshots).
+    protocol: u32,
     stage: Stage,
 }
 
@@ -194,8 +196,8 @@ impl Sessions {
     /// Handles one event from an io thread or a job.
     pub fn handle(&mut self, game: &mut Simulation, event: SimEvent, now: Instant) {
         match event {
-            SimEvent::Net(Inbound::Connected { session, io, addr }) => {
-                self.sessions.insert(session, Session { io, addr, stage: Stage::Connected });
+            SimEvent::Net(Inbound::Connected { session, io, addr, protocol }) => {
+                self.sessions.insert(session, Session { io, addr, protocol, stage: Stage::Connected });
             }
             SimEvent::Net(Inbound::Control { session, msg }) => self.on_control(game, session, msg, now),
             SimEvent::Net(Inbound::Data { session, msg }) => self.on_data(game, session, msg, now),
@@ -378,6 +380,7 @@ impl Sessions {
             hp: progress.map(|p| p.hp),
         };
         let entity = game.spawn_player(session, spawn);
+        game.set_protocol(session, self.sessions.get(&session).map_or(1, |s| s.protocol));
         self.online.insert(grant.player_id, session);
         let owned = Owned {
             player_id: grant.player_id,
@@ -469,6 +472,7 @@ impl Sessions {
             _ => None,
         };
         let reattached = owned.and_then(|o| game.reattach_player(old, session).map(|entity| (o, entity)));
+        game.set_protocol(session, self.sessions.get(&session).map_or(1, |s| s.protocol));
         let Some((mut owned, entity)) = reattached else {
             self.metrics.resumes.refused.inc();
             return self.refuse(session, refused("this session ended while you were away: log in with your password"));

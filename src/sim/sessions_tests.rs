@@ -63,7 +63,7 @@ impl Harness {
 
     fn connect(&mut self, session: SessionId) {
         let addr: SocketAddr = "10.0.0.1:5000".parse().unwrap();
-        assert!(self.handle(SimEvent::Net(Inbound::Connected { session, io: 0, addr })).is_empty());
+        assert!(self.handle(SimEvent::Net(Inbound::Connected { session, io: 0, addr, protocol: 2 })).is_empty());
     }
 
     /// Connects `session`, logs `player` in and returns the `LoginOk`.

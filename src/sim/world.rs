@@ -102,8 +102,10 @@ pub struct PlayerData {
     pub last_input_time_us: u64,
     /// Tick at which each ability is ready again (index = ability id).
     pub cooldown_until: [u64; 4],
-    /// Entities sent in the last snapshot, nearest first (AOI hysteresis).
+    /// Entities sent in the last snapshot (AOI hysteresis).
     pub visible: Vec<EntityId>,
+    /// Protocol v2 (delta snapshots): what was sent, what the client acknowledged. `None`: v1, full snapshots.
+    pub delta: Option<Box<super::delta::DeltaLink>>,
     /// Changed since the last save.
     pub dirty: bool,
     /// Set once the player walked into a portal; movement stops until the transfer completes.

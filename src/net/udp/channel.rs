@@ -298,6 +298,7 @@ mod tests {
             ability: 3,
             target_entity: 99,
             client_time_us: 123_456,
+            snapshot_ack: 0,
         }))
     }
 

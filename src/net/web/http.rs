@@ -12,6 +12,8 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 
+use crate::proto::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
+
 /// Largest request head accepted; more is answered 431.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 /// Largest request body accepted (a login is ~100 bytes); more is answered 413.
@@ -106,6 +108,8 @@ pub enum Request {
         key: String,
         /// How the session enters.
         entry: Entry,
+        /// Protocol version (`&protocol=`, 1 when absent): 2 gets delta snapshots.
+        protocol: u32,
         /// Bytes after the head (a client may send frames before reading the 101).
         rest: Vec<u8>,
     },
@@ -391,7 +395,20 @@ fn upgrade(headers: &[httparse::Header<'_>], query: &str, allowed: bool, rest: &
     } else {
         return bad();
     };
-    Parsed::Request(Request::Upgrade { key: key.to_owned(), entry, rest: rest.to_vec() })
+    let protocol = match query_param(query, "protocol").as_deref() {
+        None => 1,
+        Some(v) => match v.parse::<u32>() {
+            Ok(p) if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&p) => p,
+            _ => {
+                return Parsed::Reject(Response::error(
+                    400,
+                    "PROTOCOL_VERSION",
+                    &format!("protocol must be {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}"),
+                ))
+            }
+        },
+    };
+    Parsed::Request(Request::Upgrade { key: key.to_owned(), entry, protocol, rest: rest.to_vec() })
 }
 
 #[cfg(test)]
@@ -466,10 +483,18 @@ mod tests {
     #[test]
     fn upgrades_need_the_websocket_headers_and_an_entry() {
         match parse(&ws("?token=abc.def.ghi", ""), &policy()) {
-            Parsed::Request(Request::Upgrade { key, entry: Entry::Token(t), rest }) => {
-                assert_eq!((key.as_str(), t.as_str(), rest.len()), (KEY, "abc.def.ghi", 0));
+            Parsed::Request(Request::Upgrade { key, entry: Entry::Token(t), protocol, rest }) => {
+                assert_eq!((key.as_str(), t.as_str(), protocol, rest.len()), (KEY, "abc.def.ghi", 1, 0));
             }
             other => panic!("{other:?}"),
+        }
+        // The protocol version: 2 asked for, else 1; anything else is refused, not guessed.
+        assert!(matches!(
+            parse(&ws("?token=abc.def.ghi&protocol=2", ""), &policy()),
+            Parsed::Request(Request::Upgrade { protocol: 2, .. })
+        ));
+        for bad in ["0", "3", "x", "", "99999999999"] {
+            assert_eq!(status(parse(&ws(&format!("?token=a.b.c&protocol={bad}"), ""), &policy())), 400, "{bad}");
         }
         let resume = B64.encode([7u8; 32]);
         assert!(matches!(

@@ -388,7 +388,7 @@ impl Gateway {
                 self.wake_sim = true;
                 Stage::Waiting { stream, deadline: now + API_TIMEOUT, origin }
             }
-            Request::Upgrade { key, entry, rest } => {
+            Request::Upgrade { key, entry, protocol, rest } => {
                 let mut stream = stream;
                 let hello = http::switching_protocols(&key);
                 if stream.write_all(&hello).and_then(|()| stream.flush()).is_err() {
@@ -410,7 +410,7 @@ impl Gateway {
                 };
                 conn.in_sim = true;
                 conn.last_activity = now;
-                self.pending.push(Inbound::Connected { session: conn.id, io: self.index, addr: conn.addr });
+                self.pending.push(Inbound::Connected { session: conn.id, io: self.index, addr: conn.addr, protocol });
                 self.pending.push(Inbound::Control { session: conn.id, msg: ControlMessage::new(body) });
                 self.wake_sim = true;
                 self.drive_socket(slot, Box::new(ws), now)
