@@ -48,7 +48,7 @@ pub const WINDOW: u64 = 32;
 pub const TOLERANCE: u32 = 4;
 /// Most entities in one client's view (v1 fits about 41 into a datagram; unchanged entities cost nothing here).
 /// Below 128, so every index gap is one byte.
-pub const MAX_VIEW: usize = 127;
+pub const MAX_VIEW: usize = 84;
 
 /// Mask bits.
 pub const POS: u8 = 1;

@@ -24,6 +24,14 @@ use super::world::EntityId;
 use crate::proto::delta::{self as wire, QState, MAX_VIEW, TOLERANCE, WINDOW};
 use crate::proto::{data_message, DataMessage, DeltaSnapshot};
 
+/// Baselines whose update bodies are memoised per entity and tick.
+const MEMO: usize = 4;
+
+/// The slot of an entity id (`crate::sim::world::World::id`: generation << 32 | slot).
+fn slot_of(id: EntityId) -> usize {
+    (id & 0xffff_ffff) as usize
+}
+
 /// Marks "no body" (the entity's state at that baseline is not known).
 const NONE: u32 = u32::MAX;
 
@@ -31,8 +39,8 @@ const NONE: u32 = u32::MAX;
 #[derive(Debug, Default, Clone)]
 struct Sent {
     tick: u64,
+    /// By ascending id (an id's low 32 bits are its slot).
     ids: Vec<EntityId>,
-    slots: Vec<u32>,
 }
 
 /// One v2 client's side of the protocol on the server.
@@ -94,10 +102,10 @@ struct Hot {
 #[derive(Clone, Copy, Default)]
 struct Published {
     q: QState,
-    /// This tick's memo: the tick it is for, the baseline, the update body in the arena.
+    /// This tick's memo: the tick it is for, and per baseline (clients acknowledge the last few ticks) the update
+    /// body in the arena.
     memo_tick: u64,
-    memo_base: u64,
-    memo: (u32, u32),
+    memo: [(u64, u32, u32); MEMO],
     /// The entry body in the arena, for `entry_tick`.
     entry_tick: u64,
     entry: (u32, u32),
@@ -133,6 +141,8 @@ pub struct Encoder {
 pub struct Frame {
     /// The tick.
     pub tick: u64,
+    /// The client's baseline ([`Encoder::plan`]).
+    pub client: Client,
 }
 
 impl Encoder {
@@ -208,11 +218,15 @@ impl Encoder {
     }
 
     /// The update body of `slot` against `base` (`len` 0: unchanged; `NONE`: its state then is not known),
-    /// memoised for the tick's most recent baseline asked.
+    /// memoised for the tick per baseline (the first [`MEMO`] baselines asked).
     fn update(&mut self, slot: usize, id: EntityId, base: u64, tick: u64) -> (u32, u32) {
-        let p = &self.published[slot];
-        if p.memo_tick == tick && p.memo_base == base {
-            return p.memo;
+        let p = &mut self.published[slot];
+        if p.memo_tick != tick {
+            p.memo_tick = tick;
+            p.memo = [(0, 0, 0); MEMO];
+        }
+        if let Some(&(_, start, len)) = p.memo.iter().find(|m| m.0 == base) {
+            return (start, len);
         }
         let body = match self.published_at(slot, base, id) {
             Some(old) => {
@@ -222,8 +236,9 @@ impl Encoder {
             }
             None => (NONE, 0),
         };
-        let p = &mut self.published[slot];
-        (p.memo_tick, p.memo_base, p.memo) = (tick, base, body);
+        if let Some(free) = self.published[slot].memo.iter_mut().find(|m| m.0 == 0) {
+            *free = (base, body.0, body.1);
+        }
         body
     }
 
@@ -233,7 +248,6 @@ impl Encoder {
     pub fn assemble(
         &mut self,
         link: &mut DeltaLink,
-        client: &Client,
         frame: &Frame,
         header: DeltaSnapshot,
         visible: &[u32],
@@ -246,13 +260,17 @@ impl Encoder {
             self.stamp = 1;
         }
         let stamp = self.stamp;
-        let tick = frame.tick;
+        let (tick, client) = (frame.tick, frame.client);
         let empty = Sent::default();
         let base = if client.base == 0 { &empty } else { &link.sent[(client.base % WINDOW) as usize] };
         debug_assert!(client.base == 0 || base.tick == client.base);
-        for (i, &s) in base.slots.iter().enumerate() {
-            let h = &mut self.hot[s as usize];
-            (h.stamp, h.index) = (stamp, i as u32);
+        // Marked only where the slot still holds that entity (sequential reads of the baseline here, none in the
+        // loop below).
+        for (i, &id) in base.ids.iter().enumerate() {
+            let h = &mut self.hot[slot_of(id)];
+            if h.id == id {
+                (h.stamp, h.index) = (stamp, i as u32);
+            }
         }
         self.hit.clear();
         self.hit.resize(base.ids.len(), (NONE, 0));
@@ -267,7 +285,7 @@ impl Encoder {
             let slot = s as usize;
             // Published this tick for every slot a view shows: the slot's entity now.
             let Hot { id, since, stamp: m_stamp, index: i } = self.hot[slot];
-            if m_stamp == stamp && base.ids[i as usize] == id {
+            if m_stamp == stamp {
                 let (start, len) = if since <= client.base { (0, 0) } else { self.update(slot, id, client.base, tick) };
                 if start != NONE {
                     // Kept: its removal byte is saved, its update (if it changed) costs a gap byte and the body.
@@ -325,25 +343,18 @@ impl Encoder {
         let next = &mut self.next;
         next.tick = tick;
         next.ids.clear();
-        next.slots.clear();
         let mut entering = self.entering.iter().peekable();
-        for (i, &h) in self.hit.iter().enumerate() {
+        for (&h, &id) in self.hit.iter().zip(&base.ids) {
             if h.0 == NONE {
                 continue;
             }
-            let id = base.ids[i];
-            while let Some(&&(eid, es)) = entering.peek().filter(|e| e.0 < id) {
+            while let Some(&&(eid, _)) = entering.peek().filter(|e| e.0 < id) {
                 next.ids.push(eid);
-                next.slots.push(es);
                 entering.next();
             }
             next.ids.push(id);
-            next.slots.push(base.slots[i]);
         }
-        for &(eid, es) in entering {
-            next.ids.push(eid);
-            next.slots.push(es);
-        }
+        next.ids.extend(entering.map(|e| e.0));
         let message = DataMessage {
             body: Some(data_message::Body::DeltaSnapshot(DeltaSnapshot {
                 entities: std::mem::take(&mut self.bytes),

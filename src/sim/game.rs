@@ -1106,10 +1106,10 @@ impl Simulation {
                 let Some(mut link) = self.world.player[view.slot].as_mut().and_then(|p| p.delta.take()) else {
                     continue;
                 };
-                let frame = Frame { tick: self.tick };
+                let frame = Frame { tick: self.tick, client: *client };
                 let list = &cache.lists[view.start as usize..(view.start + view.len) as usize];
                 let mut bytes = Vec::new();
-                let shown = cache.delta.assemble(&mut link, client, &frame, header, list, SNAPSHOT_BUDGET, &mut bytes);
+                let shown = cache.delta.assemble(&mut link, &frame, header, list, SNAPSHOT_BUDGET, &mut bytes);
                 self.stats.snapshot_truncated_entities += u64::from(view.total) - shown as u64;
                 self.stats.snapshots_shown += shown as u64;
                 if let Some(p) = self.world.player[view.slot].as_mut() {
