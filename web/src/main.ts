@@ -260,6 +260,8 @@ const hook = {
       rttMs: session.rttMs,
       framesIn: session.framesIn,
       framesOut: session.framesOut,
+      snapshotAck: Number(session.views.ack()),
+      undecodable: { ...session.undecodable },
     };
   },
   register: (username: string, password: string) => session.enter('register', username, password),

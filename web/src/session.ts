@@ -9,7 +9,14 @@
 // Invariants: a socket that is no longer `this.ws` never changes anything (its late events are ignored: a
 // transfer or resume replaces the socket while the old one is still closing); every session (login, resume,
 // transfer) restarts input sequences at 1 and gets a fresh predictor, exactly as the server expects.
+//
+// Protocol version 2 (delta snapshots): every `/ws?` URL this opens asks for it (`&protocol=2`), so snapshots
+// arrive as `DeltaSnapshot`s against a view the client acknowledged; `delta.ts` decodes them into the `Snapshot`s
+// `GameState` takes, and every `Input` acknowledges the newest view decoded (`snapshot_ack`), as the Rust client
+// does. Each socket is a new server session whose views start empty, so the decoder is reset with each. A server
+// that answers with v1 `Snapshot`s is still understood.
 
+import { DeltaDecoder, DeltaError } from './delta.js';
 import { InputPlanner } from './input.js';
 import {
   ChatChannel,
@@ -20,10 +27,12 @@ import {
   encodeFrame,
   loginErrorName,
   loginErrorValue,
+  longOf,
   num,
   u64,
   type ControlMessage,
   type DataMessage,
+  type Snapshot,
   type WsFrameInit,
 } from './proto.js';
 import { GameState } from './state.js';
@@ -52,8 +61,13 @@ export const CONTROL_PING_MS = 5_000;
 export const LOGOUT_TIMEOUT_MS = 5_000;
 /** Chat text limit of the protocol, in UTF-8 bytes. */
 export const CHAT_MAX_BYTES = 256;
+/** The protocol version the client speaks: 2, delta snapshots (the `/ws` upgrade's `protocol` parameter). */
+export const PROTOCOL_VERSION = 2;
 
-/** The `/ws` URL on `base` (an http(s):// or ws(s):// origin, or a page location's origin) with a query. */
+/**
+ * The `/ws` URL on `base` (an http(s):// or ws(s):// origin, or a page location's origin) with a query, and
+ * `protocol=2` (a v1 server ignores it and sends full snapshots, which the client still reads).
+ */
 export function wsUrl(base: string, query: Record<string, string>): string {
   const u = new URL(base);
   u.protocol = u.protocol === 'https:' || u.protocol === 'wss:' ? 'wss:' : 'ws:';
@@ -61,7 +75,15 @@ export function wsUrl(base: string, query: Record<string, string>): string {
   u.search = '';
   u.hash = '';
   for (const [k, v] of Object.entries(query)) u.searchParams.set(k, v);
+  u.searchParams.set('protocol', String(PROTOCOL_VERSION));
   return u.toString();
+}
+
+/** Delta snapshots that could not be decoded in this page's life, by `DeltaError.kind` (for the test hook). */
+export interface UndecodableCounts {
+  stale: number;
+  missingBaseline: number;
+  malformed: number;
 }
 
 /** Parses an /api error response into a SessionError (tolerates a body that is not the contract's JSON). */
@@ -133,6 +155,10 @@ export class Session {
   /** Frames received and sent (for the test hook and the HUD). */
   framesIn = 0;
   framesOut = 0;
+  /** Delta snapshots dropped undecoded (each is harmless: the next one decodes against what was acknowledged). */
+  readonly undecodable: UndecodableCounts = { stale: 0, missingBaseline: 0, malformed: 0 };
+  /** Protocol v2: the views decoded in this socket's session; its newest tick is acknowledged in every input. */
+  readonly views = new DeltaDecoder();
 
   private ws: WebSocket | null = null;
   /** The http(s) origin of the zone we are in (changes with zone transfers). */
@@ -217,6 +243,9 @@ export class Session {
   private open(url: string): void {
     this.closeSocket();
     this.kicked = false;
+    // A new server session: its first snapshot is against an empty view, and acknowledging a tick of the old
+    // session would name a view this one never sent (only spoiling our own next snapshot).
+    this.views.reset();
     const ws = new WebSocket(url);
     ws.binaryType = 'arraybuffer';
     this.ws = ws;
@@ -348,16 +377,25 @@ export class Session {
 
   private data(m: DataMessage): void {
     switch (m.body) {
-      case 'snapshot': {
-        const s = m.snapshot!;
-        this.game.snapshot(s, performance.now());
-        // The echo is the send time of the newest input the server processed, repeated in every snapshot until the
-        // next input: it measures a round trip only in the first snapshot that acknowledges a new input (otherwise
-        // the "rtt" of a player standing still would grow with the time since the last key press).
-        const acked = s.lastProcessedInput ?? 0;
-        const echoed = num(s.inputClientTimeUs);
-        if (echoed > 0 && acked > this.rttAcked) this.rttMs = (nowUs() - echoed) / 1000;
-        this.rttAcked = Math.max(this.rttAcked, acked);
+      case 'snapshot':
+        this.snapshot(m.snapshot!);
+        break;
+      case 'deltaSnapshot': {
+        let s: Snapshot;
+        try {
+          s = this.views.decode(m.deltaSnapshot!);
+        } catch (e) {
+          if (!(e instanceof DeltaError)) throw e;
+          // Nothing to do but count it: the views are unchanged and the next snapshot is against a view we hold.
+          if (e.kind === 'stale') this.undecodable.stale += 1;
+          else if (e.kind === 'missing-baseline') this.undecodable.missingBaseline += 1;
+          else {
+            this.undecodable.malformed += 1;
+            this.game.note(e.message, 'error');
+          }
+          break;
+        }
+        this.snapshot(s);
         break;
       }
       case 'ping':
@@ -369,6 +407,18 @@ export class Session {
       default:
         break;
     }
+  }
+
+  /** A v1 snapshot, or a v2 one decoded. */
+  private snapshot(s: Snapshot): void {
+    this.game.snapshot(s, performance.now());
+    // The echo is the send time of the newest input the server processed, repeated in every snapshot until the
+    // next input: it measures a round trip only in the first snapshot that acknowledges a new input (otherwise
+    // the "rtt" of a player standing still would grow with the time since the last key press).
+    const acked = s.lastProcessedInput ?? 0;
+    const echoed = num(s.inputClientTimeUs);
+    if (echoed > 0 && acked > this.rttAcked) this.rttMs = (nowUs() - echoed) / 1000;
+    this.rttAcked = Math.max(this.rttAcked, acked);
   }
 
   private transfer(m: ControlMessage): void {
@@ -491,6 +541,9 @@ export class Session {
           ability: planned.ability,
           targetEntity: u64(planned.targetEntity),
           clientTimeUs: u64(nowUs()),
+          // v2: the newest view decoded, the baseline the server may encode the next snapshots against (0 before
+          // the first, and always 0 with a v1 server, which ignores the field).
+          snapshotAck: longOf(this.views.ack()),
         },
       },
     });
