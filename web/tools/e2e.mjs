@@ -18,6 +18,7 @@
 //   7. page B's network drops (context.setOffline); the page reconnects with ?resume= by itself and is the same
 //      entity afterwards, still seeing A;
 //   8. page A logs out with the button and lands on the login screen.
+// Throughout, the pages speak protocol 2 (delta snapshots): each checks that it decodes them, and none is malformed.
 // Progress lines start with `e2e:`; the last line is `E2E-RESULT {json}` (exit 0) or `E2E-FAIL message` (exit 1).
 import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -249,6 +250,11 @@ try {
     b: { name: nameB, entityId: sb.entityId, spawn: sb.position },
   };
   result.zone = sa.zone;
+  // The pages speak protocol 2 (`&protocol=2`): their snapshots are delta snapshots, decoded and acknowledged.
+  [sa, sb] = await Promise.all([
+    until(a, 'A decodes delta snapshots', (s) => s.snapshotAck > 0),
+    until(b, 'B decodes delta snapshots', (s) => s.snapshotAck > 0),
+  ]);
   mark('registered');
   log(`registered ${nameA} (entity ${sa.entityId}) and ${nameB} (entity ${sb.entityId}) in ${sa.zone}`);
 
@@ -433,6 +439,13 @@ try {
   result.logout = { notice: await a.textContent('[data-testid=login-error]') };
   mark('logged-out');
 
+  // Dropped delta snapshots: stale or against a lost view are harmless (none are expected over one WebSocket);
+  // a malformed one is a server bug.
+  result.undecodable = { a: (await state(a)).undecodable, b: (await state(b)).undecodable };
+  check(
+    result.undecodable.a.malformed === 0 && result.undecodable.b.malformed === 0,
+    `malformed delta snapshots: ${JSON.stringify(result.undecodable)}`,
+  );
   check(problems.length === 0, `page problems: ${problems.join('; ')}`);
   result.problems = problems;
   result.seconds = (Date.now() - t0) / 1000;
