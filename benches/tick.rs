@@ -35,9 +35,11 @@ struct Run {
     max: Duration,
     snapshot_bytes: usize,
     truncated: u64,
+    snapshot_ms: f64,
+    shown: f64,
 }
 
-fn run(layout: Layout) -> Run {
+fn run(layout: Layout, protocol: u32) -> Run {
     let zone = Zone::load(concat!(env!("CARGO_MANIFEST_DIR"), "/config/zones/perf-20k.toml")).expect("perf zone");
     let size = zone.size;
     let spawns = zone.spawn_points.clone();
@@ -58,6 +60,7 @@ fn run(layout: Layout) -> Run {
             PlayerSpawn { player_id: p, name: format!("bot{p}"), pos: Some(pos), level: 1, xp: 0, hp: None },
         );
         sim.set_udp_bound(p);
+        sim.set_protocol(p, protocol);
     }
     // Per player: current walking direction and the tick it changes.
     let mut walk: Vec<(f32, usize)> = (0..PLAYERS).map(|_| (rng.range(0.0, std::f32::consts::TAU), 0)).collect();
@@ -66,6 +69,7 @@ fn run(layout: Layout) -> Run {
     let mut snapshot_bytes = 0usize;
     let mut phase_sums = [Duration::ZERO; Phase::GAME.len()];
     let truncated_before = sim.stats().snapshot_truncated_entities;
+    let (shown_before, snapshots_before) = (sim.stats().snapshots_shown, sim.stats().snapshots);
     for tick in 0..TICKS {
         let seq = tick as u32 + 1;
         for p in 1..=PLAYERS {
@@ -76,6 +80,8 @@ fn run(layout: Layout) -> Run {
             let mut input = Input {
                 sequence: seq,
                 move_dir: Some(PVec2 { x: w.0.cos() * 0.9, y: w.0.sin() * 0.9 }),
+                // v2: the previous tick's snapshot, or one or two before it (clients at different distances).
+                snapshot_ack: sim.tick().saturating_sub(p % 3),
                 ..Default::default()
             };
             if rng.below(10) == 0 {
@@ -113,7 +119,7 @@ fn run(layout: Layout) -> Run {
     let pct = |q: f64| warm[((warm.len() as f64 - 1.0) * q) as usize];
     let s = sim.stats();
     println!(
-        "  {}: hits {} kills {} inputs applied {} rejected(speed) {}",
+        "  {} v{protocol}: hits {} kills {} inputs applied {} rejected(speed) {}",
         if layout == Layout::Uniform { "uniform" } else { "spawn crowd" },
         s.combat_hits,
         s.kills,
@@ -128,11 +134,14 @@ fn run(layout: Layout) -> Run {
         .collect();
     println!("    mean ms per phase: {}", phases.join(", "));
     Run {
-        name: if layout == Layout::Uniform {
-            "players spread over the map"
-        } else {
-            "players crowded at the spawn points"
+        name: match (layout, protocol) {
+            (Layout::Uniform, 1) => "players spread over the map, v1",
+            (Layout::Uniform, _) => "players spread over the map, v2",
+            (_, 1) => "players crowded at the spawn points, v1",
+            _ => "players crowded at the spawn points, v2",
         },
+        snapshot_ms: phase_sums[Phase::Snapshots.index()].as_secs_f64() * 1e3 / measured,
+        shown: (s.snapshots_shown - shown_before) as f64 / (s.snapshots - snapshots_before).max(1) as f64,
         p50: pct(0.5),
         p99: pct(0.99),
         max: *warm.last().unwrap_or(&Duration::ZERO),
@@ -143,18 +152,34 @@ fn run(layout: Layout) -> Run {
 
 fn main() {
     println!("tick: {PLAYERS} players + 20,000 NPCs, {TICKS} ticks per layout (first 10% discarded as warm-up)");
-    let runs = [run(Layout::Uniform), run(Layout::SpawnCrowd)];
+    let only = std::env::args().skip(1).find(|a| a == "v1" || a == "v2");
+    let protocols: Vec<u32> = match only.as_deref() {
+        Some("v1") => vec![1],
+        Some(_) => vec![2],
+        None => vec![1, 2],
+    };
+    let mut runs = Vec::new();
+    for layout in [Layout::Uniform, Layout::SpawnCrowd] {
+        for &p in &protocols {
+            runs.push(run(layout, p));
+        }
+    }
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!("| layout | p50 ms | p99 ms | max ms | mean snapshot bytes | entities cut per snapshot |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| layout | p50 ms | p99 ms | max ms | snapshot phase mean ms | mean snapshot bytes | entities per snapshot \
+         | entities cut per snapshot |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in &runs {
         println!(
-            "| {} | {:.3} | {:.3} | {:.3} | {} | {} |",
+            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {:.1} | {} |",
             r.name,
             ms(r.p50),
             ms(r.p99),
             ms(r.max),
+            r.snapshot_ms,
             r.snapshot_bytes,
+            r.shown,
             r.truncated
         );
     }
@@ -167,8 +192,8 @@ fn main() {
     let _ = std::fs::create_dir_all(&dir);
     let json = serde_json::json!({
         "players": PLAYERS,
-        "uniform": {"p50_ms": ms(runs[0].p50), "p99_ms": ms(runs[0].p99)},
-        "crowd": {"p50_ms": ms(runs[1].p50), "p99_ms": ms(runs[1].p99)},
+        "runs": runs.iter().map(|r| serde_json::json!({"name": r.name, "p50_ms": ms(r.p50), "p99_ms": ms(r.p99),
+            "snapshot_phase_ms": r.snapshot_ms, "snapshot_bytes": r.snapshot_bytes, "entities": r.shown})).collect::<Vec<_>>(),
     });
     let _ = std::fs::write(dir.join("tick.json"), json.to_string());
 }

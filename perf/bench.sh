@@ -5,7 +5,7 @@
 #
 #   perf/bench.sh [--steps "100 250 500 1000 2000"] [--duration S] [--zone NAME|FILE] [--behaviour B]
 #                 [--login-rate R] [--threads T] [--sim-nice N] [--sim-rt P] [--io-nice N]
-#                 [--settle S] [--transport tls|ws] [--no-build]
+#                 [--settle S] [--transport tls|ws] [--protocol 1|2] [--no-build]
 #
 # Each step: a fresh server (fresh in-memory accounts), bots ramped at --login-rate logins/s (argon2id at OWASP
 # parameters, 2 at a time, is the limit), then a --duration window measured by both sides: tick histogram, overruns
@@ -18,6 +18,7 @@
 # thread on its core; needs root or CAP_SYS_NICE). Default 0: off.
 # --io-nice N starts it with server.io_nice = N (the io threads' nice value). Default 0.
 # --transport ws runs the bots over the browser transport (HTTP login, one WebSocket each) instead of TLS + UDP.
+# --protocol 1 has the bots speak protocol v1 (full snapshots) instead of v2 (delta snapshots), to compare them.
 # --settle S waits S whole seconds after the ramp before the window (default 10): logins the server could not hash as
 # fast as the ramp asked finish first, so the window measures play, not the end of the login rush.
 set -euo pipefail
@@ -38,8 +39,9 @@ while (($#)); do
     --io-nice) IO_NICE="$2"; shift 2 ;;
     --settle) SETTLE="$2"; shift 2 ;;
     --transport) TRANSPORT="$2"; shift 2 ;;
+    --protocol) PROTOCOL="$2"; shift 2 ;;
     --no-build) BUILD=0; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
@@ -61,7 +63,7 @@ BOTS_BIN="$OUT/bin/realm-bots"
   echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores"
   echo "rustc: $(rustc --version)"
   echo "commit: $(cd "$REPO" && git rev-parse --short HEAD) (+ working tree)"
-  echo "transport: ${TRANSPORT:-tls}"
+  echo "transport: ${TRANSPORT:-tls}; protocol v${PROTOCOL:-2}"
   echo "zone: $ZONE_FILE; behaviour $BEHAVIOUR; window ${DURATION}s per step; login rate ${LOGIN_RATE}/s; sim nice $SIM_NICE; sim real-time priority $SIM_RT; io nice $IO_NICE"
 } | tee "$OUT/machine.txt" >&2
 
@@ -82,7 +84,7 @@ for N in $STEPS; do
   start_server "$ZONE_FILE" "$STEP/server.log"
   TARGET="$GAME_ADDR"
   [[ "${TRANSPORT:-tls}" == ws ]] && TARGET="$WEB_ADDR"
-  "$BOTS_BIN" --transport "${TRANSPORT:-tls}" --server "$TARGET" --ca "$CERT" --bots "$N" --threads "$BOT_THREADS" --ramp "$RAMP" \
+  "$BOTS_BIN" --transport "${TRANSPORT:-tls}" --protocol "${PROTOCOL:-2}" --server "$TARGET" --ca "$CERT" --bots "$N" --threads "$BOT_THREADS" --ramp "$RAMP" \
     --settle "$SETTLE" --duration "$DURATION" --behaviour "$BEHAVIOUR" --login-timeout 180 --json --allow-failures \
     >"$STEP/bots.json" 2>"$STEP/bots.progress" &
   BOTS_PID=$!

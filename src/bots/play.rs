@@ -69,6 +69,9 @@ impl Play {
         outcome.snapshots += 1;
         if measuring {
             ctx.stats.snapshots += 1;
+            ctx.stats.entities_shown += s.entities.len() as u64;
+            ctx.stats.entities_visible += u64::from(s.total_visible);
+            ctx.stats.most_entities_shown = ctx.stats.most_entities_shown.max(s.entities.len() as u64);
             if self.last_tick != 0 && s.tick > self.last_tick + 1 {
                 ctx.stats.snapshot_ticks_missed += s.tick - self.last_tick - 1;
             }

@@ -25,6 +25,12 @@ pub(crate) struct ThreadStats {
     pub inputs_skipped: u64,
     /// Snapshots received in the window.
     pub snapshots: u64,
+    /// Entities in them (summed).
+    pub entities_shown: u64,
+    /// Entities the server would have shown without the datagram budget (summed).
+    pub entities_visible: u64,
+    /// The most in one.
+    pub most_entities_shown: u64,
     /// Ticks for which a bot got no snapshot (gaps in its snapshot tick numbers), in the window.
     pub snapshot_ticks_missed: u64,
     /// Datagrams that did not open (forged, replayed, undecodable).
@@ -85,6 +91,9 @@ impl ThreadStats {
         self.bytes_out += other.bytes_out;
         self.inputs_skipped += other.inputs_skipped;
         self.snapshots += other.snapshots;
+        self.entities_shown += other.entities_shown;
+        self.entities_visible += other.entities_visible;
+        self.most_entities_shown = self.most_entities_shown.max(other.most_entities_shown);
         self.snapshot_ticks_missed += other.snapshot_ticks_missed;
         self.udp_rejected += other.udp_rejected;
         self.snapshots_undecodable += other.snapshots_undecodable;
@@ -278,6 +287,12 @@ pub struct Report {
     pub snapshots_received: u64,
     /// Snapshots per second over the window.
     pub snapshots_per_sec: f64,
+    /// Entities per snapshot (mean).
+    pub entities_per_snapshot: f64,
+    /// Entities in view per snapshot without the datagram budget or the view's cap (mean).
+    pub visible_per_snapshot: f64,
+    /// The most entities one snapshot showed.
+    pub most_entities_per_snapshot: u64,
     /// Ticks some bot got no snapshot for (lost or never sent), in the window.
     pub snapshot_ticks_missed: u64,
     /// Input sent -> first snapshot reflecting it, milliseconds.
@@ -370,6 +385,9 @@ impl Report {
                 / outcomes.iter().filter(|o| o.logged_in).count().max(1) as f64,
             snapshots_received: stats.snapshots,
             snapshots_per_sec: stats.snapshots as f64 / secs,
+            entities_per_snapshot: stats.entities_shown as f64 / stats.snapshots.max(1) as f64,
+            visible_per_snapshot: stats.entities_visible as f64 / stats.snapshots.max(1) as f64,
+            most_entities_per_snapshot: stats.most_entities_shown,
             snapshot_ticks_missed: stats.snapshot_ticks_missed,
             latency_ms: ms(&stats.latency),
             latency_ticks: Quantiles::from_histogram(&stats.latency, period_us.max(1) as f64),
@@ -423,6 +441,11 @@ impl Report {
             s,
             "  traffic:    {:.0} inputs/s, {:.0} snapshots/s, {} snapshot ticks missed, {} inputs skipped",
             self.inputs_per_sec, self.snapshots_per_sec, self.snapshot_ticks_missed, self.inputs_skipped
+        );
+        let _ = writeln!(
+            s,
+            "  views:      protocol v{}: {:.1} entities per snapshot (most {}) of {:.1} in view",
+            self.protocol, self.entities_per_snapshot, self.most_entities_per_snapshot, self.visible_per_snapshot
         );
         let _ = writeln!(
             s,

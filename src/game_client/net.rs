@@ -623,6 +623,9 @@ struct UdpDriver {
     ability: Option<(u32, u64)>,
     /// An input with a zero direction goes out after movement stops, so the server stops at once.
     was_moving: bool,
+    /// Input frames skipped while idle: every `IDLE_ACK_EVERY`th is sent anyway (protocol v2: it carries the
+    /// snapshot acknowledgement; without it the server falls back to whole snapshots).
+    idle: u32,
 }
 
 impl UdpDriver {
@@ -642,6 +645,7 @@ impl UdpDriver {
             direction: None,
             ability: None,
             was_moving: false,
+            idle: 0,
         }
     }
 
@@ -683,6 +687,10 @@ impl UdpDriver {
         }
     }
 
+    /// An idle player's client still sends one (zero-move) input in this many frames: protocol v2's acknowledgement
+    /// rides on inputs, and one 32 ticks old gets whole snapshots.
+    const IDLE_ACK_EVERY: u32 = 4;
+
     /// The socket failed: tell the player (movement stops); the control channel decides whether the session ends.
     #[cold]
     fn failed(&self, e: &ClientError) {
@@ -692,8 +700,12 @@ impl UdpDriver {
     fn send_input(&mut self, now: Instant) -> Result<(), ClientError> {
         let moving = self.direction.is_some();
         if !moving && self.ability.is_none() && !self.was_moving {
-            return Ok(());
+            self.idle += 1;
+            if self.idle < Self::IDLE_ACK_EVERY {
+                return Ok(());
+            }
         }
+        self.idle = 0;
         self.was_moving = moving;
         let (ability, target_entity) = self.ability.take().unwrap_or((0, 0));
         let direction = self.direction.unwrap_or_default().into();

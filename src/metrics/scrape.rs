@@ -128,6 +128,7 @@ impl SimCounters {
             chats: v(6),
             snapshots: v(7),
             snapshot_truncated_entities: v(8),
+            ..SimTotals::default()
         }
     }
 }

@@ -77,6 +77,7 @@ fn sim_totals_are_exported_as_labelled_counters() {
         chats: 6,
         snapshots: 7,
         snapshot_truncated_entities: 8,
+        ..SimTotals::default()
     });
     let text = m.render();
     assert_eq!(sample(&text, "game_server_inputs_applied_total"), Some(10.0));

@@ -19,7 +19,7 @@
 //!
 //! | bit | field     | entry (absolute)          | update (against the baseline)      |
 //! |-----|-----------|---------------------------|------------------------------------|
-//! | 0   | position  | x, y: varint of q = round(64 m) | dx, dy: zigzag of the q change |
+//! | 0   | position  | x, y: varint of q = round(64 m); age: varint | age; dx, dy: zigzag of the q change |
 //! | 1   | velocity  | vx, vy: zigzag of round(64 m/s) | the same, absolute               |
 //! | 2   | hp        | zigzag                    | zigzag, absolute                   |
 //! | 3   | max_hp    | zigzag                    | zigzag, absolute                   |
@@ -28,6 +28,11 @@
 //! | 7   | NPC       | set: kind NPC, else player | must be 0                         |
 //!
 //! An entry carries the fields that are not zero; an update carries the fields that changed.
+//!
+//! Motion is a trajectory (as Quake 3's entities): the position is where the entity was at its anchor tick
+//! (`snapshot tick - age`), and its position at tick T is `position + velocity * (T - anchor) / tick_rate`. The
+//! server re-anchors an entity only when that prediction strays more than [`TOLERANCE`] from where it is, so one
+//! walking a straight line costs nothing until it turns or stops.
 
 use super::{DeltaSnapshot, EntityKind, EntityState, Snapshot, Vec2};
 
@@ -38,9 +43,12 @@ pub const VEL_SCALE: f32 = 64.0;
 /// Ticks of views a client keeps and the server may use as a baseline: an acknowledgement older than this gets a
 /// snapshot against an empty view (1.6 s at 20 ticks per second).
 pub const WINDOW: u64 = 32;
+/// The server re-anchors a trajectory when its prediction is further than this from the entity, in 1/64 m
+/// (so a client's positions are within 1/16 m of the server's).
+pub const TOLERANCE: u32 = 4;
 /// Most entities in one client's view (v1 fits about 41 into a datagram; unchanged entities cost nothing here).
 /// Below 128, so every index gap is one byte.
-pub const MAX_VIEW: usize = 127;
+pub const MAX_VIEW: usize = 84;
 
 /// Mask bits.
 pub const POS: u8 = 1;
@@ -57,15 +65,17 @@ pub const FLAGS: u8 = 32;
 /// Entries only: the entity is an NPC.
 pub const NPC: u8 = 128;
 
-/// The longest entry or update body: mask, two 5-byte position varints, two 5-byte velocity varints, hp and
-/// max_hp (5 each), level and flags (5 each).
-pub const MAX_BODY: usize = 1 + 10 + 10 + 10 + 10;
+/// The longest entry or update body: mask, two 5-byte position varints and a 10-byte age, two 5-byte velocity
+/// varints, hp and max_hp (5 each), level and flags (5 each).
+pub const MAX_BODY: usize = 1 + 20 + 10 + 10 + 10;
 
 /// An entity as protocol v2 carries it: quantized, and so equal at both ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct QState {
     /// An NPC (else a player).
     pub npc: bool,
+    /// The trajectory's anchor tick: `x`, `y` is where the entity was then.
+    pub t: u64,
     /// Position, 1/64 m (zones are at most 100 km across: fits).
     pub x: u32,
     /// Position, 1/64 m.
@@ -95,29 +105,20 @@ pub fn quantize_vel(v: f32) -> i32 {
 }
 
 impl QState {
-    /// An entity's state as the wire carries it.
-    pub fn from_entity(e: &EntityState) -> Self {
-        let p = e.position.unwrap_or_default();
-        let v = e.velocity.unwrap_or_default();
-        Self {
-            npc: e.kind == EntityKind::Npc as i32,
-            x: quantize_pos(p.x),
-            y: quantize_pos(p.y),
-            vx: quantize_vel(v.x),
-            vy: quantize_vel(v.y),
-            hp: e.hp,
-            max_hp: e.max_hp,
-            level: e.level,
-            flags: e.flags,
-        }
+    /// The trajectory's position at `tick`, in 1/64 m (as the server predicts it: it re-anchors when this strays
+    /// more than [`TOLERANCE`]).
+    pub fn position_at(&self, tick: u64, tick_rate: u32) -> (f64, f64) {
+        let dt = tick.saturating_sub(self.t) as f64 / f64::from(tick_rate.max(1));
+        (f64::from(self.x) + f64::from(self.vx) * dt, f64::from(self.y) + f64::from(self.vy) * dt)
     }
 
-    /// Back to the message the rest of a client works with.
-    pub fn to_entity(&self, id: u64) -> EntityState {
+    /// Back to the message the rest of a client works with, the position extrapolated to `tick`.
+    pub fn to_entity(&self, id: u64, tick: u64, tick_rate: u32) -> EntityState {
+        let (x, y) = self.position_at(tick, tick_rate);
         EntityState {
             id,
             kind: if self.npc { EntityKind::Npc as i32 } else { EntityKind::Player as i32 },
-            position: Some(Vec2 { x: self.x as f32 / POS_SCALE, y: self.y as f32 / POS_SCALE }),
+            position: Some(Vec2 { x: (x / f64::from(POS_SCALE)) as f32, y: (y / f64::from(POS_SCALE)) as f32 }),
             velocity: Some(Vec2 { x: self.vx as f32 / VEL_SCALE, y: self.vy as f32 / VEL_SCALE }),
             hp: self.hp,
             max_hp: self.max_hp,
@@ -184,13 +185,13 @@ pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-/// Appends the entry body of `q` (an entity entering a view); returns its length.
-pub fn encode_entry(q: &QState, out: &mut Vec<u8>) -> usize {
+/// Appends the entry body of `q` (an entity entering a view in the snapshot of `tick`); returns its length.
+pub fn encode_entry(q: &QState, tick: u64, out: &mut Vec<u8>) -> usize {
     let mut mask = 0;
     if q.npc {
         mask |= NPC;
     }
-    if q.x != 0 || q.y != 0 {
+    if q.x != 0 || q.y != 0 || q.t != tick {
         mask |= POS;
     }
     if q.vx != 0 || q.vy != 0 {
@@ -212,6 +213,7 @@ pub fn encode_entry(q: &QState, out: &mut Vec<u8>) -> usize {
     if mask & POS != 0 {
         b.varint(u64::from(q.x));
         b.varint(u64::from(q.y));
+        b.varint(tick.saturating_sub(q.t));
     }
     fields(&mut b, mask, q);
     out.extend_from_slice(&b.b[..b.at]);
@@ -239,11 +241,11 @@ fn fields(b: &mut Buf, mask: u8, q: &QState) {
     }
 }
 
-/// Appends the update body taking `base` to `q`; appends nothing and returns 0 when they are equal (an unchanged
-/// entity is not sent).
-pub fn encode_update(base: &QState, q: &QState, out: &mut Vec<u8>) -> usize {
+/// Appends the update body taking `base` to `q` in the snapshot of `tick`; appends nothing and returns 0 when they
+/// are equal (an unchanged entity is not sent).
+pub fn encode_update(base: &QState, q: &QState, tick: u64, out: &mut Vec<u8>) -> usize {
     let mut mask = 0;
-    if q.x != base.x || q.y != base.y {
+    if q.x != base.x || q.y != base.y || q.t != base.t {
         mask |= POS;
     }
     if q.vx != base.vx || q.vy != base.vy {
@@ -266,6 +268,7 @@ pub fn encode_update(base: &QState, q: &QState, out: &mut Vec<u8>) -> usize {
     }
     let mut b = Buf::new(mask);
     if mask & POS != 0 {
+        b.varint(tick.saturating_sub(q.t));
         b.signed(i64::from(q.x) - i64::from(base.x));
         b.signed(i64::from(q.y) - i64::from(base.y));
     }
@@ -385,6 +388,11 @@ impl Reader<'_> {
     }
 }
 
+/// The anchor tick of a trajectory `age` ticks old in the snapshot of `tick`.
+fn anchor(tick: u64, age: u64) -> Result<u64, DeltaError> {
+    tick.checked_sub(age).ok_or(DeltaError::Malformed("trajectory anchored before tick 0"))
+}
+
 /// Next index or id from a gap: `previous + 1 + gap` (the first: `gap`), checked.
 fn next_after(previous: Option<u64>, gap: u64) -> Result<u64, DeltaError> {
     match previous {
@@ -426,7 +434,7 @@ impl DeltaDecoder {
             tick: s.tick,
             last_processed_input: s.last_processed_input,
             input_client_time_us: s.input_client_time_us,
-            entities: view.entities.iter().map(|(id, q)| q.to_entity(*id)).collect(),
+            entities: view.entities.iter().map(|(id, q)| q.to_entity(*id, s.tick, s.tick_rate)).collect(),
             total_visible: s.total_visible,
         })
     }
@@ -502,6 +510,7 @@ impl DeltaDecoder {
             }
             let mut q = base.entities[i as usize].1;
             if mask & POS != 0 {
+                q.t = anchor(s.tick, r.varint()?)?;
                 let dx = unzigzag(r.varint()?);
                 let dy = unzigzag(r.varint()?);
                 q.x = u32::try_from(i64::from(q.x) + dx).map_err(|_| DeltaError::Malformed("position out of range"))?;
@@ -535,6 +544,9 @@ impl DeltaDecoder {
             if mask & POS != 0 {
                 q.x = r.u32()?;
                 q.y = r.u32()?;
+                q.t = anchor(s.tick, r.varint()?)?;
+            } else {
+                q.t = s.tick;
             }
             r.fields(mask, &mut q)?;
             while let Some(k) = kept.next_if(|k| k.0 < id) {
@@ -561,8 +573,9 @@ mod tests {
     fn qstate() -> impl Strategy<Value = QState> {
         (any::<bool>(), any::<u32>(), any::<u32>(), any::<i32>(), any::<i32>(), any::<i32>(), any::<i32>())
             .prop_flat_map(|(npc, x, y, vx, vy, hp, max_hp)| {
-                (any::<u32>(), 0..4u32).prop_map(move |(level, flags)| QState {
+                (any::<u32>(), 0..4u32, 0..=5u64).prop_map(move |(level, flags, t)| QState {
                     npc,
+                    t,
                     x,
                     y,
                     vx,
@@ -605,7 +618,7 @@ mod tests {
         #[test]
         fn entry_and_update_bodies_round_trip(a in qstate(), b in qstate()) {
             let mut entry = Vec::new();
-            let len = encode_entry(&b, &mut entry);
+            let len = encode_entry(&b, 5, &mut entry);
             prop_assert_eq!(len, entry.len());
             prop_assert!(len <= MAX_BODY);
             let mut dec = DeltaDecoder::new();
@@ -613,7 +626,7 @@ mod tests {
             prop_assert_eq!(&view.entities, &vec![(77, b)]);
             let mut update = Vec::new();
             let b2 = QState { npc: b.npc, ..a };
-            let len = encode_update(&b, &b2, &mut update);
+            let len = encode_update(&b, &b2, 6, &mut update);
             prop_assert_eq!(len == 0, b == b2);
             prop_assert!(len <= MAX_BODY);
             let updates = if len == 0 { vec![] } else { vec![(0, update)] };
@@ -627,7 +640,7 @@ mod tests {
             let mut entries = Vec::new();
             for id in [3u64, 9, 40] {
                 let mut body = Vec::new();
-                encode_entry(&QState { x: id as u32, ..Default::default() }, &mut body);
+                encode_entry(&QState { x: id as u32, t: 2, ..Default::default() }, 2, &mut body);
                 entries.push((id, body));
             }
             dec.decode_view(&snap(2, 0, encode(&[], &[], &entries))).unwrap();
@@ -641,28 +654,29 @@ mod tests {
 
     #[test]
     fn removals_updates_and_entries_apply_in_id_order() {
-        let q = |x| QState { x, hp: 10, max_hp: 10, level: 1, ..Default::default() };
+        let q = |x| QState { x, t: 1, hp: 10, max_hp: 10, level: 1, ..Default::default() };
         let mut dec = DeltaDecoder::new();
         let entries: Vec<_> = [(10u64, 1), (20, 2), (30, 3), (40, 4)]
             .iter()
             .map(|&(id, x)| {
                 let mut b = Vec::new();
-                encode_entry(&q(x), &mut b);
+                encode_entry(&q(x), 1, &mut b);
                 (id, b)
             })
             .collect();
         dec.decode_view(&snap(1, 0, encode(&[], &[], &entries))).unwrap();
         // Remove 20, move 30, add 5 and 35.
         let mut moved = Vec::new();
-        encode_update(&q(3), &q(300), &mut moved);
+        encode_update(&q(3), &QState { t: 2, ..q(300) }, 2, &mut moved);
         let mut e5 = Vec::new();
-        encode_entry(&q(5), &mut e5);
+        encode_entry(&q(5), 2, &mut e5);
         let mut e35 = Vec::new();
-        encode_entry(&QState { npc: true, ..q(35) }, &mut e35);
+        encode_entry(&QState { npc: true, ..q(35) }, 2, &mut e35);
         let view = dec.decode_view(&snap(2, 1, encode(&[1], &[(2, moved)], &[(5, e5), (35, e35)]))).unwrap();
         let ids: Vec<u64> = view.entities.iter().map(|e| e.0).collect();
         assert_eq!(ids, [5, 10, 30, 35, 40]);
-        assert_eq!(view.entities[2].1.x, 300);
+        assert_eq!((view.entities[2].1.x, view.entities[2].1.t), (300, 2));
+        assert_eq!(view.entities[0].1.t, 1, "an entry keeps its anchor");
         assert!(view.entities[3].1.npc);
         assert_eq!(dec.ack(), 2);
         // Older than the newest: stale, and the views stay.
@@ -686,36 +700,41 @@ mod tests {
     fn an_entry_already_in_the_view_or_a_double_mark_is_malformed() {
         let mut dec = DeltaDecoder::new();
         let mut e = Vec::new();
-        encode_entry(&QState { x: 1, ..Default::default() }, &mut e);
+        encode_entry(&QState { x: 1, t: 1, ..Default::default() }, 1, &mut e);
         dec.decode_view(&snap(1, 0, encode(&[], &[], &[(7, e.clone())]))).unwrap();
         assert!(matches!(
             dec.decode_view(&snap(2, 1, encode(&[], &[], &[(7, e.clone())]))),
             Err(DeltaError::Malformed(_))
         ));
         let mut u = Vec::new();
-        encode_update(&QState::default(), &QState { hp: 3, ..Default::default() }, &mut u);
+        encode_update(&QState::default(), &QState { hp: 3, ..Default::default() }, 2, &mut u);
         assert!(matches!(dec.decode_view(&snap(2, 1, encode(&[0], &[(0, u)], &[]))), Err(DeltaError::Malformed(_))));
         // Removed then entered again in one snapshot: legal (a re-entry with a full state).
         assert_eq!(dec.decode_view(&snap(2, 1, encode(&[0], &[], &[(7, e)]))).unwrap().entities.len(), 1);
     }
 
     #[test]
-    fn quantization_is_stated_precision() {
-        let e = EntityState {
-            id: 1,
-            kind: EntityKind::Npc as i32,
-            position: Some(Vec2 { x: 123.456, y: 0.004 }),
-            velocity: Some(Vec2 { x: -3.3, y: 2.0 }),
+    fn trajectories_extrapolate_and_quantize_at_the_stated_precision() {
+        let q = QState {
+            npc: true,
+            t: 10,
+            x: quantize_pos(123.456),
+            y: quantize_pos(0.004),
+            vx: quantize_vel(-3.3),
+            vy: quantize_vel(2.0),
             hp: 5,
             max_hp: 9,
             level: 2,
             flags: 3,
         };
-        let back = QState::from_entity(&e).to_entity(1);
-        let (p, v) = (back.position.unwrap(), back.velocity.unwrap());
+        let now = q.to_entity(1, 10, 20);
+        let (p, v) = (now.position.unwrap(), now.velocity.unwrap());
         assert!((p.x - 123.456).abs() <= 0.5 / POS_SCALE && (p.y - 0.004).abs() <= 0.5 / POS_SCALE);
         assert!((v.x + 3.3).abs() <= 0.5 / VEL_SCALE && v.y == 2.0);
-        assert_eq!((back.kind, back.hp, back.max_hp, back.level, back.flags), (e.kind, 5, 9, 2, 3));
+        assert_eq!((now.kind, now.hp, now.max_hp, now.level, now.flags), (EntityKind::Npc as i32, 5, 9, 2, 3));
+        // One second (20 ticks) later: two metres on along y.
+        let later = q.to_entity(1, 30, 20).position.unwrap();
+        assert!((later.y - 2.004).abs() < 0.02 && (later.x - (123.456 - 3.3)).abs() < 0.02, "{later:?}");
         assert_eq!(varint_len(0), 1);
         assert_eq!(varint_len(127), 1);
         assert_eq!(varint_len(128), 2);

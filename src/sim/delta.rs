@@ -1,18 +1,19 @@
 //! Protocol v2 on the simulation thread: each client's snapshot is encoded against the view it acknowledged,
 //! without encoding any entity once per observer (the wire format is [`crate::proto::delta`]).
 //!
-//! What makes the encodings shareable: an entity's quantized state at a tick is the same for every observer, and a
-//! client's view holds, for each entity in it, exactly that entity's state at the view's tick (an entity is in a
-//! view only if its record fitted; an unchanged entity's state equals the state it had). So an update depends only
-//! on (entity, baseline tick), an entry only on the entity. Per tick the server:
+//! What makes the encodings shareable: an entity's published state at a tick is the same for every observer, and
+//! a client's view holds, for each entity in it, exactly that entity's published state at the view's tick (an
+//! entity is in a view only if its record fitted; an unchanged entity's state equals the state it had). So an
+//! update depends only on (entity, baseline tick), an entry only on the entity. Per tick the server:
 //!
-//! 1. quantizes every entity some v2 view shows, once, records it in [`History`] (the last [`WINDOW`] ticks of
-//!    each slot) and encodes its entry body once;
-//! 2. for each of the few distinct baseline ticks the clients acknowledged (clients at similar round-trip times
-//!    share them; at most [`SHARED_BASELINES`] are shared, others are encoded per client), encodes each entity's
-//!    update body once;
-//! 3. per client, merges its visible set (nearest first, within the datagram budget) with its baseline view by a
-//!    per-slot mark, and writes index gaps and copies of the shared bodies.
+//! 1. quantizes every entity some v2 view shows, once, and re-anchors its published trajectory only if the old
+//!    one strays more than [`TOLERANCE`] from where it is (or another field changed): entities walking straight
+//!    lines or standing do not change at all. A change is logged with its tick ([`Published`]): the state at a
+//!    baseline is the newest logged change at or before it;
+//! 2. per client, merges its visible set (nearest first, within the datagram budget) with its baseline view by a
+//!    per-slot mark: an entity unchanged since the baseline costs a comparison of two ticks; the bodies of the few
+//!    that changed or enter are encoded on first use and memoised for the tick, so clients sharing a baseline
+//!    (clients at similar round-trip times) share them.
 //!
 //! Per-client state ([`DeltaLink`]): the newest acknowledged tick and the entity sets sent in the last
 //! [`WINDOW`] ticks.
@@ -20,54 +21,26 @@
 use prost::Message as _;
 
 use super::world::EntityId;
-use crate::proto::delta::{self as wire, QState, MAX_VIEW, WINDOW};
+use crate::proto::delta::{self as wire, QState, MAX_VIEW, TOLERANCE, WINDOW};
 use crate::proto::{data_message, DataMessage, DeltaSnapshot};
 
-/// Baselines encoded once for every client that acknowledged them; a client whose baseline is not among them (a
-/// rare round-trip time) has its updates encoded for it alone.
-pub const SHARED_BASELINES: usize = 4;
+/// Baselines whose update bodies are memoised per entity and tick.
+const MEMO: usize = 4;
 
-/// Marks "no body" (no history for the entity at that baseline).
+/// The slot of an entity id (`crate::sim::world::World::id`: generation << 32 | slot).
+fn slot_of(id: EntityId) -> usize {
+    (id & 0xffff_ffff) as usize
+}
+
+/// Marks "no body" (the entity's state at that baseline is not known).
 const NONE: u32 = u32::MAX;
-/// Marks a body encoded for one client (in `own`, not the shared arena).
-const OWN: u32 = 1 << 31;
-
-/// One slot's recent quantized states, for baselines.
-#[derive(Clone, Copy, Default)]
-struct Record {
-    /// The tick (0: empty).
-    tick: u64,
-    /// The entity id held by the slot then (slots are reused).
-    id: EntityId,
-    q: QState,
-}
-
-/// Every shown entity's quantized state over the last [`WINDOW`] ticks, by slot.
-#[derive(Default)]
-pub struct History {
-    records: Vec<[Record; WINDOW as usize]>,
-}
-
-impl History {
-    fn record(&mut self, slot: usize, tick: u64, id: EntityId, q: QState) {
-        if slot >= self.records.len() {
-            self.records.resize(slot + 1, [Record::default(); WINDOW as usize]);
-        }
-        self.records[slot][(tick % WINDOW) as usize] = Record { tick, id, q };
-    }
-
-    fn at(&self, slot: usize, tick: u64, id: EntityId) -> Option<&QState> {
-        let r = self.records.get(slot)?.get((tick % WINDOW) as usize)?;
-        (r.tick == tick && r.id == id).then_some(&r.q)
-    }
-}
 
 /// What was sent to one client at one tick: its view then, by ascending id.
 #[derive(Debug, Default, Clone)]
 struct Sent {
     tick: u64,
+    /// By ascending id (an id's low 32 bits are its slot).
     ids: Vec<EntityId>,
-    slots: Vec<u32>,
 }
 
 /// One v2 client's side of the protocol on the server.
@@ -108,135 +81,174 @@ impl DeltaLink {
     }
 }
 
+/// Changes of one slot's published state kept besides the newest: enough for any baseline in the window unless
+/// an entity changes more than this often within it (then an old baseline sends it whole).
+const OLDER: usize = 3;
+
+/// What every view's every entity needs of its slot, packed in 24 bytes (read for each entity of each view;
+/// the whole array stays in the L2 cache where [`Published`] would not).
+#[derive(Clone, Copy, Default)]
+struct Hot {
+    /// The entity (0: none yet; slots are reused).
+    id: EntityId,
+    /// Its published state has been the same since this tick.
+    since: u64,
+    /// Set while one client's snapshot is assembled: `(client stamp, index in its baseline)`.
+    stamp: u32,
+    index: u32,
+}
+
+/// One slot's published state, the tick's memoised bodies.
+#[derive(Clone, Copy, Default)]
+struct Published {
+    q: QState,
+    /// This tick's memo: the tick it is for, and per baseline (clients acknowledge the last few ticks) the update
+    /// body in the arena.
+    memo_tick: u64,
+    memo: [(u64, u32, u32); MEMO],
+    /// The entry body in the arena, for `entry_tick`.
+    entry_tick: u64,
+    entry: (u32, u32),
+}
+
 /// One v2 client between the passes.
 #[derive(Debug, Clone, Copy)]
 pub struct Client {
     /// Its baseline tick (0: none).
     pub base: u64,
-    /// Index into the shared baselines, if its baseline is one.
-    pub shared: Option<usize>,
 }
 
-/// The tick's encodings, reused from tick to tick.
+/// The published states and this tick's encodings, reused from tick to tick.
 #[derive(Default)]
 pub struct Encoder {
-    history: History,
-    /// Entry and update bodies, back to back.
+    /// Per slot: the entity, since when its state is unchanged, the client marks ...
+    hot: Vec<Hot>,
+    /// ... the newest published state ...
+    published: Vec<Published>,
+    /// ... and the changes before it, newest first (cold: read only for baselines older than the newest).
+    older: Vec<[(u64, QState); OLDER]>,
+    /// This tick's bodies, back to back.
     arena: Vec<u8>,
-    /// Per slot: this tick's quantized state, its entry body `(start, len)`.
-    current: Vec<QState>,
-    entry: Vec<(u32, u32)>,
-    /// The distinct baseline ticks encoded once this tick, and per baseline and slot the update body
-    /// (`len` 0: unchanged; `start` [`NONE`]: no record at the baseline).
-    bases: Vec<u64>,
-    update: Vec<Vec<(u32, u32)>>,
-    /// One bit per slot per shared baseline: some client with that baseline sees the slot.
-    need: Vec<Vec<u64>>,
-    /// Per slot: `(client stamp, baseline index)` while one client's snapshot is assembled.
-    mark: Vec<(u32, u32)>,
     stamp: u32,
-    /// Scratch: per baseline index, its body or NONE (removed); the entities entering; the entities bytes; a
-    /// body encoded for one client.
+    /// Scratch: per baseline index, its body (`NONE`: removed); the entities entering; the entities bytes.
     hit: Vec<(u32, u32)>,
     entering: Vec<(EntityId, u32)>,
     bytes: Vec<u8>,
-    own: Vec<u8>,
     next: Sent,
 }
 
 /// What [`Encoder::assemble`] needs of the world.
-pub struct Frame<'a> {
+pub struct Frame {
     /// The tick.
     pub tick: u64,
-    /// Live entity id of a slot.
-    pub id: &'a dyn Fn(usize) -> EntityId,
+    /// The client's baseline ([`Encoder::plan`]).
+    pub client: Client,
 }
 
 impl Encoder {
+    /// The state the server published for `id` (in `slot`) at `tick`, if still known.
+    pub fn published_at(&self, slot: usize, tick: u64, id: EntityId) -> Option<QState> {
+        let h = self.hot.get(slot)?;
+        if h.id != id || h.id == 0 {
+            return None;
+        }
+        if h.since <= tick {
+            return Some(self.published[slot].q);
+        }
+        self.older[slot].iter().find(|(since, _)| *since != 0 && *since <= tick).map(|(_, q)| *q)
+    }
+
     /// Starts a tick: `slots` is the world's slot count.
     pub fn begin(&mut self, slots: usize) {
         self.arena.clear();
-        self.bases.clear();
-        self.current.resize(slots, QState::default());
-        self.entry.resize(slots, (0, 0));
-        self.mark.resize(slots, (0, 0));
-        for n in &mut self.need {
-            n.clear();
-            n.resize(slots.div_ceil(64), 0);
-        }
+        self.hot.resize(slots, Hot::default());
+        self.published.resize(slots, Published::default());
+        self.older.resize(slots, [(0, QState::default()); OLDER]);
     }
 
-    /// Pass 1, per client: picks its baseline and, when shared, marks the slots it sees.
-    pub fn plan(&mut self, link: &DeltaLink, now: u64, visible: impl Iterator<Item = u32>) -> Client {
-        let Some(base) = link.baseline(now) else { return Client { base: 0, shared: None } };
-        let shared = match self.bases.iter().position(|&b| b == base.tick) {
-            Some(b) => Some(b),
-            None if self.bases.len() < SHARED_BASELINES => {
-                self.bases.push(base.tick);
-                if self.need.len() < self.bases.len() {
-                    let words = self.mark.len().div_ceil(64);
-                    self.need.push(vec![0; words]);
-                    self.update.push(Vec::new());
-                }
-                Some(self.bases.len() - 1)
-            }
-            None => None,
-        };
-        if let Some(b) = shared {
-            let need = &mut self.need[b];
-            for s in visible {
-                need[s as usize / 64] |= 1 << (s % 64);
-            }
-        }
-        Client { base: base.tick, shared }
+    /// Pass 1, per client: its baseline.
+    pub fn plan(&mut self, link: &DeltaLink, now: u64) -> Client {
+        Client { base: link.baseline(now).map_or(0, |b| b.tick) }
     }
 
-    /// Pass 2: the state and entry body of every slot some v2 client sees (`seen`: one bit per slot), recorded
-    /// for later baselines; then each shared baseline's update bodies.
-    pub fn encode(&mut self, tick: u64, seen: &[u64], state: impl Fn(usize) -> (EntityId, QState)) {
+    /// Pass 2: the published state of every slot some v2 client sees (`seen`: one bit per slot; `state` gives
+    /// its id and quantized state anchored at `tick`), re-anchored only when it strays.
+    pub fn encode(&mut self, tick: u64, tick_rate: u32, seen: &[u64], state: impl Fn(usize) -> (EntityId, QState)) {
         for (word_at, &word) in seen.iter().enumerate() {
             let mut bits = word;
             while bits != 0 {
                 let s = word_at * 64 + bits.trailing_zeros() as usize;
                 bits &= bits - 1;
-                let (id, q) = state(s);
-                self.history.record(s, tick, id, q);
-                self.current[s] = q;
-                let start = self.arena.len() as u32;
-                let len = wire::encode_entry(&q, &mut self.arena) as u32;
-                self.entry[s] = (start, len);
-            }
-        }
-        for (b, &base) in self.bases.iter().enumerate() {
-            let update = &mut self.update[b];
-            update.resize(self.current.len(), (NONE, 0));
-            for (word_at, &word) in self.need[b].iter().enumerate() {
-                let mut bits = word;
-                while bits != 0 {
-                    let s = word_at * 64 + bits.trailing_zeros() as usize;
-                    bits &= bits - 1;
-                    let id = self.history.records[s][(tick % WINDOW) as usize].id;
-                    update[s] = match self.history.at(s, base, id) {
-                        Some(old) => {
-                            let start = self.arena.len() as u32;
-                            (start, wire::encode_update(old, &self.current[s], &mut self.arena) as u32)
-                        }
-                        None => (NONE, 0),
-                    };
+                let (id, now) = state(s);
+                let h = &mut self.hot[s];
+                let p = &mut self.published[s];
+                if h.id != id {
+                    (h.id, h.since) = (id, tick);
+                    *p = Published { q: now, ..Published::default() };
+                    self.older[s] = [(0, QState::default()); OLDER];
+                    continue;
+                }
+                let (px, py) = p.q.position_at(tick, tick_rate);
+                let near = |p: f64, q: u32| (p - f64::from(q)).abs() <= f64::from(TOLERANCE);
+                let q = if near(px, now.x) && near(py, now.y) {
+                    QState { t: p.q.t, x: p.q.x, y: p.q.y, vx: p.q.vx, vy: p.q.vy, ..now }
+                } else {
+                    now
+                };
+                if q != p.q {
+                    let older = &mut self.older[s];
+                    older.copy_within(0..OLDER - 1, 1);
+                    older[0] = (h.since, p.q);
+                    h.since = tick;
+                    p.q = q;
                 }
             }
         }
     }
 
+    /// The entry body of `slot` (encoded on first use this tick).
+    fn entry(&mut self, slot: usize, tick: u64) -> (u32, u32) {
+        let p = &mut self.published[slot];
+        if p.entry_tick != tick {
+            let start = self.arena.len() as u32;
+            p.entry = (start, wire::encode_entry(&p.q, tick, &mut self.arena) as u32);
+            p.entry_tick = tick;
+        }
+        p.entry
+    }
+
+    /// The update body of `slot` against `base` (`len` 0: unchanged; `NONE`: its state then is not known),
+    /// memoised for the tick per baseline (the first [`MEMO`] baselines asked).
+    fn update(&mut self, slot: usize, id: EntityId, base: u64, tick: u64) -> (u32, u32) {
+        let p = &mut self.published[slot];
+        if p.memo_tick != tick {
+            p.memo_tick = tick;
+            p.memo = [(0, 0, 0); MEMO];
+        }
+        if let Some(&(_, start, len)) = p.memo.iter().find(|m| m.0 == base) {
+            return (start, len);
+        }
+        let body = match self.published_at(slot, base, id) {
+            Some(old) => {
+                let start = self.arena.len() as u32;
+                let q = self.published[slot].q;
+                (start, wire::encode_update(&old, &q, tick, &mut self.arena) as u32)
+            }
+            None => (NONE, 0),
+        };
+        if let Some(free) = self.published[slot].memo.iter_mut().find(|m| m.0 == 0) {
+            *free = (base, body.0, body.1);
+        }
+        body
+    }
+
     /// Pass 3, per client: its `DataMessage { delta_snapshot }` into `out`, within `budget` bytes, from its
-    /// visible slots (nearest first; at most [`MAX_VIEW`]); records what was sent in `link`. Returns the ids sent
-    /// (ascending), for the AOI's hysteresis.
-    #[allow(clippy::too_many_arguments)]
+    /// visible slots (nearest first; at most [`MAX_VIEW`]); records what was sent in `link`. Returns how many
+    /// entities the view holds.
     pub fn assemble(
         &mut self,
         link: &mut DeltaLink,
-        client: &Client,
-        frame: &Frame<'_>,
+        frame: &Frame,
         header: DeltaSnapshot,
         visible: &[u32],
         budget: usize,
@@ -244,20 +256,25 @@ impl Encoder {
     ) -> usize {
         self.stamp = self.stamp.wrapping_add(1);
         if self.stamp == 0 {
-            self.mark.iter_mut().for_each(|m| *m = (0, 0));
+            self.hot.iter_mut().for_each(|h| h.stamp = 0);
             self.stamp = 1;
         }
         let stamp = self.stamp;
+        let (tick, client) = (frame.tick, frame.client);
         let empty = Sent::default();
         let base = if client.base == 0 { &empty } else { &link.sent[(client.base % WINDOW) as usize] };
         debug_assert!(client.base == 0 || base.tick == client.base);
-        for (i, &s) in base.slots.iter().enumerate() {
-            self.mark[s as usize] = (stamp, i as u32);
+        // Marked only where the slot still holds that entity (sequential reads of the baseline here, none in the
+        // loop below).
+        for (i, &id) in base.ids.iter().enumerate() {
+            let h = &mut self.hot[slot_of(id)];
+            if h.id == id {
+                (h.stamp, h.index) = (stamp, i as u32);
+            }
         }
         self.hit.clear();
         self.hit.resize(base.ids.len(), (NONE, 0));
         self.entering.clear();
-        self.own.clear();
         // Upper bounds: the envelope (key, two length bytes), the header, the entities field (key, two length
         // bytes), three one-byte counts (a view is under 128), and one byte per baseline entity as if all were
         // removed (index gaps are under 128).
@@ -266,34 +283,24 @@ impl Encoder {
         let mut shown = 0;
         for &s in visible.iter().take(MAX_VIEW) {
             let slot = s as usize;
-            let id = (frame.id)(slot);
-            let (m_stamp, i) = self.mark[slot];
-            let in_base = m_stamp == stamp && base.ids[i as usize] == id;
-            if in_base {
-                let (start, len) = match client.shared {
-                    Some(b) => self.update[b][slot],
-                    None => match self.history.at(slot, client.base, id) {
-                        Some(old) => {
-                            let start = self.own.len() as u32 | OWN;
-                            (start, wire::encode_update(old, &self.current[slot], &mut self.own) as u32)
-                        }
-                        None => (NONE, 0),
-                    },
-                };
+            // Published this tick for every slot a view shows: the slot's entity now.
+            let Hot { id, since, stamp: m_stamp, index: i } = self.hot[slot];
+            if m_stamp == stamp {
+                let (start, len) = if since <= client.base { (0, 0) } else { self.update(slot, id, client.base, tick) };
                 if start != NONE {
                     // Kept: its removal byte is saved, its update (if it changed) costs a gap byte and the body.
                     let cost = if len == 0 { 0 } else { 1 + len as usize };
-                    if used + cost - 1 <= budget {
+                    if used + cost <= budget + 1 {
                         used = used + cost - 1;
                         self.hit[i as usize] = (start, len);
                         shown += 1;
                     }
                     continue;
                 }
-                // No record at the baseline (cannot happen for an entity the baseline holds, but never trust
-                // it): removed and entered again with its whole state.
+                // Its state at the baseline is no longer known (it changed more than OLDER times since):
+                // removed, and entered again whole.
             }
-            let (_, len) = self.entry[slot];
+            let (_, len) = self.entry(slot, tick);
             let cost = wire::varint_len(id) + len as usize;
             if used + cost <= budget {
                 used += cost;
@@ -317,13 +324,11 @@ impl Encoder {
         let updates = self.hit.iter().filter(|h| h.0 != NONE && h.1 != 0).count();
         wire::put_varint(bytes, updates as u64);
         let mut previous: Option<usize> = None;
-        for (i, &h) in self.hit.iter().enumerate() {
-            if h.0 != NONE && h.1 != 0 {
+        for (i, &(start, len)) in self.hit.iter().enumerate() {
+            if start != NONE && len != 0 {
                 wire::put_varint(bytes, previous.map_or(i, |p| i - p - 1) as u64);
                 previous = Some(i);
-                let start = (h.0 & !OWN) as usize;
-                let from = if h.0 & OWN != 0 { &self.own } else { &self.arena };
-                bytes.extend_from_slice(&from[start..start + h.1 as usize]);
+                bytes.extend_from_slice(&self.arena[start as usize..(start + len) as usize]);
             }
         }
         wire::put_varint(bytes, self.entering.len() as u64);
@@ -331,32 +336,25 @@ impl Encoder {
         for &(id, s) in &self.entering {
             wire::put_varint(bytes, previous.map_or(id, |p| id - p - 1));
             previous = Some(id);
-            let (start, len) = self.entry[s as usize];
+            let (start, len) = self.published[s as usize].entry;
             bytes.extend_from_slice(&self.arena[start as usize..(start + len) as usize]);
         }
         // What the client's view is now: the kept baseline entities and the entering ones, by ascending id.
         let next = &mut self.next;
-        next.tick = frame.tick;
+        next.tick = tick;
         next.ids.clear();
-        next.slots.clear();
         let mut entering = self.entering.iter().peekable();
-        for (i, &h) in self.hit.iter().enumerate() {
+        for (&h, &id) in self.hit.iter().zip(&base.ids) {
             if h.0 == NONE {
                 continue;
             }
-            let id = base.ids[i];
-            while let Some(&&(eid, es)) = entering.peek().filter(|e| e.0 < id) {
+            while let Some(&&(eid, _)) = entering.peek().filter(|e| e.0 < id) {
                 next.ids.push(eid);
-                next.slots.push(es);
                 entering.next();
             }
             next.ids.push(id);
-            next.slots.push(base.slots[i]);
         }
-        for &(eid, es) in entering {
-            next.ids.push(eid);
-            next.slots.push(es);
-        }
+        next.ids.extend(entering.map(|e| e.0));
         let message = DataMessage {
             body: Some(data_message::Body::DeltaSnapshot(DeltaSnapshot {
                 entities: std::mem::take(&mut self.bytes),
@@ -364,16 +362,13 @@ impl Encoder {
             })),
         };
         out.clear();
+        out.reserve(message.encoded_len());
         message.encode(out).expect("a Vec grows");
         debug_assert!(out.len() <= budget, "{} > {budget}", out.len());
         if let Some(data_message::Body::DeltaSnapshot(d)) = message.body {
             self.bytes = d.entities;
         }
-        let slot = (frame.tick % WINDOW) as usize;
-        std::mem::swap(&mut link.sent[slot], &mut self.next);
-        if link.ack != 0 && link.ack <= frame.tick.saturating_sub(WINDOW) {
-            link.ack = 0;
-        }
+        std::mem::swap(&mut link.sent[(tick % WINDOW) as usize], &mut self.next);
         shown
     }
 }

@@ -10,7 +10,7 @@ use super::game::*;
 use super::rng::Pcg32;
 use super::tests::zone;
 use super::world::Vec2;
-use crate::proto::delta::{DeltaDecoder, DeltaError, QState};
+use crate::proto::delta::{DeltaDecoder, DeltaError, QState, TOLERANCE};
 use crate::proto::{self, data_message, DataMessage, Input};
 use prost::Message as _;
 
@@ -104,7 +104,7 @@ fn run(loss: f32, seed: u64, ticks: u64) -> Tally {
         clients.insert(s, client);
     }
     // The world's quantized states of the last few ticks: what a decoded view must hold.
-    let mut truth: HashMap<u64, HashMap<u64, QState>> = HashMap::new();
+    let mut truth: HashMap<u64, HashMap<u64, (QState, Option<QState>)>> = HashMap::new();
     let mut tally = Tally::default();
     let mut out = Vec::new();
     for now in 1..=ticks {
@@ -117,9 +117,13 @@ fn run(loss: f32, seed: u64, ticks: u64) -> Tally {
         out.clear();
         sim.step(&mut out);
         let tick = sim.tick();
+        // Per entity: where it is (quantized) and what the server published for it this tick.
         let states = (0..sim.world.slots())
             .filter(|&slot| sim.world.alive[slot])
-            .map(|slot| (sim.world.id(slot), sim.qstate(slot)))
+            .map(|slot| {
+                let id = sim.world.id(slot);
+                (id, (sim.qstate(slot), sim.delta_state(id, tick)))
+            })
             .collect();
         truth.insert(tick, states);
         truth.retain(|&t, _| t + 8 > tick);
@@ -144,7 +148,16 @@ fn run(loss: f32, seed: u64, ticks: u64) -> Tally {
                         assert_eq!(ids, sent, "client {s} at tick {}: the entities differ", d.tick);
                         let world = &truth[&d.tick];
                         for (id, q) in &view.entities {
-                            assert_eq!(Some(q), world.get(id), "client {s}, entity {id} at tick {}", d.tick);
+                            // What the server published, exactly ...
+                            let (real, published) = world[id];
+                            assert_eq!(Some(*q), published, "client {s}, entity {id} at tick {}", d.tick);
+                            // ... and that is the world: the trajectory within the tolerance of where the entity
+                            // was, everything else equal.
+                            let (x, y) = q.position_at(d.tick, RATE);
+                            let off = (x - f64::from(real.x)).abs().max((y - f64::from(real.y)).abs());
+                            assert!(off <= f64::from(TOLERANCE), "entity {id} {off} units off at tick {}", d.tick);
+                            let strip = |q: QState| QState { t: 0, x: 0, y: 0, vx: 0, vy: 0, ..q };
+                            assert_eq!(strip(*q), strip(real), "entity {id} at tick {}", d.tick);
                         }
                         tally.largest_view = tally.largest_view.max(view.entities.len());
                     }

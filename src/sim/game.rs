@@ -143,6 +143,8 @@ pub struct SimStats {
     pub snapshots: u64,
     /// Entities cut from snapshots by the datagram budget.
     pub snapshot_truncated_entities: u64,
+    /// Entities the snapshots carried (summed over snapshots).
+    pub snapshots_shown: u64,
 }
 
 /// Player state to persist (on logout, transfer, save).
@@ -499,6 +501,12 @@ impl Simulation {
     pub fn delta_view(&self, session: SessionId, tick: u64) -> Option<&[EntityId]> {
         let slot = self.sessions.get(&session).and_then(|&id| self.world.slot(id))?;
         self.world.player[slot].as_ref()?.delta.as_ref()?.sent_ids(tick)
+    }
+
+    /// Protocol v2: the state published for entity `id` at `tick` (what every view holding it then has), if
+    /// still held (the last 32 ticks).
+    pub fn delta_state(&self, id: EntityId, tick: u64) -> Option<QState> {
+        self.snapshot_cache.delta.published_at((id & 0xffff_ffff) as usize, tick, id)
     }
 
     /// Lets a player who entered a portal move again (the transfer was refused).
@@ -1066,8 +1074,7 @@ impl Simulation {
                 marks[s as usize / 64] |= 1 << (s % 64);
                 cache.lists.push(s);
             }
-            let client =
-                player.delta.as_ref().map(|link| cache.delta.plan(link, self.tick, visible.iter().map(|v| v.1)));
+            let client = player.delta.as_ref().map(|link| cache.delta.plan(link, self.tick));
             cache.views.push(View { session, slot, start, len: visible.len() as u32, total: total as u32, client });
         }
         // Pass 2: each entity any snapshot shows, encoded once.
@@ -1082,7 +1089,7 @@ impl Simulation {
                 cache.encoded[s] = (state.id, start as u32, (cache.arena.len() - start) as u32);
             }
         }
-        cache.delta.encode(self.tick, &cache.seen, |s| (self.world.id(s), self.qstate(s)));
+        cache.delta.encode(self.tick, self.tick_rate, &cache.seen, |s| (self.world.id(s), self.qstate(s)));
         // Pass 3: the snapshots.
         for view in &cache.views {
             let Some(player) = self.world.player[view.slot].as_ref() else { continue };
@@ -1094,16 +1101,17 @@ impl Simulation {
                     input_client_time_us: player.last_input_time_us,
                     total_visible: view.total,
                     entities: Vec::new(),
+                    tick_rate: self.tick_rate,
                 };
                 let Some(mut link) = self.world.player[view.slot].as_mut().and_then(|p| p.delta.take()) else {
                     continue;
                 };
-                let world = &self.world;
-                let frame = Frame { tick: self.tick, id: &|s| world.id(s) };
+                let frame = Frame { tick: self.tick, client: *client };
                 let list = &cache.lists[view.start as usize..(view.start + view.len) as usize];
                 let mut bytes = Vec::new();
-                let shown = cache.delta.assemble(&mut link, client, &frame, header, list, SNAPSHOT_BUDGET, &mut bytes);
+                let shown = cache.delta.assemble(&mut link, &frame, header, list, SNAPSHOT_BUDGET, &mut bytes);
                 self.stats.snapshot_truncated_entities += u64::from(view.total) - shown as u64;
+                self.stats.snapshots_shown += shown as u64;
                 if let Some(p) = self.world.player[view.slot].as_mut() {
                     p.visible.clear();
                     p.visible.extend_from_slice(link.sent_ids(self.tick).unwrap_or(&[]));
@@ -1136,6 +1144,7 @@ impl Simulation {
                 cache.parts.push((start, len));
             }
             self.stats.snapshot_truncated_entities += u64::from(view.total) - ids.len() as u64;
+            self.stats.snapshots_shown += ids.len() as u64;
             let mut bytes = Vec::new();
             let arena = &cache.arena;
             let parts = cache.parts.iter().map(|&(start, len)| &arena[start as usize..(start + len) as usize]);
@@ -1153,12 +1162,14 @@ impl Simulation {
         self.snapshot_cache = cache;
     }
 
-    /// An entity as protocol v2 carries it (the same numbers as [`Simulation::entity_state`], quantized).
+    /// An entity as protocol v2 carries it (the same numbers as [`Simulation::entity_state`], quantized), its
+    /// trajectory anchored now.
     pub(crate) fn qstate(&self, slot: usize) -> QState {
         let w = &self.world;
         let h = w.health[slot];
         QState {
             npc: w.kind[slot] == Kind::Npc,
+            t: self.tick,
             x: quantize_pos(w.pos[slot].x),
             y: quantize_pos(w.pos[slot].y),
             vx: quantize_vel(w.vel[slot].x),
