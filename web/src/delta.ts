@@ -2,7 +2,8 @@
 // client, realm-client and realm-bots use. A `DeltaSnapshot` encodes the client's view as changes against a view the
 // client acknowledged (`Input.snapshot_ack`); this module keeps the views of the last `WINDOW` ticks, decodes each
 // new one against the view it names and hands the rest of the client the `Snapshot` it already consumes (entities
-// by ascending id, positions and velocities dequantized from 1/64 m and 1/64 m/s). It does no I/O.
+// by ascending id, positions extrapolated to the snapshot's tick and dequantized from 1/64 m, velocities from
+// 1/64 m/s). It does no I/O.
 //
 // `DeltaSnapshot.entities`, byte for byte (all integers LEB128 varints, signed ones zigzag-encoded first):
 //
@@ -14,16 +15,29 @@
 // `index - previous - 1`); id gaps likewise (`id - previous - 1`). A baseline entity neither removed nor updated is
 // unchanged. Bodies start with a mask byte; the fields follow in bit order:
 //
-//   bit 0 POS     entry: x, y as varints of round(64 m)       update: dx, dy zigzag of the change
+//   bit 0 POS     entry: x, y as varints of round(64 m), then age as a varint
+//                 update: age as a varint, then dx, dy zigzag of the change against the baseline's x, y
 //   bit 1 VEL     vx, vy zigzag of round(64 m/s) (absolute in both)
 //   bit 2 HP      zigzag            bit 3 MAX_HP  zigzag
 //   bit 4 LEVEL   varint            bit 5 FLAGS   varint
 //   bit 6         reserved: malformed when set
 //   bit 7 NPC     entries: the entity is an NPC (else a player); updates: malformed when set
 //
-// Exactness: ids and ticks are u64, so they are `bigint` here (ids go out as unsigned `Long`s, as protobufjs decodes
-// a v1 snapshot's ids); every other field is a u32 or an i32 and fits a JS number. Every value is range-checked
-// exactly as the Rust decoder does (the same inputs fail, with the same messages).
+// An entry carries the fields that are not zero (an entry without POS is at x = y = 0 anchored at the snapshot's
+// tick); an update carries the fields that changed.
+//
+// Motion is a trajectory: x, y is where the entity was at its anchor tick t = snapshot tick - age (an age past the
+// snapshot's tick is malformed), and vx, vy its velocity; its position at tick T is x + vx * (T - t) / tick_rate
+// (likewise y), with `DeltaSnapshot.tick_rate` ticks per second. The server re-anchors an entity only when that
+// prediction strays more than 1/16 m from it, so one walking a straight line costs nothing until it turns or
+// stops. The decoded `Snapshot` carries every position extrapolated to the snapshot's own tick
+// (`QState::to_entity(id, tick, tick_rate)` in Rust).
+//
+// Exactness: ids and ticks (anchor ticks too) are u64, so they are `bigint` here (ids go out as unsigned `Long`s, as
+// protobufjs decodes a v1 snapshot's ids); every other field is a u32 or an i32 and fits a JS number. The
+// extrapolation is computed in f64 in the Rust order and rounded to f32 once, as Rust does, so both give the same
+// bits. Every value is range-checked exactly as the Rust decoder does (the same inputs fail, with the same
+// messages).
 //
 // Invariant: a snapshot that fails to decode (stale, missing baseline, malformed) changes nothing: the views held
 // and the tick to acknowledge stay as they were, and the next snapshot decodes.
@@ -37,7 +51,7 @@ export const VEL_SCALE = 64;
 /** Ticks of views kept (the server never uses an older baseline). */
 export const WINDOW = 32;
 /** Most entities in one client's view as the server sends it (entry counts are bounded by twice this or the view). */
-export const MAX_VIEW = 127;
+export const MAX_VIEW = 84;
 
 /** Mask bits. */
 export const POS = 1;
@@ -55,9 +69,14 @@ const U64_MAX = (1n << 64n) - 1n;
 const U32_MAX = 0xffff_ffff;
 const BIG_WINDOW = BigInt(WINDOW);
 
-/** An entity as protocol v2 carries it: quantized (positions u32, velocities, hp, max_hp i32, level, flags u32). */
+/**
+ * An entity as protocol v2 carries it: quantized (positions u32, velocities, hp, max_hp i32, level, flags u32), its
+ * position `x`, `y` being where its trajectory was at the anchor tick `t`.
+ */
 export interface QState {
   npc: boolean;
+  /** The trajectory's anchor tick (u64). */
+  t: bigint;
   x: number;
   y: number;
   vx: number;
@@ -204,6 +223,13 @@ function nextId(previous: bigint | null, gap: Varint): bigint {
   return id;
 }
 
+/** The anchor tick of a trajectory `age` ticks old in the snapshot of `tick`. */
+function anchor(tick: bigint, age: Varint): bigint {
+  const a = BigInt(age);
+  if (a > tick) throw new MalformedDelta('trajectory anchored before tick 0');
+  return tick - a;
+}
+
 /** A u32 coordinate moved by a zigzag delta; the result must stay a u32. */
 function moved(x: number, zigzag: Varint): number {
   // Zigzag values of 2^53 and more are deltas of at least 2^52: out of range from any u32.
@@ -214,14 +240,29 @@ function moved(x: number, zigzag: Varint): number {
   return r;
 }
 
-/** Back to the message the rest of the client works with (what a v1 snapshot would decode to). */
-export function toEntity(e: ViewEntity): EntityState {
+/**
+ * The trajectory's position at `tick`, in 1/64 m (`QState::position_at`): `x + vx * (tick - t) / tickRate`, in f64
+ * and in the Rust order (a tick before the anchor counts as the anchor; a tick rate of 0 as 1).
+ */
+export function positionAt(q: QState, tick: bigint, tickRate: number): { x: number; y: number } {
+  // Rust: `tick.saturating_sub(t) as f64` (u64 to f64 rounds to nearest, as Number(bigint) does).
+  const dt = (tick > q.t ? Number(tick - q.t) : 0) / Math.max(1, tickRate);
+  return { x: q.x + q.vx * dt, y: q.y + q.vy * dt };
+}
+
+/**
+ * Back to the message the rest of the client works with (what a v1 snapshot would decode to), the position
+ * extrapolated to `tick` at `tickRate` ticks per second (`QState::to_entity`).
+ */
+export function toEntity(e: ViewEntity, tick: bigint, tickRate: number): EntityState {
   const q = e.q;
-  // Rust: `x as f32 / 64.0`; dividing by a power of two is exact in both precisions.
+  const p = positionAt(q, tick, tickRate);
+  // Rust: `(x / 64.0) as f32` from the f64 position; velocities `vx as f32 / 64.0` (dividing by a power of two is
+  // exact in both precisions).
   return {
     id: e.wireId,
     kind: q.npc ? EntityKind.ENTITY_KIND_NPC : EntityKind.ENTITY_KIND_PLAYER,
-    position: { x: Math.fround(q.x) / POS_SCALE, y: Math.fround(q.y) / POS_SCALE },
+    position: { x: Math.fround(p.x / POS_SCALE), y: Math.fround(p.y / POS_SCALE) },
     velocity: { x: Math.fround(q.vx) / VEL_SCALE, y: Math.fround(q.vy) / VEL_SCALE },
     hp: q.hp,
     maxHp: q.maxHp,
@@ -263,11 +304,12 @@ export class DeltaDecoder {
    */
   decode(s: DeltaSnapshot): Snapshot {
     const view = this.decodeView(s);
+    const tickRate = s.tickRate ?? 0;
     return {
       tick: s.tick ?? 0,
       lastProcessedInput: s.lastProcessedInput ?? 0,
       inputClientTimeUs: s.inputClientTimeUs ?? 0,
-      entities: view.entities.map(toEntity),
+      entities: view.entities.map((e) => toEntity(e, view.tick, tickRate)),
       totalVisible: s.totalVisible ?? 0,
     };
   }
@@ -322,7 +364,9 @@ export class DeltaDecoder {
       if ((mask & NPC) !== 0) throw new MalformedDelta('NPC bit in an update');
       const q: QState = { ...base[i].q };
       if ((mask & POS) !== 0) {
-        // Both deltas are read before either is checked (the Rust order: a truncated dy wins over a bad dx).
+        // The age first, checked at once; then both deltas are read before either is checked (the Rust order: a
+        // truncated dy wins over a bad dx).
+        q.t = anchor(tick, r.varint());
         const dx = r.varint();
         const dy = r.varint();
         q.x = moved(q.x, dx);
@@ -353,10 +397,11 @@ export class DeltaDecoder {
       const id = nextId(previousId, r.varint());
       previousId = id;
       const mask = r.mask();
-      const q: QState = { npc: (mask & NPC) !== 0, x: 0, y: 0, vx: 0, vy: 0, hp: 0, maxHp: 0, level: 0, flags: 0 };
+      const q: QState = { npc: (mask & NPC) !== 0, t: tick, x: 0, y: 0, vx: 0, vy: 0, hp: 0, maxHp: 0, level: 0, flags: 0 };
       if ((mask & POS) !== 0) {
         q.x = r.u32();
         q.y = r.u32();
+        q.t = anchor(tick, r.varint());
       }
       r.fields(mask, q);
       while (j < n && base[j].id < id) takeKept();

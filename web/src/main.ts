@@ -262,6 +262,7 @@ const hook = {
       framesOut: session.framesOut,
       snapshotAck: Number(session.views.ack()),
       undecodable: { ...session.undecodable },
+      decoded: { ...session.decoded },
     };
   },
   register: (username: string, password: string) => session.enter('register', username, password),

@@ -1,5 +1,6 @@
 // The browser session: HTTP login, then one WebSocket carrying `WsFrame`s both ways, with resumption after a drop
-// and zone transfers. It owns the timers (one input per tick, a control ping every 5 s) and feeds `GameState`.
+// and zone transfers. It owns the timers (one input per tick while the player moves or acts, one every 4 ticks
+// while idle; a control ping every 5 s) and feeds `GameState`.
 //
 // Lifecycle (`phase`):
 //   login --POST /api/login|register--> connecting --loginOk--> game --drop without Kick--> resuming --loginOk--> game
@@ -13,8 +14,10 @@
 // Protocol version 2 (delta snapshots): every `/ws?` URL this opens asks for it (`&protocol=2`), so snapshots
 // arrive as `DeltaSnapshot`s against a view the client acknowledged; `delta.ts` decodes them into the `Snapshot`s
 // `GameState` takes, and every `Input` acknowledges the newest view decoded (`snapshot_ack`), as the Rust client
-// does. Each socket is a new server session whose views start empty, so the decoder is reset with each. A server
-// that answers with v1 `Snapshot`s is still understood.
+// does. An idle player still sends an input (zero move, no ability) every `IDLE_INPUT_TICKS` ticks, so that the
+// acknowledgement never gets old enough (32 ticks) for the server to fall back to full snapshots. Each socket is a
+// new server session whose views start empty, so the decoder is reset with each. A server that answers with v1
+// `Snapshot`s is still understood.
 
 import { DeltaDecoder, DeltaError } from './delta.js';
 import { InputPlanner } from './input.js';
@@ -84,6 +87,19 @@ export interface UndecodableCounts {
   stale: number;
   missingBaseline: number;
   malformed: number;
+}
+
+/** Delta snapshots decoded in this page's life (for the test hook). */
+export interface DecodedCounts {
+  /** All of them. */
+  decoded: number;
+  /**
+   * Those against an empty view (`baseline_tick` 0): each session's first, and any after the server stopped
+   * hearing acknowledgements (32 ticks without an input).
+   */
+  againstEmptyView: number;
+  /** Ticks between the last one and its baseline (0: against an empty view). */
+  lastBaselineAge: number;
 }
 
 /** Parses an /api error response into a SessionError (tolerates a body that is not the contract's JSON). */
@@ -157,6 +173,8 @@ export class Session {
   framesOut = 0;
   /** Delta snapshots dropped undecoded (each is harmless: the next one decodes against what was acknowledged). */
   readonly undecodable: UndecodableCounts = { stale: 0, missingBaseline: 0, malformed: 0 };
+  /** Delta snapshots decoded, and how old their baselines were. */
+  readonly decoded: DecodedCounts = { decoded: 0, againstEmptyView: 0, lastBaselineAge: 0 };
   /** Protocol v2: the views decoded in this socket's session; its newest tick is acknowledged in every input. */
   readonly views = new DeltaDecoder();
 
@@ -168,6 +186,8 @@ export class Session {
   private leaving = false;
   private resumeDeadline = 0;
   private inputTimer: ReturnType<typeof setInterval> | null = null;
+  /** The server's tick period (LoginOk's tick rate), which paces inputs, idle ones included. */
+  private tickMs = 50;
   private pingTimer: ReturnType<typeof setInterval> | null = null;
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
   private pingNonce = 0;
@@ -395,6 +415,10 @@ export class Session {
           }
           break;
         }
+        const baseline = num(m.deltaSnapshot!.baselineTick);
+        this.decoded.decoded += 1;
+        if (baseline === 0) this.decoded.againstEmptyView += 1;
+        this.decoded.lastBaselineAge = baseline === 0 ? 0 : num(s.tick) - baseline;
         this.snapshot(s);
         break;
       }
@@ -514,7 +538,8 @@ export class Session {
 
   private startTimers(tickRateHz: number): void {
     this.stopTimers();
-    this.inputTimer = setInterval(() => this.tick(), 1000 / Math.max(1, tickRateHz));
+    this.tickMs = 1000 / Math.max(1, tickRateHz);
+    this.inputTimer = setInterval(() => this.tick(), this.tickMs);
     this.pingTimer = setInterval(() => {
       this.pingNonce += 1;
       this.send({ control: { ping: { nonce: u64(this.pingNonce), clientTimeUs: u64(nowUs()) } } });
@@ -528,10 +553,14 @@ export class Session {
     this.pingTimer = null;
   }
 
-  /** One client frame: send this tick's input if there is one, and predict it. */
-  tick(): void {
+  /**
+   * One client frame: send this tick's input if there is one, and predict it. A player doing nothing still sends
+   * an idle input (zero move, no ability) every `IDLE_INPUT_TICKS` ticks: its `snapshot_ack` keeps the server's
+   * delta baseline recent (see input.ts).
+   */
+  tick(nowMs: number = performance.now()): void {
     if (!this.connected) return;
-    const planned = this.planner.next(this.game.position(), this.game.stepLength());
+    const planned = this.planner.next(this.game.position(), this.game.stepLength(), nowMs, this.tickMs);
     if (planned === null) return;
     const sent = this.send({
       data: {
@@ -547,7 +576,7 @@ export class Session {
         },
       },
     });
-    if (sent) this.game.inputSent(planned, performance.now());
+    if (sent) this.game.inputSent(planned, nowMs);
   }
 
   /** Uses ability 1..3 on the current target (heal needs none). */
