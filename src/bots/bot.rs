@@ -681,6 +681,7 @@ impl Bot {
                 Ok(n) => {
                     if ctx.measuring() {
                         ctx.stats.bytes_in += n as u64;
+                        ctx.stats.data_bytes_in += n as u64;
                     }
                     n
                 }

@@ -71,6 +71,8 @@ pub(crate) struct ThreadStats {
     pub errors: BTreeMap<String, u64>,
     /// Bytes received from the server (TLS records and UDP datagrams, or WebSocket messages), in the window.
     pub bytes_in: u64,
+    /// Of which the data channel's (UDP datagrams, WebSocket data frames): snapshots above all.
+    pub data_bytes_in: u64,
     /// Bytes sent to the server, in the window.
     pub bytes_out: u64,
 }
@@ -88,6 +90,7 @@ impl ThreadStats {
     pub(crate) fn merge(&mut self, other: ThreadStats) {
         self.inputs += other.inputs;
         self.bytes_in += other.bytes_in;
+        self.data_bytes_in += other.data_bytes_in;
         self.bytes_out += other.bytes_out;
         self.inputs_skipped += other.inputs_skipped;
         self.snapshots += other.snapshots;
@@ -281,6 +284,8 @@ pub struct Report {
     pub inputs_per_sec: f64,
     /// Bytes from the server per connected player per second over the window.
     pub bytes_in_per_player_per_sec: f64,
+    /// Of which the data channel's (UDP datagrams, WebSocket data frames: snapshots above all).
+    pub data_bytes_in_per_player_per_sec: f64,
     /// Bytes to the server per connected player per second over the window.
     pub bytes_out_per_player_per_sec: f64,
     /// Snapshots received in the window.
@@ -380,6 +385,9 @@ impl Report {
             bytes_in_per_player_per_sec: stats.bytes_in as f64
                 / secs
                 / outcomes.iter().filter(|o| o.logged_in).count().max(1) as f64,
+            data_bytes_in_per_player_per_sec: stats.data_bytes_in as f64
+                / secs
+                / outcomes.iter().filter(|o| o.logged_in).count().max(1) as f64,
             bytes_out_per_player_per_sec: stats.bytes_out as f64
                 / secs
                 / outcomes.iter().filter(|o| o.logged_in).count().max(1) as f64,
@@ -449,8 +457,8 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  bandwidth:  {:.0} B/s in, {:.0} B/s out per player",
-            self.bytes_in_per_player_per_sec, self.bytes_out_per_player_per_sec
+            "  bandwidth:  {:.0} B/s in ({:.0} on the data channel), {:.0} B/s out per player",
+            self.bytes_in_per_player_per_sec, self.data_bytes_in_per_player_per_sec, self.bytes_out_per_player_per_sec
         );
         let _ = writeln!(s, "  input->snapshot: {}", q(&self.latency_ms, "ms"));
         let _ = writeln!(s, "                   {}", q(&self.latency_ticks, "ticks"));

@@ -283,6 +283,10 @@ impl WsBot {
                 Ok(Message::Binary(bytes)) => {
                     if ctx.measuring() {
                         ctx.stats.bytes_in += bytes.len() as u64;
+                        // Field 2 of WsFrame (`data`): the data channel's messages, snapshots above all.
+                        if bytes.first() == Some(&0x12) {
+                            ctx.stats.data_bytes_in += bytes.len() as u64;
+                        }
                     }
                     match WsFrame::decode(bytes.as_ref()) {
                         Ok(f) => self.on_frame(ctx, f),

@@ -158,9 +158,15 @@ impl Connection {
         &self.tls.sock
     }
 
-    /// Sends Hello and waits for HelloOk.
+    /// Sends Hello (protocol [`crate::proto::PROTOCOL_VERSION`]) and waits for HelloOk.
     pub fn hello(&mut self, client_name: &str) -> Result<HelloOk, ClientError> {
-        let mut session = ControlSession::new(ControlConfig::new(client_name, Instant::now()), None);
+        self.hello_version(client_name, crate::proto::PROTOCOL_VERSION)
+    }
+
+    /// Sends Hello for protocol `version` (1: full snapshots, 2: delta snapshots) and waits for HelloOk.
+    pub fn hello_version(&mut self, client_name: &str, version: u32) -> Result<HelloOk, ClientError> {
+        let config = ControlConfig { protocol_version: version, ..ControlConfig::new(client_name, Instant::now()) };
+        let mut session = ControlSession::new(config, None);
         session.connected(Instant::now());
         let result = loop {
             match self.next_event(&mut session) {

@@ -773,6 +773,11 @@ impl DataSession {
         input
     }
 
+    /// Protocol v2: the tick of the newest delta snapshot decoded, acknowledged in every input (0: none).
+    pub fn snapshot_ack(&self) -> u64 {
+        self.views.ack()
+    }
+
     /// Queues any message (tests, tools).
     pub fn send(&mut self, msg: DataMessage) {
         self.transmit.push_back(Pending::Message(msg));

@@ -271,6 +271,9 @@ pub struct GameConfig {
     /// A player whose connection drops without Logout stays in the world this long, resumable with its session
     /// token (0 = no resumption: the player is saved and released at once).
     pub resume_grace_secs: u64,
+    /// Most entities in one protocol-v2 (delta) snapshot, 20..=127: more shows more of a crowd for the same
+    /// bandwidth (unchanged entities cost nothing), and costs the simulation thread time per entity per player.
+    pub view_entities: usize,
 }
 
 /// `[chat]`: chat limits (see `sim::chat`). A line over a limit is not delivered; its sender gets `ChatRefused`.
@@ -447,6 +450,7 @@ impl Default for GameConfig {
             seed: 0x5EED,
             save_interval_secs: 30,
             resume_grace_secs: 30,
+            view_entities: crate::proto::delta::MAX_VIEW,
         }
     }
 }
@@ -570,6 +574,12 @@ impl Config {
         check(g.max_players >= 1, "game.max_players", g.max_players, "must be at least 1")?;
         check(g.save_interval_secs >= 1, "game.save_interval_secs", g.save_interval_secs, "must be at least 1")?;
         check(g.resume_grace_secs <= 600, "game.resume_grace_secs", g.resume_grace_secs, "must be 0..=600")?;
+        check(
+            (20..=crate::proto::delta::MAX_VIEW_LIMIT).contains(&g.view_entities),
+            "game.view_entities",
+            g.view_entities,
+            "must be 20..=127",
+        )?;
         let chat = &self.chat;
         check((1..=1000).contains(&chat.zone_burst), "chat.zone_burst", chat.zone_burst, "must be 1..=1000")?;
         check(
@@ -960,6 +970,16 @@ mod tests {
     fn bad_env_value_names_the_variable_key_and_value() {
         let err = Config::load_with_env(None, env(&[("GAME_TICK_RATE", "fast")])).unwrap_err().to_string();
         assert!(err.contains("GAME_TICK_RATE") && err.contains("game.tick_rate") && err.contains("fast"), "{err}");
+    }
+
+    #[test]
+    fn the_delta_view_is_bounded_by_what_one_byte_index_gaps_address() {
+        let load = |v: &str| Config::load_with_env(None, env(&[("REALM_GAME_VIEW_ENTITIES", v)]));
+        assert_eq!(load("127").unwrap().game.view_entities, 127);
+        for bad in ["19", "128", "0"] {
+            let err = load(bad).unwrap_err().to_string();
+            assert!(err.contains("game.view_entities") && err.contains(bad), "{err}");
+        }
     }
 
     #[test]

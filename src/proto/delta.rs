@@ -46,9 +46,11 @@ pub const WINDOW: u64 = 32;
 /// The server re-anchors a trajectory when its prediction is further than this from the entity, in 1/64 m
 /// (so a client's positions are within 1/16 m of the server's).
 pub const TOLERANCE: u32 = 4;
-/// Most entities in one client's view (v1 fits about 41 into a datagram; unchanged entities cost nothing here).
-/// Below 128, so every index gap is one byte.
+/// Most entities in one client's view by default (`game.view_entities`; v1 fits about 41 into a datagram,
+/// unchanged entities cost nothing here).
 pub const MAX_VIEW: usize = 84;
+/// The largest view a server may be configured for: below 128, so every index gap is one byte.
+pub const MAX_VIEW_LIMIT: usize = 127;
 
 /// Mask bits.
 pub const POS: u8 = 1;

@@ -21,7 +21,7 @@
 use prost::Message as _;
 
 use super::world::EntityId;
-use crate::proto::delta::{self as wire, QState, MAX_VIEW, TOLERANCE, WINDOW};
+use crate::proto::delta::{self as wire, QState, MAX_VIEW_LIMIT, TOLERANCE, WINDOW};
 use crate::proto::{data_message, DataMessage, DeltaSnapshot};
 
 /// Baselines whose update bodies are memoised per entity and tick.
@@ -243,7 +243,7 @@ impl Encoder {
     }
 
     /// Pass 3, per client: its `DataMessage { delta_snapshot }` into `out`, within `budget` bytes, from its
-    /// visible slots (nearest first; at most [`MAX_VIEW`]); records what was sent in `link`. Returns how many
+    /// visible slots (nearest first; at most [`MAX_VIEW_LIMIT`]); records what was sent in `link`. Returns how many
     /// entities the view holds.
     pub fn assemble(
         &mut self,
@@ -281,7 +281,7 @@ impl Encoder {
         let fixed = 3 + header.encoded_len() + 3 + 3;
         let mut used = fixed + base.ids.len();
         let mut shown = 0;
-        for &s in visible.iter().take(MAX_VIEW) {
+        for &s in visible.iter().take(MAX_VIEW_LIMIT) {
             let slot = s as usize;
             // Published this tick for every slot a view shows: the slot's entity now.
             let Hot { id, since, stamp: m_stamp, index: i } = self.hot[slot];

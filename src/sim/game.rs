@@ -208,6 +208,7 @@ pub struct Simulation {
     scratch_ids: Vec<EntityId>,
     scratch_order: Vec<(u32, SessionId, usize)>,
     snapshot_cache: SnapshotCache,
+    view_entities: usize,
 }
 
 /// A snapshot as it goes on the wire: an encoded `DataMessage { snapshot }` (see [`proto::encode_snapshot`]),
@@ -303,6 +304,7 @@ impl Simulation {
             scratch_ids: Vec::new(),
             scratch_order: Vec::new(),
             snapshot_cache: SnapshotCache::default(),
+            view_entities: MAX_VIEW,
             zone,
         };
         for (spawn_index, spawn) in sim.zone.npc_spawns.clone().iter().enumerate() {
@@ -320,6 +322,12 @@ impl Simulation {
             }
         }
         sim
+    }
+
+    /// Most entities in one protocol-v2 snapshot (`game.view_entities`, clamped to 1..=127).
+    pub fn with_view_entities(mut self, n: usize) -> Self {
+        self.view_entities = n.clamp(1, crate::proto::delta::MAX_VIEW_LIMIT);
+        self
     }
 
     /// Chat under `limits` (the default is `ChatConfig::default()`), refusals counted in `metrics`.
@@ -1059,7 +1067,7 @@ impl Simulation {
             cache.prev.clear();
             cache.prev.extend(player.visible.iter().filter_map(|&id| world.slot(id)).map(|s| s as u32));
             // v2 views hold unchanged entities for nothing: three times as many fit a datagram.
-            let limit = if player.delta.is_some() { MAX_VIEW } else { MAX_SNAPSHOT_ENTITIES };
+            let limit = if player.delta.is_some() { self.view_entities } else { MAX_SNAPSHOT_ENTITIES };
             let total = self.grid.visible_nearest(
                 world.pos[slot],
                 self.enter_r,
