@@ -1,8 +1,11 @@
 // What the player asks for, turned into one `Input` per tick.
 //
 // Sequences start at 1 for every session (login, resume, zone transfer) and rise by exactly one per input sent.
-// Nothing is sent while the player stands still and uses no ability: the server stops a player that sends no
-// input, and the prediction applies exactly the inputs that were sent (same rule as the terminal client).
+// While the player stands still and uses no ability, an input goes out only every `IDLE_INPUT_TICKS` ticks' worth
+// of time, with a zero move and no ability: it carries the `snapshot_ack` that keeps the server's delta baseline
+// recent (protocol v2), and the server takes a zero move as "stand still", exactly what it does for a player who
+// sends nothing (src/sim/game.rs, `apply_inputs`: no input and a zero move both set the velocity to zero). The
+// prediction applies exactly the inputs that were sent (a zero move is a step of zero).
 
 import { clampedDirection, pos, type Pos } from './prediction.js';
 
@@ -57,8 +60,18 @@ export function directionTowards(from: Pos, goal: Pos, stepLength: number): Pos 
   return pos(dx / d, dy / d);
 }
 
+/**
+ * While the player does nothing, an input (zero move, no ability) still goes out once this many ticks' worth of
+ * time have passed since the previous input. The server encodes each snapshot against the newest view the client
+ * acknowledged and falls back to full snapshots once that acknowledgement is 32 ticks (`WINDOW`) old; an idle
+ * client acknowledging every 4 ticks keeps getting small deltas. Tick rate 20: one input per 200 ms.
+ */
+export const IDLE_INPUT_TICKS = 4;
+
 export class InputPlanner {
   private sequence = 0;
+  /** When the last input was planned (-Infinity: none in this session, so an idle one is due at once). */
+  private lastPlannedMs = -Infinity;
   private held = new Set<string>();
   private goal: Pos | null = null;
   private ability: { id: number; target: number } | null = null;
@@ -66,6 +79,7 @@ export class InputPlanner {
   /** Forgets everything: a new session starts its sequences at 1 again. */
   reset(): void {
     this.sequence = 0;
+    this.lastPlannedMs = -Infinity;
     this.held.clear();
     this.goal = null;
     this.ability = null;
@@ -106,9 +120,11 @@ export class InputPlanner {
 
   /**
    * The input for this tick, or null when there is nothing to send. `here` is the predicted position and
-   * `stepLength` how far one input moves the player (click-to-move stops on the goal).
+   * `stepLength` how far one input moves the player (click-to-move stops on the goal); `nowMs` is the time and
+   * `tickMs` the server's tick period: a player doing nothing still gets an idle input (zero move, no ability)
+   * once `IDLE_INPUT_TICKS` tick periods have passed since the previous input.
    */
-  next(here: Pos, stepLength: number): PlannedInput | null {
+  next(here: Pos, stepLength: number, nowMs: number, tickMs: number): PlannedInput | null {
     let dir = keyDirection(this.held);
     if (dir.x === 0 && dir.y === 0 && this.goal !== null) {
       const towards = directionTowards(here, this.goal, stepLength);
@@ -116,8 +132,11 @@ export class InputPlanner {
       else dir = towards;
     }
     const moving = dir.x !== 0 || dir.y !== 0;
-    if (!moving && this.ability === null) return null;
+    // The caller asks once per tick period, give or take the timer's jitter: half a period of slack makes the idle
+    // input the 4th call after the last input, never the 5th because the 4th came a little early.
+    if (!moving && this.ability === null && nowMs - this.lastPlannedMs < (IDLE_INPUT_TICKS - 0.5) * tickMs) return null;
     this.sequence += 1;
+    this.lastPlannedMs = nowMs;
     const planned: PlannedInput = {
       sequence: this.sequence,
       moveDir: clampedDirection(dir),

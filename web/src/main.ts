@@ -260,6 +260,9 @@ const hook = {
       rttMs: session.rttMs,
       framesIn: session.framesIn,
       framesOut: session.framesOut,
+      snapshotAck: Number(session.views.ack()),
+      undecodable: { ...session.undecodable },
+      decoded: { ...session.decoded },
     };
   },
   register: (username: string, password: string) => session.enter('register', username, password),

@@ -3,7 +3,9 @@
 //
 // 64-bit fields: protobufjs decodes them as `Long` (long.js is bundled), so a `uint64` nonce the server picks at
 // random is echoed bit for bit. Ids and ticks are turned into JS numbers with `num()` for maps and arithmetic:
-// they stay far below 2^53 in practice, and a lossy id would only mis-draw, never be sent back as a nonce.
+// they stay far below 2^53 in practice, and a lossy id would only mis-draw, never be sent back as a nonce. The delta
+// decoder (delta.ts) needs exact u64 arithmetic on ids and ticks: it works in `bigint` (`big()`) and hands ids back
+// as unsigned `Long`s (`longOf()`), exactly what protobufjs gives for a v1 snapshot's ids.
 
 import type LongClass from 'long';
 import $protobuf from 'protobufjs/minimal.js';
@@ -25,6 +27,7 @@ export type ControlMessage = realm.v1.ControlMessage.$Properties;
 export type DataMessage = realm.v1.DataMessage.$Properties;
 export type LoginOk = realm.v1.LoginOk.$Properties;
 export type Snapshot = realm.v1.Snapshot.$Properties;
+export type DeltaSnapshot = realm.v1.DeltaSnapshot.$Properties;
 export type EntityState = realm.v1.EntityState.$Properties;
 export type ChatMessage = realm.v1.ChatMessage.$Properties;
 export type ChatRefused = realm.v1.ChatRefused.$Properties;
@@ -62,6 +65,19 @@ export function num(v: U64): number {
 /** A JS number as an unsigned 64-bit value for the encoder (exact up to 2^53). */
 export function u64(n: number): Long {
   return Long.fromNumber(Math.max(0, Math.floor(n)), true);
+}
+
+/** A 64-bit field as an exact unsigned `bigint` (0 when absent; a signed `Long` is read as its 64 bits). */
+export function big(v: U64): bigint {
+  if (v === null || v === undefined) return 0n;
+  if (typeof v === 'number') return BigInt.asUintN(64, BigInt(Math.trunc(v)));
+  return (BigInt(v.high >>> 0) << 32n) | BigInt(v.low >>> 0);
+}
+
+/** An unsigned 64-bit value (taken modulo 2^64) as the unsigned `Long` protobufjs decodes a `uint64` into. */
+export function longOf(v: bigint): Long {
+  const b = BigInt.asUintN(64, v);
+  return Long.fromBits(Number(b & 0xffffffffn) | 0, Number(b >> 32n) | 0, true);
 }
 
 /** Unpadded base64url (RFC 4648 section 5), the encoding of tokens in /ws query strings. */

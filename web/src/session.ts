@@ -1,5 +1,6 @@
 // The browser session: HTTP login, then one WebSocket carrying `WsFrame`s both ways, with resumption after a drop
-// and zone transfers. It owns the timers (one input per tick, a control ping every 5 s) and feeds `GameState`.
+// and zone transfers. It owns the timers (one input per tick while the player moves or acts, one every 4 ticks
+// while idle; a control ping every 5 s) and feeds `GameState`.
 //
 // Lifecycle (`phase`):
 //   login --POST /api/login|register--> connecting --loginOk--> game --drop without Kick--> resuming --loginOk--> game
@@ -9,7 +10,16 @@
 // Invariants: a socket that is no longer `this.ws` never changes anything (its late events are ignored: a
 // transfer or resume replaces the socket while the old one is still closing); every session (login, resume,
 // transfer) restarts input sequences at 1 and gets a fresh predictor, exactly as the server expects.
+//
+// Protocol version 2 (delta snapshots): every `/ws?` URL this opens asks for it (`&protocol=2`), so snapshots
+// arrive as `DeltaSnapshot`s against a view the client acknowledged; `delta.ts` decodes them into the `Snapshot`s
+// `GameState` takes, and every `Input` acknowledges the newest view decoded (`snapshot_ack`), as the Rust client
+// does. An idle player still sends an input (zero move, no ability) every `IDLE_INPUT_TICKS` ticks, so that the
+// acknowledgement never gets old enough (32 ticks) for the server to fall back to full snapshots. Each socket is a
+// new server session whose views start empty, so the decoder is reset with each. A server that answers with v1
+// `Snapshot`s is still understood.
 
+import { DeltaDecoder, DeltaError } from './delta.js';
 import { InputPlanner } from './input.js';
 import {
   ChatChannel,
@@ -20,10 +30,12 @@ import {
   encodeFrame,
   loginErrorName,
   loginErrorValue,
+  longOf,
   num,
   u64,
   type ControlMessage,
   type DataMessage,
+  type Snapshot,
   type WsFrameInit,
 } from './proto.js';
 import { GameState } from './state.js';
@@ -52,8 +64,13 @@ export const CONTROL_PING_MS = 5_000;
 export const LOGOUT_TIMEOUT_MS = 5_000;
 /** Chat text limit of the protocol, in UTF-8 bytes. */
 export const CHAT_MAX_BYTES = 256;
+/** The protocol version the client speaks: 2, delta snapshots (the `/ws` upgrade's `protocol` parameter). */
+export const PROTOCOL_VERSION = 2;
 
-/** The `/ws` URL on `base` (an http(s):// or ws(s):// origin, or a page location's origin) with a query. */
+/**
+ * The `/ws` URL on `base` (an http(s):// or ws(s):// origin, or a page location's origin) with a query, and
+ * `protocol=2` (a v1 server ignores it and sends full snapshots, which the client still reads).
+ */
 export function wsUrl(base: string, query: Record<string, string>): string {
   const u = new URL(base);
   u.protocol = u.protocol === 'https:' || u.protocol === 'wss:' ? 'wss:' : 'ws:';
@@ -61,7 +78,28 @@ export function wsUrl(base: string, query: Record<string, string>): string {
   u.search = '';
   u.hash = '';
   for (const [k, v] of Object.entries(query)) u.searchParams.set(k, v);
+  u.searchParams.set('protocol', String(PROTOCOL_VERSION));
   return u.toString();
+}
+
+/** Delta snapshots that could not be decoded in this page's life, by `DeltaError.kind` (for the test hook). */
+export interface UndecodableCounts {
+  stale: number;
+  missingBaseline: number;
+  malformed: number;
+}
+
+/** Delta snapshots decoded in this page's life (for the test hook). */
+export interface DecodedCounts {
+  /** All of them. */
+  decoded: number;
+  /**
+   * Those against an empty view (`baseline_tick` 0): each session's first, and any after the server stopped
+   * hearing acknowledgements (32 ticks without an input).
+   */
+  againstEmptyView: number;
+  /** Ticks between the last one and its baseline (0: against an empty view). */
+  lastBaselineAge: number;
 }
 
 /** Parses an /api error response into a SessionError (tolerates a body that is not the contract's JSON). */
@@ -133,6 +171,12 @@ export class Session {
   /** Frames received and sent (for the test hook and the HUD). */
   framesIn = 0;
   framesOut = 0;
+  /** Delta snapshots dropped undecoded (each is harmless: the next one decodes against what was acknowledged). */
+  readonly undecodable: UndecodableCounts = { stale: 0, missingBaseline: 0, malformed: 0 };
+  /** Delta snapshots decoded, and how old their baselines were. */
+  readonly decoded: DecodedCounts = { decoded: 0, againstEmptyView: 0, lastBaselineAge: 0 };
+  /** Protocol v2: the views decoded in this socket's session; its newest tick is acknowledged in every input. */
+  readonly views = new DeltaDecoder();
 
   private ws: WebSocket | null = null;
   /** The http(s) origin of the zone we are in (changes with zone transfers). */
@@ -142,6 +186,8 @@ export class Session {
   private leaving = false;
   private resumeDeadline = 0;
   private inputTimer: ReturnType<typeof setInterval> | null = null;
+  /** The server's tick period (LoginOk's tick rate), which paces inputs, idle ones included. */
+  private tickMs = 50;
   private pingTimer: ReturnType<typeof setInterval> | null = null;
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
   private pingNonce = 0;
@@ -217,6 +263,9 @@ export class Session {
   private open(url: string): void {
     this.closeSocket();
     this.kicked = false;
+    // A new server session: its first snapshot is against an empty view, and acknowledging a tick of the old
+    // session would name a view this one never sent (only spoiling our own next snapshot).
+    this.views.reset();
     const ws = new WebSocket(url);
     ws.binaryType = 'arraybuffer';
     this.ws = ws;
@@ -348,16 +397,29 @@ export class Session {
 
   private data(m: DataMessage): void {
     switch (m.body) {
-      case 'snapshot': {
-        const s = m.snapshot!;
-        this.game.snapshot(s, performance.now());
-        // The echo is the send time of the newest input the server processed, repeated in every snapshot until the
-        // next input: it measures a round trip only in the first snapshot that acknowledges a new input (otherwise
-        // the "rtt" of a player standing still would grow with the time since the last key press).
-        const acked = s.lastProcessedInput ?? 0;
-        const echoed = num(s.inputClientTimeUs);
-        if (echoed > 0 && acked > this.rttAcked) this.rttMs = (nowUs() - echoed) / 1000;
-        this.rttAcked = Math.max(this.rttAcked, acked);
+      case 'snapshot':
+        this.snapshot(m.snapshot!);
+        break;
+      case 'deltaSnapshot': {
+        let s: Snapshot;
+        try {
+          s = this.views.decode(m.deltaSnapshot!);
+        } catch (e) {
+          if (!(e instanceof DeltaError)) throw e;
+          // Nothing to do but count it: the views are unchanged and the next snapshot is against a view we hold.
+          if (e.kind === 'stale') this.undecodable.stale += 1;
+          else if (e.kind === 'missing-baseline') this.undecodable.missingBaseline += 1;
+          else {
+            this.undecodable.malformed += 1;
+            this.game.note(e.message, 'error');
+          }
+          break;
+        }
+        const baseline = num(m.deltaSnapshot!.baselineTick);
+        this.decoded.decoded += 1;
+        if (baseline === 0) this.decoded.againstEmptyView += 1;
+        this.decoded.lastBaselineAge = baseline === 0 ? 0 : num(s.tick) - baseline;
+        this.snapshot(s);
         break;
       }
       case 'ping':
@@ -369,6 +431,18 @@ export class Session {
       default:
         break;
     }
+  }
+
+  /** A v1 snapshot, or a v2 one decoded. */
+  private snapshot(s: Snapshot): void {
+    this.game.snapshot(s, performance.now());
+    // The echo is the send time of the newest input the server processed, repeated in every snapshot until the
+    // next input: it measures a round trip only in the first snapshot that acknowledges a new input (otherwise
+    // the "rtt" of a player standing still would grow with the time since the last key press).
+    const acked = s.lastProcessedInput ?? 0;
+    const echoed = num(s.inputClientTimeUs);
+    if (echoed > 0 && acked > this.rttAcked) this.rttMs = (nowUs() - echoed) / 1000;
+    this.rttAcked = Math.max(this.rttAcked, acked);
   }
 
   private transfer(m: ControlMessage): void {
@@ -464,7 +538,8 @@ export class Session {
 
   private startTimers(tickRateHz: number): void {
     this.stopTimers();
-    this.inputTimer = setInterval(() => this.tick(), 1000 / Math.max(1, tickRateHz));
+    this.tickMs = 1000 / Math.max(1, tickRateHz);
+    this.inputTimer = setInterval(() => this.tick(), this.tickMs);
     this.pingTimer = setInterval(() => {
       this.pingNonce += 1;
       this.send({ control: { ping: { nonce: u64(this.pingNonce), clientTimeUs: u64(nowUs()) } } });
@@ -478,10 +553,14 @@ export class Session {
     this.pingTimer = null;
   }
 
-  /** One client frame: send this tick's input if there is one, and predict it. */
-  tick(): void {
+  /**
+   * One client frame: send this tick's input if there is one, and predict it. A player doing nothing still sends
+   * an idle input (zero move, no ability) every `IDLE_INPUT_TICKS` ticks: its `snapshot_ack` keeps the server's
+   * delta baseline recent (see input.ts).
+   */
+  tick(nowMs: number = performance.now()): void {
     if (!this.connected) return;
-    const planned = this.planner.next(this.game.position(), this.game.stepLength());
+    const planned = this.planner.next(this.game.position(), this.game.stepLength(), nowMs, this.tickMs);
     if (planned === null) return;
     const sent = this.send({
       data: {
@@ -491,10 +570,13 @@ export class Session {
           ability: planned.ability,
           targetEntity: u64(planned.targetEntity),
           clientTimeUs: u64(nowUs()),
+          // v2: the newest view decoded, the baseline the server may encode the next snapshots against (0 before
+          // the first, and always 0 with a v1 server, which ignores the field).
+          snapshotAck: longOf(this.views.ack()),
         },
       },
     });
-    if (sent) this.game.inputSent(planned, performance.now());
+    if (sent) this.game.inputSent(planned, nowMs);
   }
 
   /** Uses ability 1..3 on the current target (heal needs none). */

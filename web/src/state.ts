@@ -98,7 +98,7 @@ export function entityFromWire(e: EntityState): Entity {
 
 export class GameState {
   joined: Joined | null = null;
-  /** Entities of the last snapshot (nearest first), the player included. */
+  /** Entities of the last snapshot (v1: nearest first; v2: by ascending id), the player included. */
   entities: Entity[] = [];
   totalVisible = 0;
   stats: PlayerStats | null = null;

@@ -138,26 +138,63 @@ test('the interpolation clock ignores jitter and resynchronises after a stall', 
   assert.ok(Math.abs(after - 2) < 1e-9, `after ${after}`);
 });
 
-test('input sequences start at 1, rise by one, and nothing is sent while standing still', () => {
+test('input sequences start at 1, rise by one; standing still sends only the idle input every 4 ticks', () => {
   const p = new InputPlanner();
   const here = pos(0, 0);
-  assert.equal(p.next(here, 0.3), null);
+  const TICK = 50;
+  // Ticks of the input timer: t(k) is the k-th at 50 ms each.
+  const t = (k: number) => 1000 + k * TICK;
+  // A new session's first tick sends an idle input at once (acknowledging what it has), then none for 3 ticks.
+  assert.deepEqual(p.next(here, 0.3, t(0), TICK), { sequence: 1, moveDir: pos(0, 0), ability: 0, targetEntity: 0 });
+  assert.equal(p.next(here, 0.3, t(1), TICK), null);
   p.keyDown('KeyW');
   p.keyDown('KeyD');
-  const a = p.next(here, 0.3)!;
-  assert.equal(a.sequence, 1);
+  const a = p.next(here, 0.3, t(2), TICK)!;
+  assert.equal(a.sequence, 2);
   assert.ok(Math.abs(Math.hypot(a.moveDir.x, a.moveDir.y) - 1) < 1e-9, 'a diagonal is a unit vector');
-  assert.equal(p.next(here, 0.3)!.sequence, 2);
+  assert.equal(p.next(here, 0.3, t(3), TICK)!.sequence, 3, 'moving: one input every tick');
   p.keyUp('KeyW');
   p.keyUp('KeyD');
-  assert.equal(p.next(here, 0.3), null);
+  assert.equal(p.next(here, 0.3, t(4), TICK), null);
   p.useAbility(1, 9);
-  const b = p.next(here, 0.3)!;
-  assert.deepEqual([b.sequence, b.ability, b.targetEntity, b.moveDir.x, b.moveDir.y], [3, 1, 9, 0, 0]);
-  assert.equal(p.next(here, 0.3), null, 'an ability is used once');
+  const b = p.next(here, 0.3, t(5), TICK)!;
+  assert.deepEqual([b.sequence, b.ability, b.targetEntity, b.moveDir.x, b.moveDir.y], [4, 1, 9, 0, 0]);
+  assert.equal(p.next(here, 0.3, t(6), TICK), null, 'an ability is used once');
+  assert.equal(p.next(here, 0.3, t(7), TICK), null);
+  assert.equal(p.next(here, 0.3, t(8), TICK), null);
+  // Four ticks after the last input: an idle one (zero move, no ability, no target), whatever came before.
+  assert.deepEqual(p.next(here, 0.3, t(9), TICK), { sequence: 5, moveDir: pos(0, 0), ability: 0, targetEntity: 0 });
   p.reset();
   p.keyDown('ArrowLeft');
-  assert.equal(p.next(here, 0.3)!.sequence, 1, 'a new session starts again at 1');
+  assert.equal(p.next(here, 0.3, t(10), TICK)!.sequence, 1, 'a new session starts again at 1');
+});
+
+test('idle inputs keep coming every 4 ticks of the tick rate, with a jittery timer too', () => {
+  for (const hz of [20, 30, 10]) {
+    const tick = 1000 / hz;
+    const p = new InputPlanner();
+    const r = (() => {
+      let a = hz;
+      return () => ((a = (a * 1103515245 + 12345) >>> 0) / 2 ** 32);
+    })();
+    const sent: number[] = [];
+    // Two minutes of a timer that fires once per tick period, each firing up to 30% of a period late (setInterval
+    // keeps its schedule: a late firing does not delay the next).
+    for (let k = 0; k < 120 * hz; k++) {
+      const now = 5000 + k * tick + r() * 0.3 * tick;
+      const planned = p.next(pos(0, 0), 0.3, now, tick);
+      if (planned !== null) {
+        assert.deepEqual([planned.moveDir, planned.ability, planned.targetEntity], [pos(0, 0), 0, 0]);
+        assert.equal(planned.sequence, sent.length + 1);
+        sent.push(now);
+      }
+    }
+    const gaps = sent.slice(1).map((s, i) => (s - sent[i]) / tick);
+    // Every 4th firing: 4 periods give or take the lateness, never the 5th (the acknowledgement the server holds
+    // is at most about 4 + the round trip in ticks old, far within its 32-tick window).
+    assert.ok(Math.max(...gaps) <= 4.3 + 1e-9 && Math.min(...gaps) >= 3.7 - 1e-9, `${hz} Hz: gaps ${Math.min(...gaps)}..${Math.max(...gaps)}`);
+    assert.equal(sent.length, 30 * hz, `${hz} Hz: idle inputs in 2 min`);
+  }
 });
 
 test('keys: opposite directions cancel, W and ArrowUp are one up; click-to-move stops on the goal', () => {
@@ -169,6 +206,7 @@ test('keys: opposite directions cancel, W and ArrowUp are one up; click-to-move 
   assert.equal(directionTowards(pos(0, 0), pos(0.01, 0), 0.3), null);
   const p = new InputPlanner();
   p.moveTo(pos(0.6, 0));
-  assert.deepEqual(p.next(pos(0, 0), 0.3)!.moveDir, pos(1, 0));
-  assert.equal(p.next(pos(0.6, 0), 0.3), null, 'arrived: stop sending');
+  assert.deepEqual(p.next(pos(0, 0), 0.3, 1000, 50)!.moveDir, pos(1, 0));
+  assert.equal(p.next(pos(0.6, 0), 0.3, 1050, 50), null, 'arrived: stop sending');
+  assert.equal(p.goalPosition(), null);
 });

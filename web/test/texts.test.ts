@@ -47,10 +47,10 @@ test('close codes of the gateway contract have their own texts', () => {
   assert.match(closeText(1006, ''), /lost \(code 1006\)/);
 });
 
-test('ws URLs: same origin for login, the zone web_address for transfers, tokens URL-encoded', () => {
-  assert.equal(wsUrl('http://127.0.0.1:8080', { token: 'a.b+c' }), 'ws://127.0.0.1:8080/ws?token=a.b%2Bc');
-  assert.equal(wsUrl('https://zone2.example:8443', { transfer: '-_AA', username: 'ann' }), 'wss://zone2.example:8443/ws?transfer=-_AA&username=ann');
-  assert.equal(wsUrl('http://h:1/some/path?x=1', { resume: 'QQ' }), 'ws://h:1/ws?resume=QQ');
+test('ws URLs: same origin for login, the zone web_address for transfers, tokens URL-encoded, protocol 2 on every one', () => {
+  assert.equal(wsUrl('http://127.0.0.1:8080', { token: 'a.b+c' }), 'ws://127.0.0.1:8080/ws?token=a.b%2Bc&protocol=2');
+  assert.equal(wsUrl('https://zone2.example:8443', { transfer: '-_AA', username: 'ann' }), 'wss://zone2.example:8443/ws?transfer=-_AA&username=ann&protocol=2');
+  assert.equal(wsUrl('http://h:1/some/path?x=1', { resume: 'QQ' }), 'ws://h:1/ws?resume=QQ&protocol=2');
 });
 
 test('chat length is counted in UTF-8 bytes like the server does', () => {
