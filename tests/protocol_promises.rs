@@ -221,3 +221,34 @@ fn a_version_1_and_a_version_2_client_play_in_one_world() {
     assert!(most[0] <= 45 && most[1] > 60, "entities in one snapshot: v1 {}, v2 {}", most[0], most[1]);
     s.stop();
 }
+
+/// `Input.snapshot_ack` is the client's word and is checked: acknowledging a tick never sent (the future, the far
+/// past, garbage) changes nothing but that client's own baseline. Its snapshots stay decodable (whole ones, against
+/// an empty view, until it acknowledges something real) and the server goes on serving everyone.
+#[test]
+fn bogus_snapshot_acknowledgements_cost_the_liar_its_deltas_and_nothing_else() {
+    let s = ServerProcess::start(&[]);
+    let mut c = s.connect().unwrap();
+    let ok = register(&mut c, "liar");
+    let mut link = bind(&s, &c, &ok);
+    let mut honest = s.connect().unwrap();
+    let honest_ok = register(&mut honest, "honest");
+    let mut honest_link = bind(&s, &honest, &honest_ok);
+    let (mut decoded, mut sequence) = (0, 0);
+    for (i, ack) in [u64::MAX, 1 << 40, 3, 0, u64::MAX - 1, 7].iter().cycle().take(60).enumerate() {
+        sequence += 1;
+        let lie = Input { sequence, move_dir: Some(Vec2 { x: 0.0, y: 1.0 }), snapshot_ack: *ack, ..Default::default() };
+        link.send(&DataMessage::new(DataBody::Input(lie))).unwrap();
+        honest_link.session().input(Vec2 { x: 1.0, y: 0.0 }, 0, 0, Instant::now());
+        honest_link.flush().unwrap();
+        if let Ok(DataMessage { body: Some(DataBody::Snapshot(snap)) }) = link.recv(Duration::from_millis(60)) {
+            assert!(snap.entities.iter().any(|e| e.id == ok.entity_id), "snapshot {i}: the liar still sees itself");
+            decoded += 1;
+        }
+        let _ = honest_link.recv(Duration::from_millis(5));
+    }
+    assert!(decoded >= 30, "the liar's snapshots decode: {decoded} of 60");
+    assert!(honest_link.session().snapshot_ack() > 0, "the honest client gets deltas meanwhile");
+    assert_eq!(s.admin_get("/health", Duration::from_secs(5)).map(|r| r.0), Some(200), "the server is up");
+    s.stop();
+}
