@@ -94,6 +94,15 @@ is_running() {
   tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "^$prog\b\|^$(basename "$prog")\b\|^nginx: master"
 }
 
+# alive PART: the process this run just started is still there. While a part starts, its pid is a forked shell,
+# then `setsid`, then the program: is_running's command-line check would call it gone (seen under load in CI: a
+# starting prometheus declared "exited" and killed by the cleanup). A pid this run started cannot be reused yet.
+alive() {
+  local pid
+  pid=$(pid_of "$1") || return 1
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+}
+
 # start_bg PART COMMAND...: background, own session (setsid: a Ctrl-C in this terminal does not reach it), log
 # appended, pid recorded.
 start_bg() {
@@ -230,7 +239,7 @@ zone_env() {
 wait_zone() { # wait_zone PART: /ready 200, or a clear failure
   local part=$1 admin=${ZONE_ADMIN[$1]} deadline=$((SECONDS + ZONE_READY_SECS)) code
   while :; do
-    if ! is_running "$part"; then
+    if ! alive "$part"; then
       echo "----- last lines of $LOGS/$part.log -----" >&2
       tail -n 15 "$LOGS/$part.log" >&2
       echo "-----" >&2
@@ -342,7 +351,7 @@ up() {
       --web.listen-address="127.0.0.1:$PROM_PORT" --web.enable-lifecycle
     local deadline=$((SECONDS + 30))
     until [ "$(http_code "http://127.0.0.1:$PROM_PORT/-/ready")" = 200 ]; do
-      is_running prometheus || die "prometheus exited; see $LOGS/prometheus.log"
+      alive prometheus || die "prometheus exited; see $LOGS/prometheus.log"
       [ "$SECONDS" -lt "$deadline" ] || die "prometheus not ready after 30 s; see $LOGS/prometheus.log"
       sleep 0.5
     done
@@ -355,7 +364,7 @@ up() {
     start_bg nginx nginx -p "$STATE/nginx/" -e "$LOGS/nginx-error.log" -c "$STATE/nginx/nginx.conf" -g 'daemon off;'
     local deadline=$((SECONDS + 10))
     until port_busy "$NGINX_PORT"; do
-      is_running nginx || die "nginx exited; see $LOGS/nginx.log and $LOGS/nginx-error.log"
+      alive nginx || die "nginx exited; see $LOGS/nginx.log and $LOGS/nginx-error.log"
       [ "$SECONDS" -lt "$deadline" ] || die "nginx is not listening on $NGINX_PORT after 10 s"
       sleep 0.2
     done
