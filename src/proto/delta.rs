@@ -98,12 +98,30 @@ pub struct QState {
 
 /// Quantizes a position coordinate (negative, NaN: 0; too large: saturates).
 pub fn quantize_pos(v: f32) -> u32 {
-    (v * POS_SCALE).round() as u32
+    round(v * POS_SCALE) as u32
 }
 
 /// Quantizes a velocity component (NaN: 0; saturates).
 pub fn quantize_vel(v: f32) -> i32 {
-    (v * VEL_SCALE).round() as i32
+    round(v * VEL_SCALE) as i32
+}
+
+/// `y.round()` (half away from zero) without a call into libm: `round` is not an instruction on baseline x86-64,
+/// and the simulation quantizes every entity every tick. Below 2^23 the fraction `y - trunc(y)` is exact; from
+/// there on every `f32` is a whole number (NaN and infinities pass through).
+fn round(y: f32) -> f32 {
+    if !(y.abs() < 8_388_608.0) {
+        return y;
+    }
+    let t = y as i32 as f32;
+    let f = y - t;
+    if f >= 0.5 {
+        t + 1.0
+    } else if f <= -0.5 {
+        t - 1.0
+    } else {
+        t
+    }
 }
 
 impl QState {
@@ -741,5 +759,18 @@ mod tests {
         assert_eq!(varint_len(127), 1);
         assert_eq!(varint_len(128), 2);
         assert_eq!(varint_len(u64::MAX), 10);
+    }
+
+    #[test]
+    fn the_quantizers_round_exactly_as_f32_round_does() {
+        let mut edges = vec![0.0f32, -0.0, 0.5, -0.5, 1.5, 2.5, -2.5, f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
+        edges.extend([0.5f32, 1.5, 8_388_607.5, 8_388_608.0, 4.0e9, -4.0e9, 3.0e10].map(|v| v / POS_SCALE));
+        edges.extend([0.5f32, 1.5].map(|v| f32::from_bits(v.to_bits() - 1) / POS_SCALE));
+        let mut rng = crate::sim::rng::Pcg32::new(5, 5);
+        edges.extend((0..200_000).map(|_| rng.range(-70_000.0, 70_000.0)));
+        for v in edges {
+            assert_eq!(quantize_pos(v), (v * POS_SCALE).round() as u32, "{v}");
+            assert_eq!(quantize_vel(v), (v * VEL_SCALE).round() as i32, "{v}");
+        }
     }
 }

@@ -20,7 +20,7 @@
 
 use prost::Message as _;
 
-use super::world::EntityId;
+use super::world::{EntityId, Vec2};
 use crate::proto::delta::{self as wire, QState, MAX_VIEW_LIMIT, TOLERANCE, WINDOW};
 
 /// Views kept per client as possible baselines: acknowledgements up to this many ticks old (800 ms at 20 ticks
@@ -30,6 +30,9 @@ use crate::proto::delta::{self as wire, QState, MAX_VIEW_LIMIT, TOLERANCE, WINDO
 pub const KEPT: u64 = 16;
 const _: () = assert!(KEPT <= WINDOW);
 use crate::proto::{data_message, DataMessage, DeltaSnapshot};
+
+/// A player that moved further than this (metres) since its view's last query gets a new one at once.
+pub const JUMP: f32 = 8.0;
 
 /// Baselines whose update bodies are memoised per entity and tick.
 const MEMO: usize = 4;
@@ -42,25 +45,42 @@ fn slot_of(id: EntityId) -> usize {
 /// Marks "no body" (the entity's state at that baseline is not known).
 const NONE: u32 = u32::MAX;
 
-/// What was sent to one client at one tick: its view then, by ascending id.
-#[derive(Debug, Default, Clone)]
-struct Sent {
-    tick: u64,
-    /// By ascending id (an id's low 32 bits are its slot).
-    ids: Vec<EntityId>,
-}
-
 /// One v2 client's side of the protocol on the server.
 #[derive(Debug, Clone)]
 pub struct DeltaLink {
     /// The newest tick it acknowledged that was sent to it (0: none).
     ack: u64,
-    sent: Vec<Sent>,
+    /// Per tick of the last [`KEPT`] (at `tick % KEPT`): `(tick, version of the view sent then)`.
+    sent: Vec<(u64, u64)>,
+    /// The views sent, by ascending id, each once however many ticks it was sent for: version `v` at
+    /// `views[v % KEPT]`. A new version is made at most once a tick, so the [`KEPT`] newest are every one the
+    /// window refers to.
+    views: Vec<Vec<EntityId>>,
+    /// The newest view's version (0: none yet).
+    version: u64,
+    /// The entities its view should hold, by ascending id: the last area-of-interest query's answer (entities
+    /// that died since are dropped as they are met).
+    want: Vec<EntityId>,
+    /// Whether `want` is the newest view (nothing was queried anew, dropped or cut since it was sent).
+    want_sent: bool,
+    /// How many entities that query found in range (the view holds at most `view_entities` of them).
+    total: u32,
+    /// When and where that query was made (`None`: never).
+    queried: Option<(u64, Vec2)>,
 }
 
 impl Default for DeltaLink {
     fn default() -> Self {
-        Self { ack: 0, sent: vec![Sent::default(); KEPT as usize] }
+        Self {
+            ack: 0,
+            sent: vec![(0, 0); KEPT as usize],
+            views: vec![Vec::new(); KEPT as usize],
+            version: 0,
+            want: Vec::new(),
+            want_sent: false,
+            total: 0,
+            queried: None,
+        }
     }
 }
 
@@ -68,23 +88,87 @@ impl DeltaLink {
     /// Takes `Input.snapshot_ack`: only a newer tick that was sent to this client counts (a client acknowledging
     /// what it never got only spoils its own view: its next snapshot does not decode, and it acknowledges again).
     pub fn acknowledge(&mut self, tick: u64) {
-        if tick > self.ack && self.sent[(tick % KEPT) as usize].tick == tick {
+        if tick > self.ack && self.sent[(tick % KEPT) as usize].0 == tick {
             self.ack = tick;
         }
     }
 
-    /// The baseline for a snapshot at `now`: the acknowledged view, unless it is too old.
-    fn baseline(&self, now: u64) -> Option<&Sent> {
-        if self.ack == 0 || now.saturating_sub(self.ack) >= KEPT {
-            return None;
+    /// Whether its view is due a new area-of-interest query at `tick` for a player at `pos`: every `period` ticks
+    /// (each client on its own phase, `phase`), and at once after a jump (a respawn, a teleport) of more than
+    /// [`JUMP`] metres.
+    pub fn query_due(&self, tick: u64, pos: Vec2, period: u64, phase: u64) -> bool {
+        match self.queried {
+            None => true,
+            Some((at, from)) => {
+                tick.saturating_sub(at) >= period || (tick + phase) % period == 0 || from.dist2(pos) > JUMP * JUMP
+            }
         }
-        Some(&self.sent[(self.ack % KEPT) as usize]).filter(|s| s.tick == self.ack)
+    }
+
+    /// Takes a query's answer: `ids` (ascending) of the `total` in range.
+    pub fn set_view(&mut self, tick: u64, pos: Vec2, total: usize, ids: &[EntityId]) {
+        debug_assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        if self.want != ids {
+            self.want.clear();
+            self.want.extend_from_slice(ids);
+            self.want_sent = false;
+        }
+        self.total = total as u32;
+        self.queried = Some((tick, pos));
+    }
+
+    /// The entities its view should hold, by ascending id (some may have died since the query).
+    pub fn want(&self) -> &[EntityId] {
+        &self.want
+    }
+
+    /// How many entities the last query found in range.
+    pub fn total(&self) -> u32 {
+        self.total
+    }
+
+    /// Drops the wanted entities `alive` says are gone.
+    pub fn retain_wanted(&mut self, alive: impl Fn(EntityId) -> bool) {
+        let before = self.want.len();
+        self.want.retain(|&id| alive(id));
+        self.want_sent &= self.want.len() == before;
+    }
+
+    /// Pass 1, per client: its baseline for a snapshot at `now`, the acknowledged view unless it is too old.
+    pub fn plan(&self, now: u64) -> Client {
+        let (tick, version) = self.sent[(self.ack % KEPT) as usize];
+        if self.ack == 0 || now.saturating_sub(self.ack) >= KEPT || tick != self.ack {
+            return Client { base: 0, version: 0 };
+        }
+        Client { base: tick, version }
+    }
+
+    /// The view of version `version` (empty for 0).
+    fn view(&self, version: u64) -> &[EntityId] {
+        if version == 0 {
+            return &[];
+        }
+        &self.views[(version % KEPT) as usize]
+    }
+
+    /// Records that the newest view was sent again at `tick`.
+    fn resent(&mut self, tick: u64) {
+        self.sent[(tick % KEPT) as usize] = (tick, self.version);
+    }
+
+    /// Records a new view sent at `tick`.
+    fn sent_new(&mut self, tick: u64, ids: &[EntityId]) {
+        self.version += 1;
+        let view = &mut self.views[(self.version % KEPT) as usize];
+        view.clear();
+        view.extend_from_slice(ids);
+        self.resent(tick);
     }
 
     /// The ids sent at `tick`, if still held (tests compare them with what the client decoded).
     pub fn sent_ids(&self, tick: u64) -> Option<&[EntityId]> {
-        let s = &self.sent[(tick % KEPT) as usize];
-        (s.tick == tick).then_some(&s.ids[..])
+        let (at, version) = self.sent[(tick % KEPT) as usize];
+        (at == tick && version != 0).then(|| self.view(version))
     }
 }
 
@@ -92,22 +176,40 @@ impl DeltaLink {
 /// an entity changes more than this often within it (then an old baseline sends it whole).
 const OLDER: usize = 3;
 
-/// What every view's every entity needs of its slot, packed in 24 bytes (read for each entity of each view;
-/// the whole array stays in the L2 cache where [`Published`] would not).
+/// What every view's every entity needs of its slot, packed in 8 bytes: read for each entity of each view each
+/// tick (2,000 views of 84: 168,000 reads at random slots), so the whole array (176 KB at 22,000 slots) must stay
+/// in the L2 cache where [`Published`] would not.
 #[derive(Clone, Copy, Default)]
 struct Hot {
-    /// The entity (0: none yet; slots are reused).
-    id: EntityId,
-    /// Its published state has been the same since this tick.
-    since: u64,
-    /// Set while one client's snapshot is assembled: `(client stamp, index in its baseline)`.
-    stamp: u32,
-    index: u32,
+    /// The entity's generation, its id's high 32 bits (0: none; slots are reused).
+    generation: u32,
+    /// The low 32 bits of the tick since which its published state is the same. Re-stamped before it is 2^30
+    /// ticks old (620 days at 20 ticks per second), so that a wrapping comparison with a baseline (at most
+    /// [`KEPT`] ticks old) is exact.
+    since: u32,
 }
+
+impl Hot {
+    fn holds(self, id: EntityId) -> bool {
+        self.generation != 0 && self.generation == (id >> 32) as u32
+    }
+
+    /// Whether its published state changed after `base` (a tick at most 2^30 before now).
+    fn changed_after(self, base: u64) -> bool {
+        (self.since.wrapping_sub(base as u32) as i32) > 0
+    }
+}
+
+/// Older than this (ticks), an unchanged state is stamped anew ([`Hot::since`]).
+const RESTAMP: u64 = 1 << 30;
 
 /// One slot's published state, the tick's memoised bodies.
 #[derive(Clone, Copy, Default)]
 struct Published {
+    /// The entity (0: none).
+    id: EntityId,
+    /// Its published state has been the same since this tick.
+    since: u64,
     q: QState,
     /// This tick's memo: the tick it is for, and per baseline (clients acknowledge the last few ticks) the update
     /// body in the arena.
@@ -121,27 +223,37 @@ struct Published {
 /// One v2 client between the passes.
 #[derive(Debug, Clone, Copy)]
 pub struct Client {
-    /// Its baseline tick (0: none).
+    /// Its baseline tick (0: none) ...
     pub base: u64,
+    /// ... and the version of the view sent then.
+    version: u64,
 }
 
 /// The published states and this tick's encodings, reused from tick to tick.
 #[derive(Default)]
 pub struct Encoder {
-    /// Per slot: the entity, since when its state is unchanged, the client marks ...
+    /// Per slot: the entity and since when its state is unchanged ...
     hot: Vec<Hot>,
+    /// ... the marks of [`Encoder::assemble`], `(client stamp, index in its baseline)` ...
+    marks: Vec<(u32, u32)>,
     /// ... the newest published state ...
     published: Vec<Published>,
-    /// ... and the changes before it, newest first (cold: read only for baselines older than the newest).
+    /// ... and the changes before it, newest first (cold: read only for baselines older than the newest) ...
     older: Vec<[(u64, QState); OLDER]>,
+    /// ... and until which tick some view wants it (only those are published: [`Encoder::want`]).
+    wanted: Vec<u64>,
     /// This tick's bodies, back to back.
     arena: Vec<u8>,
     stamp: u32,
-    /// Scratch: per baseline index, its body (`NONE`: removed); the entities entering; the entities bytes.
+    /// Scratch: per baseline index, its body (`NONE`: removed); the removed baseline indices, the updates
+    /// `(baseline index, body)`, the entities entering; the entities bytes; a view's slot records.
     hit: Vec<(u32, u32)>,
+    removed: Vec<u32>,
+    updates: Vec<(u32, u32, u32)>,
+    gathered: Vec<Hot>,
     entering: Vec<(EntityId, u32)>,
     bytes: Vec<u8>,
-    next: Sent,
+    next: Vec<EntityId>,
 }
 
 /// What [`Encoder::assemble`] needs of the world.
@@ -155,12 +267,12 @@ pub struct Frame {
 impl Encoder {
     /// The state the server published for `id` (in `slot`) at `tick`, if still known.
     pub fn published_at(&self, slot: usize, tick: u64, id: EntityId) -> Option<QState> {
-        let h = self.hot.get(slot)?;
-        if h.id != id || h.id == 0 {
+        let p = self.published.get(slot)?;
+        if p.id != id || id == 0 {
             return None;
         }
-        if h.since <= tick {
-            return Some(self.published[slot].q);
+        if p.since <= tick {
+            return Some(p.q);
         }
         self.older[slot].iter().find(|(since, _)| *since != 0 && *since <= tick).map(|(_, q)| *q)
     }
@@ -169,29 +281,37 @@ impl Encoder {
     pub fn begin(&mut self, slots: usize) {
         self.arena.clear();
         self.hot.resize(slots, Hot::default());
+        self.marks.resize(slots, (0, 0));
+        self.wanted.resize(slots, 0);
         self.published.resize(slots, Published::default());
         self.older.resize(slots, [(0, QState::default()); OLDER]);
     }
 
-    /// Pass 1, per client: its baseline.
-    pub fn plan(&mut self, link: &DeltaLink, now: u64) -> Client {
-        Client { base: link.baseline(now).map_or(0, |b| b.tick) }
+    /// Pass 1: a view's query answered `slots`; that view is queried again by tick `until` (so every slot in some
+    /// view is published every tick).
+    pub fn want(&mut self, slots: impl Iterator<Item = usize>, until: u64) {
+        for s in slots {
+            self.wanted[s] = self.wanted[s].max(until);
+        }
     }
 
-    /// Pass 2: the published state of every slot some v2 client sees (`seen`: one bit per slot; `state` gives
-    /// its id and quantized state anchored at `tick`), re-anchored only when it strays.
-    pub fn encode(&mut self, tick: u64, tick_rate: u32, seen: &[u64], state: impl Fn(usize) -> (EntityId, QState)) {
-        for (word_at, &word) in seen.iter().enumerate() {
-            let mut bits = word;
-            while bits != 0 {
-                let s = word_at * 64 + bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                let (id, now) = state(s);
-                let h = &mut self.hot[s];
+    /// Pass 2: the published state of every slot some view wants (`state` gives its id and quantized state anchored at `tick`,
+    /// `None` if it holds no entity now), re-anchored only when it strays.
+    pub fn encode(&mut self, tick: u64, tick_rate: u32, state: impl Fn(usize) -> Option<(EntityId, QState)>) {
+        {
+            for s in 0..self.published.len() {
+                if self.wanted[s] < tick {
+                    continue;
+                }
+                let Some((id, now)) = state(s) else {
+                    self.hot[s] = Hot::default();
+                    self.published[s].id = 0;
+                    continue;
+                };
                 let p = &mut self.published[s];
-                if h.id != id {
-                    (h.id, h.since) = (id, tick);
-                    *p = Published { q: now, ..Published::default() };
+                if p.id != id {
+                    *p = Published { id, since: tick, q: now, ..Published::default() };
+                    self.hot[s] = Hot { generation: (id >> 32) as u32, since: tick as u32 };
                     self.older[s] = [(0, QState::default()); OLDER];
                     continue;
                 }
@@ -205,9 +325,14 @@ impl Encoder {
                 if q != p.q {
                     let older = &mut self.older[s];
                     older.copy_within(0..OLDER - 1, 1);
-                    older[0] = (h.since, p.q);
-                    h.since = tick;
+                    older[0] = (p.since, p.q);
+                    p.since = tick;
                     p.q = q;
+                    self.hot[s].since = tick as u32;
+                } else if tick - p.since >= RESTAMP {
+                    // Unchanged for long: stamped as changed now (the update is empty) to keep `Hot::since` exact.
+                    p.since = tick;
+                    self.hot[s].since = tick as u32;
                 }
             }
         }
@@ -249,6 +374,147 @@ impl Encoder {
         body
     }
 
+    /// The entities bytes of `removed` (baseline indices, ascending), `updates` (`(baseline index, body)`,
+    /// ascending) and `entering` (by ascending id), into `bytes`.
+    fn write_entities(&mut self) {
+        let bytes = &mut self.bytes;
+        bytes.clear();
+        wire::put_varint(bytes, self.removed.len() as u64);
+        let mut previous: Option<u32> = None;
+        for &i in &self.removed {
+            wire::put_varint(bytes, u64::from(previous.map_or(i, |p| i - p - 1)));
+            previous = Some(i);
+        }
+        wire::put_varint(bytes, self.updates.len() as u64);
+        let mut previous: Option<u32> = None;
+        for &(i, start, len) in &self.updates {
+            wire::put_varint(bytes, u64::from(previous.map_or(i, |p| i - p - 1)));
+            previous = Some(i);
+            bytes.extend_from_slice(&self.arena[start as usize..(start + len) as usize]);
+        }
+        wire::put_varint(bytes, self.entering.len() as u64);
+        let mut previous: Option<EntityId> = None;
+        for &(id, s) in &self.entering {
+            wire::put_varint(bytes, previous.map_or(id, |p| id - p - 1));
+            previous = Some(id);
+            let (start, len) = self.published[s as usize].entry;
+            bytes.extend_from_slice(&self.arena[start as usize..(start + len) as usize]);
+        }
+    }
+
+    /// `DataMessage { delta_snapshot }` of `header` and `bytes` into `out`; whether it fits `budget`.
+    fn message(&mut self, header: DeltaSnapshot, budget: usize, out: &mut Vec<u8>) -> bool {
+        let message = DataMessage {
+            body: Some(data_message::Body::DeltaSnapshot(DeltaSnapshot {
+                entities: std::mem::take(&mut self.bytes),
+                ..header
+            })),
+        };
+        let len = message.encoded_len();
+        out.clear();
+        if len <= budget {
+            out.reserve(len);
+            message.encode(out).expect("a Vec grows");
+        }
+        if let Some(data_message::Body::DeltaSnapshot(d)) = message.body {
+            self.bytes = d.entities;
+        }
+        len <= budget
+    }
+
+    /// Pass 3, per client, the usual way: its snapshot into `out` against its baseline, holding every entity of
+    /// the view `link` wants (the last query's, [`DeltaLink::set_view`]), by one merge of the two id-sorted lists;
+    /// records what was sent. An entity of both costs a comparison of two ticks unless it changed. `None` (nothing
+    /// sent, nothing recorded) when that view does not fit `budget`: [`Encoder::assemble`] then chooses nearest
+    /// first.
+    pub fn assemble_wanted(
+        &mut self,
+        link: &mut DeltaLink,
+        frame: &Frame,
+        header: DeltaSnapshot,
+        budget: usize,
+        out: &mut Vec<u8>,
+    ) -> Option<usize> {
+        let (tick, base_tick) = (frame.tick, frame.client.base);
+        self.removed.clear();
+        self.updates.clear();
+        self.entering.clear();
+        // The wanted entities' slot records first, in a loop of independent loads the CPU overlaps (the merge
+        // below branches on each one: there every miss would stall it).
+        let hot = &self.hot;
+        self.gathered.clear();
+        self.gathered.extend(link.want.iter().map(|&id| hot[slot_of(id)]));
+        let mut gone = false;
+        // The usual case: the client acknowledged the view it is still to get, so nothing enters or leaves unless
+        // it died, and the baseline need not be read.
+        let same = base_tick != 0 && link.want_sent && frame.client.version == link.version;
+        let b = if same { &[][..] } else { link.view(frame.client.version) };
+        let mut i = 0;
+        for (k, &id) in link.want.iter().enumerate() {
+            let in_base = if same {
+                i = k;
+                true
+            } else {
+                // Baseline entities before it are not wanted: removed.
+                while i < b.len() && b[i] < id {
+                    self.removed.push(i as u32);
+                    i += 1;
+                }
+                i < b.len() && b[i] == id
+            };
+            let h = self.gathered[k];
+            if !h.holds(id) {
+                // Gone since the query (published this tick: the slot holds another entity or none).
+                gone = true;
+                if in_base {
+                    self.removed.push(i as u32);
+                    i += 1;
+                }
+                continue;
+            }
+            let slot = slot_of(id);
+            if in_base {
+                i += 1;
+                if !h.changed_after(base_tick) {
+                    continue;
+                }
+                let (start, len) = self.update(slot, id, base_tick, tick);
+                if start != NONE {
+                    if len != 0 {
+                        self.updates.push((i as u32 - 1, start, len));
+                    }
+                    continue;
+                }
+                // Its state at the baseline is no longer known: removed, and entered again whole.
+                self.removed.push(i as u32 - 1);
+            }
+            self.entry(slot, tick);
+            self.entering.push((id, slot as u32));
+        }
+        if !same {
+            self.removed.extend(i as u32..b.len() as u32);
+        }
+        self.write_entities();
+        if !self.message(header, budget, out) {
+            return None;
+        }
+        if gone {
+            let hot = &self.hot;
+            link.want.retain(|&id| hot[slot_of(id)].holds(id));
+            link.want_sent = false;
+        }
+        // The view now: every wanted entity.
+        if link.want_sent {
+            link.resent(tick);
+        } else {
+            let want = std::mem::take(&mut link.want);
+            link.sent_new(tick, &want);
+            link.want = want;
+            link.want_sent = true;
+        }
+        Some(link.want.len())
+    }
+
     /// Pass 3, per client: its `DataMessage { delta_snapshot }` into `out`, within `budget` bytes, from its
     /// visible slots (nearest first; at most [`MAX_VIEW_LIMIT`]); records what was sent in `link`. Returns how many
     /// entities the view holds.
@@ -263,37 +529,36 @@ impl Encoder {
     ) -> usize {
         self.stamp = self.stamp.wrapping_add(1);
         if self.stamp == 0 {
-            self.hot.iter_mut().for_each(|h| h.stamp = 0);
+            self.marks.iter_mut().for_each(|m| m.0 = 0);
             self.stamp = 1;
         }
         let stamp = self.stamp;
         let (tick, client) = (frame.tick, frame.client);
-        let empty = Sent::default();
-        let base = if client.base == 0 { &empty } else { &link.sent[(client.base % KEPT) as usize] };
-        debug_assert!(client.base == 0 || base.tick == client.base);
+        let base = link.view(client.version);
         // Marked only where the slot still holds that entity (sequential reads of the baseline here, none in the
         // loop below).
-        for (i, &id) in base.ids.iter().enumerate() {
-            let h = &mut self.hot[slot_of(id)];
-            if h.id == id {
-                (h.stamp, h.index) = (stamp, i as u32);
+        for (i, &id) in base.iter().enumerate() {
+            if self.hot[slot_of(id)].holds(id) {
+                self.marks[slot_of(id)] = (stamp, i as u32);
             }
         }
         self.hit.clear();
-        self.hit.resize(base.ids.len(), (NONE, 0));
+        self.hit.resize(base.len(), (NONE, 0));
         self.entering.clear();
         // Upper bounds: the envelope (key, two length bytes), the header, the entities field (key, two length
         // bytes), three one-byte counts (a view is under 128), and one byte per baseline entity as if all were
         // removed (index gaps are under 128).
         let fixed = 3 + header.encoded_len() + 3 + 3;
-        let mut used = fixed + base.ids.len();
+        let mut used = fixed + base.len();
         let mut shown = 0;
         for &s in visible.iter().take(MAX_VIEW_LIMIT) {
             let slot = s as usize;
             // Published this tick for every slot a view shows: the slot's entity now.
-            let Hot { id, since, stamp: m_stamp, index: i } = self.hot[slot];
+            let (h, (m_stamp, i)) = (self.hot[slot], self.marks[slot]);
+            let id = self.published[slot].id;
             if m_stamp == stamp {
-                let (start, len) = if since <= client.base { (0, 0) } else { self.update(slot, id, client.base, tick) };
+                let changed = h.changed_after(client.base);
+                let (start, len) = if changed { self.update(slot, id, client.base, tick) } else { (0, 0) };
                 if start != NONE {
                     // Kept: its removal byte is saved, its update (if it changed) costs a gap byte and the body.
                     let cost = if len == 0 { 0 } else { 1 + len as usize };
@@ -316,66 +581,35 @@ impl Encoder {
             }
         }
         self.entering.sort_unstable();
-        // The entities bytes.
-        let bytes = &mut self.bytes;
-        bytes.clear();
-        let removed = self.hit.iter().filter(|h| h.0 == NONE).count();
-        wire::put_varint(bytes, removed as u64);
-        let mut previous: Option<usize> = None;
-        for (i, h) in self.hit.iter().enumerate() {
-            if h.0 == NONE {
-                wire::put_varint(bytes, previous.map_or(i, |p| i - p - 1) as u64);
-                previous = Some(i);
-            }
-        }
-        let updates = self.hit.iter().filter(|h| h.0 != NONE && h.1 != 0).count();
-        wire::put_varint(bytes, updates as u64);
-        let mut previous: Option<usize> = None;
+        self.removed.clear();
+        self.updates.clear();
         for (i, &(start, len)) in self.hit.iter().enumerate() {
-            if start != NONE && len != 0 {
-                wire::put_varint(bytes, previous.map_or(i, |p| i - p - 1) as u64);
-                previous = Some(i);
-                bytes.extend_from_slice(&self.arena[start as usize..(start + len) as usize]);
+            if start == NONE {
+                self.removed.push(i as u32);
+            } else if len != 0 {
+                self.updates.push((i as u32, start, len));
             }
         }
-        wire::put_varint(bytes, self.entering.len() as u64);
-        let mut previous: Option<EntityId> = None;
-        for &(id, s) in &self.entering {
-            wire::put_varint(bytes, previous.map_or(id, |p| id - p - 1));
-            previous = Some(id);
-            let (start, len) = self.published[s as usize].entry;
-            bytes.extend_from_slice(&self.arena[start as usize..(start + len) as usize]);
-        }
+        self.write_entities();
         // What the client's view is now: the kept baseline entities and the entering ones, by ascending id.
         let next = &mut self.next;
-        next.tick = tick;
-        next.ids.clear();
+        next.clear();
         let mut entering = self.entering.iter().peekable();
-        for (&h, &id) in self.hit.iter().zip(&base.ids) {
+        for (&h, &id) in self.hit.iter().zip(base) {
             if h.0 == NONE {
                 continue;
             }
             while let Some(&&(eid, _)) = entering.peek().filter(|e| e.0 < id) {
-                next.ids.push(eid);
+                next.push(eid);
                 entering.next();
             }
-            next.ids.push(id);
+            next.push(id);
         }
-        next.ids.extend(entering.map(|e| e.0));
-        let message = DataMessage {
-            body: Some(data_message::Body::DeltaSnapshot(DeltaSnapshot {
-                entities: std::mem::take(&mut self.bytes),
-                ..header
-            })),
-        };
-        out.clear();
-        out.reserve(message.encoded_len());
-        message.encode(out).expect("a Vec grows");
-        debug_assert!(out.len() <= budget, "{} > {budget}", out.len());
-        if let Some(data_message::Body::DeltaSnapshot(d)) = message.body {
-            self.bytes = d.entities;
-        }
-        std::mem::swap(&mut link.sent[(tick % KEPT) as usize], &mut self.next);
+        next.extend(entering.map(|e| e.0));
+        let fits = self.message(header, budget, out);
+        debug_assert!(fits, "{} > {budget}", out.len());
+        link.sent_new(tick, &self.next);
+        link.want_sent = false;
         shown
     }
 }

@@ -42,6 +42,9 @@ pub const MAX_CHAT_BYTES: usize = 256;
 const AOI_CELLS_PER_VIEW: f32 = 4.0;
 /// AOI hysteresis: entities stay visible until 10% beyond the view radius.
 pub const HYSTERESIS: f32 = 1.1;
+/// Area-of-interest queries per second for a protocol-v2 view (kept between them; see [`Simulation::snapshots`]):
+/// every 4th tick at 20 ticks per second, so an entity coming into range shows within 200 ms.
+pub const VIEW_QUERIES_PER_SEC: u32 = 5;
 
 /// One player ability.
 #[derive(Debug, Clone, Copy)]
@@ -247,8 +250,7 @@ struct SnapshotCache {
     /// snapshot being built.
     prev: Vec<u32>,
     parts: Vec<(u32, u32)>,
-    /// Protocol v2: one bit per slot shown to some v2 client; the shared encodings.
-    seen: Vec<u64>,
+    /// Protocol v2: the shared encodings.
     delta: Encoder,
 }
 
@@ -1040,8 +1042,6 @@ impl Simulation {
         let slots = self.world.slots();
         cache.need.clear();
         cache.need.resize(slots.div_ceil(64), 0);
-        cache.seen.clear();
-        cache.seen.resize(slots.div_ceil(64), 0);
         cache.delta.begin(slots);
         cache.encoded.resize(slots, (0, 0, 0));
         cache.arena.clear();
@@ -1060,30 +1060,65 @@ impl Simulation {
             }
         }
         order.sort_unstable();
-        // Pass 1: visible sets.
+        // Pass 1: visible sets. A v2 client's view is the answer of an area-of-interest query made every
+        // `requery` ticks (on its own phase) and kept in between: entities entering range are seen at most that
+        // much later, its datagrams stay at the tick rate.
+        let requery = u64::from(self.tick_rate / VIEW_QUERIES_PER_SEC).max(1);
+        let mut any_v2 = false;
         for &(_, session, slot) in &order {
             let Some(player) = self.world.player[slot].as_ref() else { continue };
+            let pos = self.world.pos[slot];
+            if let Some(link) = player.delta.as_deref() {
+                if link.query_due(self.tick, pos, requery, slot as u64) {
+                    let world = &self.world;
+                    cache.prev.clear();
+                    cache.prev.extend(link.want().iter().filter_map(|&id| world.slot(id)).map(|s| s as u32));
+                    let total = self.grid.visible_nearest(
+                        pos,
+                        self.enter_r,
+                        self.leave_r,
+                        &cache.prev,
+                        self.view_entities,
+                        &mut visible,
+                    );
+                    ids.clear();
+                    ids.extend(visible.iter().map(|&(_, s)| world.id(s as usize)));
+                    ids.sort_unstable();
+                    if let Some(link) = self.world.player[slot].as_mut().and_then(|p| p.delta.as_deref_mut()) {
+                        link.set_view(self.tick, pos, total, &ids);
+                    }
+                    cache.delta.want(visible.iter().map(|&(_, s)| s as usize), self.tick + requery);
+                }
+                let Some(link) = self.world.player[slot].as_ref().and_then(|p| p.delta.as_deref()) else { continue };
+                any_v2 = true;
+                let client = Some(link.plan(self.tick));
+                cache.views.push(View { session, slot, start: 0, len: 0, total: link.total(), client });
+                continue;
+            }
             let world = &self.world;
             cache.prev.clear();
             cache.prev.extend(player.visible.iter().filter_map(|&id| world.slot(id)).map(|s| s as u32));
-            // v2 views hold unchanged entities for nothing: three times as many fit a datagram.
-            let limit = if player.delta.is_some() { self.view_entities } else { MAX_SNAPSHOT_ENTITIES };
             let total = self.grid.visible_nearest(
-                world.pos[slot],
+                pos,
                 self.enter_r,
                 self.leave_r,
                 &cache.prev,
-                limit,
+                MAX_SNAPSHOT_ENTITIES,
                 &mut visible,
             );
             let start = cache.lists.len() as u32;
-            let marks = if player.delta.is_some() { &mut cache.seen } else { &mut cache.need };
             for &(_, s) in &visible {
-                marks[s as usize / 64] |= 1 << (s % 64);
+                cache.need[s as usize / 64] |= 1 << (s % 64);
                 cache.lists.push(s);
             }
-            let client = player.delta.as_ref().map(|link| cache.delta.plan(link, self.tick));
-            cache.views.push(View { session, slot, start, len: visible.len() as u32, total: total as u32, client });
+            cache.views.push(View {
+                session,
+                slot,
+                start,
+                len: visible.len() as u32,
+                total: total as u32,
+                client: None,
+            });
         }
         // Pass 2: each entity any snapshot shows, encoded once.
         for (word_at, &word) in cache.need.iter().enumerate() {
@@ -1097,7 +1132,13 @@ impl Simulation {
                 cache.encoded[s] = (state.id, start as u32, (cache.arena.len() - start) as u32);
             }
         }
-        cache.delta.encode(self.tick, self.tick_rate, &cache.seen, |s| (self.world.id(s), self.qstate(s)));
+        // Every live entity's v2 state is published (in slot order: sequential reads of the world's columns,
+        // measured cheaper than marking each view's entities as pass 1 met them).
+        if any_v2 {
+            cache
+                .delta
+                .encode(self.tick, self.tick_rate, |s| self.world.alive[s].then(|| (self.world.id(s), self.qstate(s))));
+        }
         // Pass 3: the snapshots.
         for view in &cache.views {
             let Some(player) = self.world.player[view.slot].as_ref() else { continue };
@@ -1115,14 +1156,29 @@ impl Simulation {
                     continue;
                 };
                 let frame = Frame { tick: self.tick, client: *client };
-                let list = &cache.lists[view.start as usize..(view.start + view.len) as usize];
                 let mut bytes = Vec::new();
-                let shown = cache.delta.assemble(&mut link, &frame, header, list, SNAPSHOT_BUDGET, &mut bytes);
-                self.stats.snapshot_truncated_entities += u64::from(view.total) - shown as u64;
+                let shown =
+                    match cache.delta.assemble_wanted(&mut link, &frame, header.clone(), SNAPSHOT_BUDGET, &mut bytes) {
+                        Some(shown) => shown,
+                        None => {
+                            // Too much for one datagram (a view entered whole, or many changes at once): nearest first.
+                            let world = &self.world;
+                            let at = world.pos[view.slot];
+                            link.retain_wanted(|id| world.slot(id).is_some());
+                            visible.clear();
+                            visible.extend(link.want().iter().map(|&id| {
+                                let s = (id & 0xffff_ffff) as u32;
+                                (world.pos[s as usize].dist2(at), s)
+                            }));
+                            visible.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                            cache.prev.clear();
+                            cache.prev.extend(visible.iter().map(|v| v.1));
+                            cache.delta.assemble(&mut link, &frame, header, &cache.prev, SNAPSHOT_BUDGET, &mut bytes)
+                        }
+                    };
+                self.stats.snapshot_truncated_entities += u64::from(view.total).saturating_sub(shown as u64);
                 self.stats.snapshots_shown += shown as u64;
                 if let Some(p) = self.world.player[view.slot].as_mut() {
-                    p.visible.clear();
-                    p.visible.extend_from_slice(link.sent_ids(self.tick).unwrap_or(&[]));
                     p.delta = Some(link);
                 }
                 self.stats.snapshots += 1;
