@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use super::aoi::Grid;
 use super::chat::{ChatLimiter, Refusal};
-use super::delta::{self, Encoder, Frame};
+use super::delta::{Encoder, Frame};
 use super::phase::Phase;
 use super::rng::Pcg32;
 use super::world::{EntityId, Health, Kind, NpcData, NpcState, PlayerData, Vec2, World};
@@ -264,8 +264,8 @@ struct View {
     len: u32,
     /// The size of its whole visible set (the snapshot carries at most `len` of them).
     total: u32,
-    /// Protocol v2: its baseline (`None`: v1).
-    client: Option<delta::Client>,
+    /// Protocol v2 (its view is the client's [`super::delta::DeltaLink`]).
+    v2: bool,
 }
 
 fn secs_to_ticks(secs: f32, rate: u32) -> u64 {
@@ -1060,39 +1060,15 @@ impl Simulation {
             }
         }
         order.sort_unstable();
-        // Pass 1: visible sets. A v2 client's view is the answer of an area-of-interest query made every
-        // `requery` ticks (on its own phase) and kept in between: entities entering range are seen at most that
-        // much later, its datagrams stay at the tick rate.
+        // Pass 1: visible sets (v1; a v2 client's view is kept from tick to tick, see pass 3).
         let requery = u64::from(self.tick_rate / VIEW_QUERIES_PER_SEC).max(1);
         let mut any_v2 = false;
         for &(_, session, slot) in &order {
             let Some(player) = self.world.player[slot].as_ref() else { continue };
             let pos = self.world.pos[slot];
-            if let Some(link) = player.delta.as_deref() {
-                if link.query_due(self.tick, pos, requery, slot as u64) {
-                    let world = &self.world;
-                    cache.prev.clear();
-                    cache.prev.extend(link.want().iter().filter_map(|&id| world.slot(id)).map(|s| s as u32));
-                    let total = self.grid.visible_nearest(
-                        pos,
-                        self.enter_r,
-                        self.leave_r,
-                        &cache.prev,
-                        self.view_entities,
-                        &mut visible,
-                    );
-                    ids.clear();
-                    ids.extend(visible.iter().map(|&(_, s)| world.id(s as usize)));
-                    ids.sort_unstable();
-                    if let Some(link) = self.world.player[slot].as_mut().and_then(|p| p.delta.as_deref_mut()) {
-                        link.set_view(self.tick, pos, total, &ids);
-                    }
-                    cache.delta.want(visible.iter().map(|&(_, s)| s as usize), self.tick + requery);
-                }
-                let Some(link) = self.world.player[slot].as_ref().and_then(|p| p.delta.as_deref()) else { continue };
+            if player.delta.is_some() {
                 any_v2 = true;
-                let client = Some(link.plan(self.tick));
-                cache.views.push(View { session, slot, start: 0, len: 0, total: link.total(), client });
+                cache.views.push(View { session, slot, start: 0, len: 0, total: 0, v2: true });
                 continue;
             }
             let world = &self.world;
@@ -1117,7 +1093,7 @@ impl Simulation {
                 start,
                 len: visible.len() as u32,
                 total: total as u32,
-                client: None,
+                v2: false,
             });
         }
         // Pass 2: each entity any snapshot shows, encoded once.
@@ -1142,33 +1118,35 @@ impl Simulation {
         // Pass 3: the snapshots.
         for view in &cache.views {
             let Some(player) = self.world.player[view.slot].as_ref() else { continue };
-            if let Some(client) = &view.client {
+            if view.v2 {
+                let Some(mut link) = self.world.player[view.slot].as_mut().and_then(|p| p.delta.take()) else {
+                    continue;
+                };
+                let Some(player) = self.world.player[view.slot].as_ref() else { continue };
+                let client = link.plan(self.tick);
                 let header = DeltaSnapshot {
                     tick: self.tick,
                     baseline_tick: client.base,
                     last_processed_input: player.last_input,
                     input_client_time_us: player.last_input_time_us,
-                    total_visible: view.total,
+                    total_visible: link.total(),
                     entities: Vec::new(),
                     tick_rate: self.tick_rate,
                 };
-                let Some(mut link) = self.world.player[view.slot].as_mut().and_then(|p| p.delta.take()) else {
-                    continue;
-                };
-                let frame = Frame { tick: self.tick, client: *client };
+                let frame = Frame { tick: self.tick, client };
                 let mut bytes = Vec::new();
+                let pos = self.world.pos[view.slot];
                 let shown =
                     match cache.delta.assemble_wanted(&mut link, &frame, header.clone(), SNAPSHOT_BUDGET, &mut bytes) {
                         Some(shown) => shown,
                         None => {
                             // Too much for one datagram (a view entered whole, or many changes at once): nearest first.
                             let world = &self.world;
-                            let at = world.pos[view.slot];
                             link.retain_wanted(|id| world.slot(id).is_some());
                             visible.clear();
                             visible.extend(link.want().iter().map(|&id| {
                                 let s = (id & 0xffff_ffff) as u32;
-                                (world.pos[s as usize].dist2(at), s)
+                                (world.pos[s as usize].dist2(pos), s)
                             }));
                             visible.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
                             cache.prev.clear();
@@ -1176,8 +1154,30 @@ impl Simulation {
                             cache.delta.assemble(&mut link, &frame, header, &cache.prev, SNAPSHOT_BUDGET, &mut bytes)
                         }
                     };
-                self.stats.snapshot_truncated_entities += u64::from(view.total).saturating_sub(shown as u64);
+                self.stats.snapshot_truncated_entities += u64::from(link.total()).saturating_sub(shown as u64);
                 self.stats.snapshots_shown += shown as u64;
+                // The view for the next ticks: an area-of-interest query every `requery` ticks (each client on its
+                // own phase), made here while this client's data is in cache and kept in between (entities
+                // entering range show at most that much later; datagrams stay at the tick rate). Its entities
+                // are published until the next one.
+                if link.query_due(self.tick, pos, requery, view.slot as u64) {
+                    let world = &self.world;
+                    cache.prev.clear();
+                    cache.prev.extend(link.want().iter().filter_map(|&id| world.slot(id)).map(|s| s as u32));
+                    let total = self.grid.visible_nearest(
+                        pos,
+                        self.enter_r,
+                        self.leave_r,
+                        &cache.prev,
+                        self.view_entities,
+                        &mut visible,
+                    );
+                    ids.clear();
+                    ids.extend(visible.iter().map(|&(_, s)| world.id(s as usize)));
+                    ids.sort_unstable();
+                    link.set_view(self.tick, pos, total, &ids);
+                    cache.delta.want(visible.iter().map(|&(_, s)| s as usize), self.tick + requery);
+                }
                 if let Some(p) = self.world.player[view.slot].as_mut() {
                     p.delta = Some(link);
                 }
