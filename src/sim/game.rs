@@ -1087,14 +1087,7 @@ impl Simulation {
                 cache.need[s as usize / 64] |= 1 << (s % 64);
                 cache.lists.push(s);
             }
-            cache.views.push(View {
-                session,
-                slot,
-                start,
-                len: visible.len() as u32,
-                total: total as u32,
-                v2: false,
-            });
+            cache.views.push(View { session, slot, start, len: visible.len() as u32, total: total as u32, v2: false });
         }
         // Pass 2: each entity any snapshot shows, encoded once.
         for (word_at, &word) in cache.need.iter().enumerate() {
