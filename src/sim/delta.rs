@@ -135,16 +135,16 @@ impl DeltaLink {
         }
     }
 
-    /// Whether its view is due a new area-of-interest query at `tick` for a player at `pos`: every `period` ticks
-    /// (each client on its own phase, `phase`), and at once after a jump (a respawn, a teleport) of more than
-    /// [`JUMP`] metres.
-    pub fn query_due(&self, tick: u64, pos: Vec2, period: u64, phase: u64) -> bool {
-        match self.queried {
-            None => true,
-            Some((at, from)) => {
-                tick.saturating_sub(at) >= period || (tick + phase) % period == 0 || from.dist2(pos) > JUMP * JUMP
-            }
-        }
+    /// Whether its view needs an area-of-interest query before this tick's snapshot: it never had one, or the
+    /// player jumped (a respawn, a teleport) more than [`JUMP`] metres since.
+    pub fn query_urgent(&self, pos: Vec2) -> bool {
+        self.queried.is_none_or(|(_, from)| from.dist2(pos) > JUMP * JUMP)
+    }
+
+    /// Whether its view is due its periodic query at `tick` (made after the snapshot, for the next ticks): every
+    /// `period` ticks, each client on its own phase (`phase`).
+    pub fn query_due(&self, tick: u64, period: u64, phase: u64) -> bool {
+        self.queried.is_none_or(|(at, _)| tick.saturating_sub(at) >= period || (tick + phase) % period == 0)
     }
 
     /// Takes a query's answer: `ids` (ascending) of the `total` in range.
@@ -350,43 +350,62 @@ impl Encoder {
     /// Pass 2: the published state of every slot some view wants (`state` gives its id and quantized state anchored at `tick`,
     /// `None` if it holds no entity now), re-anchored only when it strays.
     pub fn encode(&mut self, tick: u64, tick_rate: u32, state: impl Fn(usize) -> Option<(EntityId, QState)>) {
-        {
-            for s in 0..self.published.len() {
-                if self.wanted[s] < tick {
-                    continue;
-                }
-                let Some((id, now)) = state(s) else {
-                    self.hot[s] = Hot::default();
-                    self.published[s].id = 0;
-                    continue;
-                };
-                let p = &mut self.published[s];
-                if p.id != id {
-                    *p = Published { id, since: tick, q: now, ..Published::default() };
-                    self.hot[s] = Hot { generation: (id >> 32) as u32, since: tick as u32 };
-                    self.older[s] = [(0, QState::default()); OLDER];
-                    continue;
-                }
-                let (px, py) = p.q.position_at(tick, tick_rate);
-                let near = |p: f64, q: u32| (p - f64::from(q)).abs() <= f64::from(TOLERANCE);
-                let q = if near(px, now.x) && near(py, now.y) {
-                    QState { t: p.q.t, x: p.q.x, y: p.q.y, vx: p.q.vx, vy: p.q.vy, ..now }
-                } else {
-                    now
-                };
-                if q != p.q {
-                    let older = &mut self.older[s];
-                    older.copy_within(0..OLDER - 1, 1);
-                    older[0] = (p.since, p.q);
-                    p.since = tick;
-                    p.q = q;
-                    self.hot[s].since = tick as u32;
-                } else if tick - p.since >= RESTAMP {
-                    // Unchanged for long: stamped as changed now (the update is empty) to keep `Hot::since` exact.
-                    p.since = tick;
-                    self.hot[s].since = tick as u32;
-                }
+        for s in 0..self.published.len() {
+            if self.wanted[s] >= tick {
+                self.publish(s, tick, tick_rate, state(s));
             }
+        }
+    }
+
+    /// As [`Encoder::want`], for a view used at once, after pass 2: the slots it adds are published first.
+    pub fn want_now(
+        &mut self,
+        slots: impl Iterator<Item = usize>,
+        until: u64,
+        tick: u64,
+        tick_rate: u32,
+        state: impl Fn(usize) -> Option<(EntityId, QState)>,
+    ) {
+        for s in slots {
+            if self.wanted[s] < tick {
+                self.publish(s, tick, tick_rate, state(s));
+            }
+            self.wanted[s] = self.wanted[s].max(until);
+        }
+    }
+
+    /// Publishes slot `s` at `tick`: `now` is its entity and state (`None`: it holds none).
+    fn publish(&mut self, s: usize, tick: u64, tick_rate: u32, now: Option<(EntityId, QState)>) {
+        let Some((id, now)) = now else {
+            self.hot[s] = Hot::default();
+            self.published[s].id = 0;
+            return;
+        };
+        let p = &mut self.published[s];
+        if p.id != id {
+            *p = Published { id, since: tick, q: now };
+            self.hot[s] = Hot { generation: (id >> 32) as u32, since: tick as u32 };
+            self.older[s] = [(0, QState::default()); OLDER];
+            return;
+        }
+        let (px, py) = p.q.position_at(tick, tick_rate);
+        let near = |p: f64, q: u32| (p - f64::from(q)).abs() <= f64::from(TOLERANCE);
+        let q = if near(px, now.x) && near(py, now.y) {
+            QState { t: p.q.t, x: p.q.x, y: p.q.y, vx: p.q.vx, vy: p.q.vy, ..now }
+        } else {
+            now
+        };
+        if q != p.q {
+            let older = &mut self.older[s];
+            older.copy_within(0..OLDER - 1, 1);
+            older[0] = (p.since, p.q);
+            p.since = tick;
+            p.q = q;
+            self.hot[s].since = tick as u32;
+        } else if tick - p.since >= RESTAMP {
+            // Unchanged for long: stamped as changed now (the update is empty) to keep `Hot::since` exact.
+            p.since = tick;
+            self.hot[s].since = tick as u32;
         }
     }
 

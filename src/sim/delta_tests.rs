@@ -283,3 +283,54 @@ fn without_loss_every_snapshot_decodes_and_is_a_fraction_of_v1() {
     // bytes (BENCHMARKS.md measures it under load).
     assert!(v2 * 4 <= v1, "v2 {v2} bytes, v1 {v1} bytes");
 }
+
+/// A v2 view is queried five times a second and kept in between; these are the promises around that: the first
+/// snapshot already holds the player's surroundings, an entity coming into range shows within a query period,
+/// one leaving range goes within one, and a player that jumps (a respawn, a teleport) sees its new surroundings in
+/// the very next snapshot.
+#[test]
+fn views_are_queried_at_once_when_new_or_after_a_jump_and_follow_the_world_within_a_query_period() {
+    let mut sim = Simulation::new(zone(""), RATE, 9);
+    let spawn = |sim: &mut Simulation, s: u64, x: f32| {
+        let pos = Some(Vec2::new(x, 100.0));
+        sim.spawn_player(s, PlayerSpawn { player_id: s, name: format!("p{s}"), pos, level: 1, xp: 0, hp: None });
+        sim.set_udp_bound(s);
+        sim.set_protocol(s, 2);
+        sim.player_entity(s).unwrap()
+    };
+    let period = u64::from(RATE / VIEW_QUERIES_PER_SEC);
+    let me = spawn(&mut sim, 1, 100.0);
+    let far = spawn(&mut sim, 2, 300.0);
+    let mut out = Vec::new();
+    let mut step = |sim: &mut Simulation| {
+        let ack = sim.tick().saturating_sub(1);
+        for s in 1..=3u64 {
+            let input = Input { sequence: sim.tick() as u32 + 1, snapshot_ack: ack, ..Default::default() };
+            let _ = sim.queue_input(s, input);
+        }
+        out.clear();
+        sim.step(&mut out);
+        sim.delta_view(1, sim.tick()).expect("a snapshot every tick").to_vec()
+    };
+    let first = step(&mut sim);
+    assert!(first.contains(&me) && !first.contains(&far), "the first snapshot holds the player: {first:?}");
+    // Another player appears 10 m away: in view within one query period.
+    let near = spawn(&mut sim, 3, 110.0);
+    let shown = (1..=period + 1).find(|_| step(&mut sim).contains(&near));
+    assert!(shown.is_some_and(|t| t <= period), "entered after {shown:?} ticks (period {period})");
+    // It leaves range (moved far away): out of view within one query period.
+    let slot = (near & 0xffff_ffff) as usize;
+    sim.world.pos[slot] = Vec2::new(100.0, 300.0);
+    sim.grid_update_for_tests(slot);
+    let gone = (1..=period + 1).find(|_| !step(&mut sim).contains(&near));
+    assert!(gone.is_some_and(|t| t <= period), "left after {gone:?} ticks (period {period})");
+    // The player jumps next to the far one: the very next snapshot shows it.
+    for _ in 0..period / 2 {
+        step(&mut sim);
+    }
+    let my_slot = (me & 0xffff_ffff) as usize;
+    sim.world.pos[my_slot] = Vec2::new(295.0, 100.0);
+    sim.grid_update_for_tests(my_slot);
+    let view = step(&mut sim);
+    assert!(view.contains(&far) && view.contains(&me), "after the jump: {view:?}");
+}

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use super::aoi::Grid;
 use super::chat::{ChatLimiter, Refusal};
-use super::delta::{Encoder, Frame};
+use super::delta::{DeltaLink, Encoder, Frame};
 use super::phase::Phase;
 use super::rng::Pcg32;
 use super::world::{EntityId, Health, Kind, NpcData, NpcState, PlayerData, Vec2, World};
@@ -1116,19 +1116,31 @@ impl Simulation {
                     continue;
                 };
                 let Some(player) = self.world.player[view.slot].as_ref() else { continue };
+                let pos = self.world.pos[view.slot];
+                // A view never queried (the client's first snapshot) or left behind by a jump is queried before
+                // this snapshot; the slots it adds are published now (pass 2 has run).
+                let (last_input, last_input_time_us) = (player.last_input, player.last_input_time_us);
+                let urgent = link.query_urgent(pos);
+                if urgent {
+                    self.query_view(&mut link, pos, &mut visible, &mut ids, &mut cache.prev);
+                    let (tick, rate, world) = (self.tick, self.tick_rate, &self.world);
+                    let slots = visible.iter().map(|&(_, s)| s as usize);
+                    cache.delta.want_now(slots, tick + requery, tick, rate, |s| {
+                        world.alive[s].then(|| (world.id(s), self.qstate(s)))
+                    });
+                }
                 let client = link.plan(self.tick);
                 let header = DeltaSnapshot {
                     tick: self.tick,
                     baseline_tick: client.base,
-                    last_processed_input: player.last_input,
-                    input_client_time_us: player.last_input_time_us,
+                    last_processed_input: last_input,
+                    input_client_time_us: last_input_time_us,
                     total_visible: link.total(),
                     entities: Vec::new(),
                     tick_rate: self.tick_rate,
                 };
                 let frame = Frame { tick: self.tick, client };
                 let mut bytes = Vec::new();
-                let pos = self.world.pos[view.slot];
                 let shown =
                     match cache.delta.assemble_wanted(&mut link, &frame, header.clone(), SNAPSHOT_BUDGET, &mut bytes) {
                         Some(shown) => shown,
@@ -1153,22 +1165,8 @@ impl Simulation {
                 // own phase), made here while this client's data is in cache and kept in between (entities
                 // entering range show at most that much later; datagrams stay at the tick rate). Its entities
                 // are published until the next one.
-                if link.query_due(self.tick, pos, requery, view.slot as u64) {
-                    let world = &self.world;
-                    cache.prev.clear();
-                    cache.prev.extend(link.want().iter().filter_map(|&id| world.slot(id)).map(|s| s as u32));
-                    let total = self.grid.visible_nearest(
-                        pos,
-                        self.enter_r,
-                        self.leave_r,
-                        &cache.prev,
-                        self.view_entities,
-                        &mut visible,
-                    );
-                    ids.clear();
-                    ids.extend(visible.iter().map(|&(_, s)| world.id(s as usize)));
-                    ids.sort_unstable();
-                    link.set_view(self.tick, pos, total, &ids);
+                if !urgent && link.query_due(self.tick, requery, view.slot as u64) {
+                    self.query_view(&mut link, pos, &mut visible, &mut ids, &mut cache.prev);
                     cache.delta.want(visible.iter().map(|&(_, s)| s as usize), self.tick + requery);
                 }
                 if let Some(p) = self.world.player[view.slot].as_mut() {
@@ -1217,6 +1215,26 @@ impl Simulation {
         self.scratch_ids = ids;
         self.scratch_order = order;
         self.snapshot_cache = cache;
+    }
+
+    /// A protocol-v2 view's area-of-interest query: the nearest `view_entities` around `pos` (hysteresis against
+    /// the view it replaces) into `link`, and into `visible` as `(distance², slot)`.
+    fn query_view(
+        &mut self,
+        link: &mut DeltaLink,
+        pos: Vec2,
+        visible: &mut Vec<(f32, u32)>,
+        ids: &mut Vec<EntityId>,
+        prev: &mut Vec<u32>,
+    ) {
+        let world = &self.world;
+        prev.clear();
+        prev.extend(link.want().iter().filter_map(|&id| world.slot(id)).map(|s| s as u32));
+        let total = self.grid.visible_nearest(pos, self.enter_r, self.leave_r, prev, self.view_entities, visible);
+        ids.clear();
+        ids.extend(visible.iter().map(|&(_, s)| world.id(s as usize)));
+        ids.sort_unstable();
+        link.set_view(self.tick, pos, total, ids);
     }
 
     /// An entity as protocol v2 carries it (the same numbers as [`Simulation::entity_state`], quantized), its
