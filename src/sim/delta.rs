@@ -6,17 +6,24 @@
 //! entity is in a view only if its record fitted; an unchanged entity's state equals the state it had). So an
 //! update depends only on (entity, baseline tick), an entry only on the entity. Per tick the server:
 //!
-//! 1. quantizes every entity some v2 view shows, once, and re-anchors its published trajectory only if the old
+//! 1. quantizes every entity some v2 view wants, once, and re-anchors its published trajectory only if the old
 //!    one strays more than [`TOLERANCE`] from where it is (or another field changed): entities walking straight
 //!    lines or standing do not change at all. A change is logged with its tick ([`Published`]): the state at a
 //!    baseline is the newest logged change at or before it;
-//! 2. per client, merges its visible set (nearest first, within the datagram budget) with its baseline view by a
-//!    per-slot mark: an entity unchanged since the baseline costs a comparison of two ticks; the bodies of the few
-//!    that changed or enter are encoded on first use and memoised for the tick, so clients sharing a baseline
-//!    (clients at similar round-trip times) share them.
+//! 2. per client, merges the view it wants with its baseline view, both by ascending id. The view it wants is the
+//!    answer of an area-of-interest query made five times a second (at once when new or after a jump) and kept
+//!    in between ([`DeltaLink::set_view`]); usually it is the very view the client acknowledged, and the merge is
+//!    one pass over it: per entity one 8-byte slot record ([`Hot`]) and a comparison of two ticks. The bodies of
+//!    the few that changed or enter are encoded on first use and memoised for the tick in a dense table
+//!    ([`Memo`]), so clients sharing a baseline (clients at similar round-trip times) share them. A view that does
+//!    not fit the datagram (a whole view entering at once) is cut nearest first ([`Encoder::assemble`]).
 //!
-//! Per-client state ([`DeltaLink`]): the newest acknowledged tick and the entity sets sent in the last
-//! [`KEPT`] ticks.
+//! Per-client state ([`DeltaLink`], one allocation): the newest acknowledged tick, the view it wants, and the
+//! views sent in the last [`KEPT`] ticks, each stored once however many ticks it was sent for.
+//!
+//! Measured on the way (the tick benchmark, v1 and v2 taking turns tick by tick; BENCHMARKS.md): a fresh
+//! nearest-84 query per client per tick was a third of the phase, the per-client pointer chases (player, link,
+//! its vectors) and the slot records' cache misses most of the rest.
 
 use prost::Message as _;
 

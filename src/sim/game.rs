@@ -1031,10 +1031,12 @@ impl Simulation {
     /// Builds every in-game player's snapshot, in three passes so that no pass both chases random slots and does
     /// much work per slot (measured: the encoding cache's lookups by slot, interleaved with encoding on first
     /// use, were the largest single cost of the tick in a crowd):
-    /// 1. each player's visible set (AOI query), appended to one flat list, and every slot seen marked in a
+    /// 1. each v1 player's visible set (AOI query), appended to one flat list, and every slot seen marked in a
     ///    bitmap of the world's slots (small enough to stay in L1);
-    /// 2. every marked entity encoded once, in slot order (sequential reads of the world's columns);
-    /// 3. each snapshot assembled from those encodings (a short loop per entity: lookups overlap in the CPU).
+    /// 2. every marked entity encoded once, in slot order (sequential reads of the world's columns), and every
+    ///    entity a v2 view wants published ([`Encoder::encode`]);
+    /// 3. each snapshot assembled from those encodings (a short loop per entity: lookups overlap in the CPU); a v2
+    ///    client's view is queried here, in the same visit, for the next ticks ([`super::delta`]).
     fn snapshots(&mut self, out: &mut Vec<Output>) {
         let mut visible = std::mem::take(&mut self.scratch);
         let mut ids = std::mem::take(&mut self.scratch_ids);
