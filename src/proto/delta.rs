@@ -110,7 +110,7 @@ pub fn quantize_vel(v: f32) -> i32 {
 /// and the simulation quantizes every entity every tick. Below 2^23 the fraction `y - trunc(y)` is exact; from
 /// there on every `f32` is a whole number (NaN and infinities pass through).
 fn round(y: f32) -> f32 {
-    if !(y.abs() < 8_388_608.0) {
+    if y.is_nan() || y.abs() >= 8_388_608.0 {
         return y;
     }
     let t = y as i32 as f32;
