@@ -400,11 +400,14 @@ impl<O: Copy> SessionTable<O> {
                 receive.opener.window.commit(header.sequence);
                 Err(UdpError::EmptyMessage)
             }
-            Some(Body::UdpWelcome(_) | Body::Snapshot(_) | Body::UdpChallenge(_)) => {
+            // What only the server sends. Listed, not matched by a wildcard: a new server-to-client message
+            // must be added here or to the arm below, or this stops compiling (v2's DeltaSnapshot once slipped
+            // through a wildcard to the simulation thread; the udp_datagram fuzz target found it).
+            Some(Body::UdpWelcome(_) | Body::Snapshot(_) | Body::UdpChallenge(_) | Body::DeltaSnapshot(_)) => {
                 receive.opener.window.commit(header.sequence);
                 Err(UdpError::UnexpectedMessage)
             }
-            Some(_) => {
+            Some(Body::Input(_) | Body::Ping(_) | Body::Pong(_)) => {
                 receive.opener.window.commit(header.sequence);
                 receive.last_seen = Some(now);
                 session.last_heard_ms.store(now_ms, Ordering::Relaxed);
@@ -866,9 +869,19 @@ mod tests {
     fn client_sending_server_only_messages_is_rejected() {
         let (table, mut client) = table_with_client();
         bind(&table, &mut client, addr(1));
-        let snapshot = DataMessage::new(Body::Snapshot(Snapshot::default()));
-        let mut datagram = seal(&mut client, &snapshot);
-        assert_eq!(table.handle_datagram(addr(1), &mut datagram, Instant::now()), Err(UdpError::UnexpectedMessage));
+        for server_only in [
+            Body::Snapshot(Snapshot::default()),
+            Body::DeltaSnapshot(crate::proto::DeltaSnapshot { tick: 3, ..Default::default() }),
+            Body::UdpWelcome(UdpWelcome { session_id: SESSION, server_tick: 1 }),
+            Body::UdpChallenge(UdpChallenge { session_id: SESSION, ..Default::default() }),
+        ] {
+            let mut datagram = seal(&mut client, &DataMessage::new(server_only.clone()));
+            assert_eq!(
+                table.handle_datagram(addr(1), &mut datagram, Instant::now()),
+                Err(UdpError::UnexpectedMessage),
+                "{server_only:?}"
+            );
+        }
         let mut ping = seal(&mut client, &DataMessage::new(Body::Ping(Ping { nonce: 1, client_time_us: 2 })));
         assert!(matches!(table.handle_datagram(addr(1), &mut ping, Instant::now()), Ok(Inbound::Message { .. })));
     }
