@@ -199,6 +199,26 @@ fn datagram_from_a_spoofed_second_address_is_ignored() {
 }
 
 #[test]
+fn server_only_messages_from_a_client_are_dropped_as_unexpected() {
+    let h = Harness::start(|_| {});
+    let (c, ok) = h.login();
+    let keys = c.udp_keys(ok.session_id).unwrap();
+    let mut link = UdpLink::bind(h.addr, ok.session_id, &keys, Duration::from_secs(5)).unwrap();
+    // Authentic datagrams from the bound address, carrying what only the server sends.
+    let snapshot = DataMessage::new(DataBody::Snapshot(Snapshot { tick: 4, ..Default::default() }));
+    let delta =
+        DataMessage::new(DataBody::DeltaSnapshot(realm::proto::DeltaSnapshot { tick: 4, ..Default::default() }));
+    for msg in [&snapshot, &delta, &delta] {
+        link.send(msg).unwrap();
+    }
+    wait_until("the three to be counted", || h.shared.stats.udp_dropped_by("unexpected_message") >= 3);
+    assert_eq!(h.data_received.load(Ordering::Relaxed), 0, "a server-only message reached the simulation");
+    // The session is unharmed: the next input goes through.
+    link.send(&input(2)).unwrap();
+    wait_until("the input to arrive", || h.data_received.load(Ordering::Relaxed) == 1);
+}
+
+#[test]
 fn nat_rebinding_works_only_after_a_rebind_request_over_tls() {
     let h = Harness::start(|_| {});
     let (mut c, ok) = h.login();

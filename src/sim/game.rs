@@ -1106,9 +1106,7 @@ impl Simulation {
         // Every live entity's v2 state is published (in slot order: sequential reads of the world's columns,
         // measured cheaper than marking each view's entities as pass 1 met them).
         if any_v2 {
-            cache
-                .delta
-                .encode(self.tick, self.tick_rate, |s| self.world.alive[s].then(|| (self.world.id(s), self.qstate(s))));
+            cache.delta.encode(self.tick, self.tick_rate, |s| self.published_state(s));
         }
         // Pass 3: the snapshots.
         for view in &cache.views {
@@ -1125,11 +1123,9 @@ impl Simulation {
                 let urgent = link.query_urgent(pos);
                 if urgent {
                     self.query_view(&mut link, pos, &mut visible, &mut ids, &mut cache.prev);
-                    let (tick, rate, world) = (self.tick, self.tick_rate, &self.world);
                     let slots = visible.iter().map(|&(_, s)| s as usize);
-                    cache.delta.want_now(slots, tick + requery, tick, rate, |s| {
-                        world.alive[s].then(|| (world.id(s), self.qstate(s)))
-                    });
+                    let (tick, rate) = (self.tick, self.tick_rate);
+                    cache.delta.want_now(slots, tick + requery, tick, rate, |s| self.published_state(s));
                 }
                 let client = link.plan(self.tick);
                 let header = DeltaSnapshot {
@@ -1237,6 +1233,12 @@ impl Simulation {
         ids.extend(visible.iter().map(|&(_, s)| world.id(s as usize)));
         ids.sort_unstable();
         link.set_view(self.tick, pos, total, ids);
+    }
+
+    /// What protocol v2 publishes for slot `s` this tick: its entity's id and quantized state, `None` if it holds
+    /// no live entity.
+    fn published_state(&self, s: usize) -> Option<(EntityId, QState)> {
+        self.world.alive[s].then(|| (self.world.id(s), self.qstate(s)))
     }
 
     /// An entity as protocol v2 carries it (the same numbers as [`Simulation::entity_state`], quantized), its
