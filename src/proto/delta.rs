@@ -115,13 +115,9 @@ fn round(y: f32) -> f32 {
     }
     let t = y as i32 as f32;
     let f = y - t;
-    if f >= 0.5 {
-        t + 1.0
-    } else if f <= -0.5 {
-        t - 1.0
-    } else {
-        t
-    }
+    // Without branches: the fraction is as good as random, and a branch on it mispredicted half the time (measured:
+    // the largest cost of publishing an entity's state).
+    t + f32::from(u8::from(f >= 0.5)) - f32::from(u8::from(f <= -0.5))
 }
 
 impl QState {

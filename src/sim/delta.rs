@@ -11,7 +11,7 @@
 //!    lines or standing do not change at all. A change is logged with its tick ([`Published`]): the state at a
 //!    baseline is the newest logged change at or before it;
 //! 2. per client, merges the view it wants with its baseline view, both by ascending id. The view it wants is the
-//!    answer of an area-of-interest query made five times a second (at once when new or after a jump) and kept
+//!    answer of an area-of-interest query made twice a second (at once when new or after a jump) and kept
 //!    in between ([`DeltaLink::set_view`]); usually it is the very view the client acknowledged, and the merge is
 //!    one pass over it: per entity one 8-byte slot record ([`Hot`]) and a comparison of two ticks. The bodies of
 //!    the few that changed or enter are encoded on first use and memoised for the tick in a dense table
@@ -187,6 +187,24 @@ impl DeltaLink {
             return Client { base: 0, version: 0 };
         }
         Client { base: tick, version }
+    }
+
+    /// Reads one word of each cache line pass 3 will read of this link at `now` (its header, the view it wants,
+    /// its baseline view) and folds them into one value. Called for a few clients in a row before their
+    /// snapshots are made: the loads of different clients do not depend on one another, so the CPU has all of
+    /// them in flight at once, where in the snapshot itself each one stalls it (measured: most of pass 3's
+    /// per-client cost was these misses; the links of 2,000 clients do not stay in the cache from tick to tick).
+    pub fn warm(&self, now: u64) -> u64 {
+        const WORDS_PER_LINE: usize = 64 / std::mem::size_of::<EntityId>();
+        let mut acc = self.ack ^ u64::from(self.queried.is_some());
+        for id in self.want.as_slice().iter().step_by(WORDS_PER_LINE) {
+            acc ^= id;
+        }
+        let client = self.plan(now);
+        for id in self.view(client.version).iter().step_by(WORDS_PER_LINE) {
+            acc ^= id;
+        }
+        acc
     }
 
     /// The view of version `version` (empty for 0).

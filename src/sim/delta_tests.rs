@@ -284,7 +284,7 @@ fn without_loss_every_snapshot_decodes_and_is_a_fraction_of_v1() {
     assert!(v2 * 4 <= v1, "v2 {v2} bytes, v1 {v1} bytes");
 }
 
-/// A v2 view is queried five times a second and kept in between; these are the promises around that: the first
+/// A v2 view is queried twice a second and kept in between; these are the promises around that: the first
 /// snapshot already holds the player's surroundings, an entity coming into range shows within a query period,
 /// one leaving range goes within one, and a player that jumps (a respawn, a teleport) sees its new surroundings in
 /// the very next snapshot.
