@@ -580,19 +580,18 @@ impl Encoder {
         // than a comparison of two ticks (changed since the baseline, or gone); only those are visited (measured:
         // a branch per entity here mispredicted on every few changed ones).
         if base_tick != 0 && link.want_sent && frame.client.version == link.version {
-            let want = link.want.as_slice();
-            let mut flags = [0u64; MAX_VIEW_LIMIT.div_ceil(64)];
-            let hot = &self.hot;
-            for (k, &id) in want.iter().enumerate() {
-                let h = hot[slot_of(id)];
-                flags[k / 64] |= u64::from(!h.holds(id) | h.changed_after(base_tick)) << (k % 64);
-            }
-            for (word, mut bits) in flags.into_iter().enumerate() {
+            for (word, ids) in link.want.as_slice().chunks(64).enumerate() {
+                let hot = &self.hot;
+                let mut bits = 0u64;
+                for (j, &id) in ids.iter().enumerate() {
+                    let h = hot[slot_of(id)];
+                    bits |= u64::from(!h.holds(id) | h.changed_after(base_tick)) << j;
+                }
                 while bits != 0 {
-                    let k = word * 64 + bits.trailing_zeros() as usize;
+                    let j = bits.trailing_zeros() as usize;
                     bits &= bits - 1;
-                    let id = want[k];
-                    gone |= self.visit(id, self.hot[slot_of(id)], Some(k as u32), base_tick, tick);
+                    let k = (word * 64 + j) as u32;
+                    gone |= self.visit(ids[j], self.hot[slot_of(ids[j])], Some(k), base_tick, tick);
                 }
             }
         } else {
