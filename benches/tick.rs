@@ -1,7 +1,8 @@
 //! One full simulation tick at load: the perf zone (20,000 NPCs) with 2,000 players sending an input every tick
 //! (10% of them also using an ability on an NPC), all systems, snapshots for every player; once with the players
 //! spread over the map and once crowded around the spawn points, where real clients stand.
-//! Run: `cargo bench --bench tick`. Target (DESIGN.md section 11): tick p99 <= 10 ms on this 2-core machine.
+//! Run: `cargo bench --bench tick` (`-- v1`, `-- v2`, `-- spread`, `-- crowd`: one protocol, one layout, to profile).
+//! Target (DESIGN.md section 11): tick p99 <= 10 ms on this 2-core machine.
 //! This measures the simulation thread's work alone; `realm-bots` measures the whole server under real clients.
 
 use std::time::{Duration, Instant};
@@ -198,8 +199,14 @@ fn main() {
         Some(_) => vec![2],
         None => vec![1, 2],
     };
+    // `spread` or `crowd` runs that layout alone (to profile one).
+    let layouts: Vec<Layout> = match std::env::args().skip(1).find(|a| a == "spread" || a == "crowd").as_deref() {
+        Some("spread") => vec![Layout::Uniform],
+        Some(_) => vec![Layout::SpawnCrowd],
+        None => vec![Layout::Uniform, Layout::SpawnCrowd],
+    };
     let mut runs = Vec::new();
-    for layout in [Layout::Uniform, Layout::SpawnCrowd] {
+    for layout in layouts {
         // The protocols take turns tick by tick, on the same inputs.
         let mut sides: Vec<Side> = protocols.iter().map(|&p| Side::new(layout, p)).collect();
         for tick in 0..TICKS {
