@@ -137,7 +137,8 @@ pub fn start(config: Config) -> Result<RunningServer, ServerError> {
 
     let sim = Simulation::new(zone, config.game.tick_rate, config.game.seed)
         .with_chat_limits(&config.chat, Some(metrics.chat_refusals.clone()))
-        .with_view_entities(config.game.view_entities);
+        .with_view_entities(config.game.view_entities)
+        .with_view_refresh_ms(config.game.view_refresh_ms);
     log::info!("zone {} loaded: {} NPCs, {} m square", sim.zone().name, sim.world.len(), sim.zone().size);
     let runner = SimRunner::new(
         sim,

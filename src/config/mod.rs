@@ -274,6 +274,10 @@ pub struct GameConfig {
     /// Most entities in one protocol-v2 (delta) snapshot, 20..=127: more shows more of a crowd for the same
     /// bandwidth (unchanged entities cost nothing), and costs the simulation thread time per entity per player.
     pub view_entities: usize,
+    /// How often a protocol-v2 view's set of entities is chosen anew, in ms (50..=2000; kept in between, at once
+    /// after a jump): an entity coming into range enters a view within this long. Lower is fresher and costs the
+    /// simulation thread one area-of-interest query per player per period.
+    pub view_refresh_ms: u32,
 }
 
 /// `[chat]`: chat limits (see `sim::chat`). A line over a limit is not delivered; its sender gets `ChatRefused`.
@@ -451,6 +455,7 @@ impl Default for GameConfig {
             save_interval_secs: 30,
             resume_grace_secs: 30,
             view_entities: crate::proto::delta::MAX_VIEW,
+            view_refresh_ms: crate::sim::game::VIEW_REFRESH_MS,
         }
     }
 }
@@ -579,6 +584,12 @@ impl Config {
             "game.view_entities",
             g.view_entities,
             "must be 20..=127",
+        )?;
+        check(
+            (50..=2000).contains(&g.view_refresh_ms),
+            "game.view_refresh_ms",
+            g.view_refresh_ms,
+            "must be 50..=2000",
         )?;
         let chat = &self.chat;
         check((1..=1000).contains(&chat.zone_burst), "chat.zone_burst", chat.zone_burst, "must be 1..=1000")?;
@@ -979,6 +990,16 @@ mod tests {
         for bad in ["19", "128", "0"] {
             let err = load(bad).unwrap_err().to_string();
             assert!(err.contains("game.view_entities") && err.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_view_refresh_period_is_bounded() {
+        let load = |v: &str| Config::load_with_env(None, env(&[("REALM_GAME_VIEW_REFRESH_MS", v)]));
+        assert_eq!(load("1000").unwrap().game.view_refresh_ms, 1000);
+        for bad in ["49", "2001", "0"] {
+            let err = load(bad).unwrap_err().to_string();
+            assert!(err.contains("game.view_refresh_ms") && err.contains(bad), "{err}");
         }
     }
 

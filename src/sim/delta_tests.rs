@@ -284,13 +284,21 @@ fn without_loss_every_snapshot_decodes_and_is_a_fraction_of_v1() {
     assert!(v2 * 4 <= v1, "v2 {v2} bytes, v1 {v1} bytes");
 }
 
-/// A v2 view is queried twice a second and kept in between; these are the promises around that: the first
-/// snapshot already holds the player's surroundings, an entity coming into range shows within a query period,
-/// one leaving range goes within one, and a player that jumps (a respawn, a teleport) sees its new surroundings in
-/// the very next snapshot.
+/// A v2 view is queried every `game.view_refresh_ms` (500 by default) and kept in between; these are the promises
+/// around that: the first snapshot already holds the player's surroundings, an entity coming into range shows
+/// within a query period, one leaving range goes within one, and a player that jumps (a respawn, a teleport) sees
+/// its new surroundings in the very next snapshot.
 #[test]
 fn views_are_queried_at_once_when_new_or_after_a_jump_and_follow_the_world_within_a_query_period() {
+    views_follow_the_world(None);
+    views_follow_the_world(Some(150));
+}
+
+fn views_follow_the_world(refresh_ms: Option<u32>) {
     let mut sim = Simulation::new(zone(""), RATE, 9);
+    if let Some(ms) = refresh_ms {
+        sim = sim.with_view_refresh_ms(ms);
+    }
     let spawn = |sim: &mut Simulation, s: u64, x: f32| {
         let pos = Some(Vec2::new(x, 100.0));
         sim.spawn_player(s, PlayerSpawn { player_id: s, name: format!("p{s}"), pos, level: 1, xp: 0, hp: None });
@@ -298,7 +306,7 @@ fn views_are_queried_at_once_when_new_or_after_a_jump_and_follow_the_world_withi
         sim.set_protocol(s, 2);
         sim.player_entity(s).unwrap()
     };
-    let period = u64::from(RATE / VIEW_QUERIES_PER_SEC);
+    let period = u64::from(refresh_ms.unwrap_or(VIEW_REFRESH_MS) * RATE / 1000);
     let me = spawn(&mut sim, 1, 100.0);
     let far = spawn(&mut sim, 2, 300.0);
     let mut out = Vec::new();

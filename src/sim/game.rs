@@ -42,12 +42,13 @@ pub const MAX_CHAT_BYTES: usize = 256;
 const AOI_CELLS_PER_VIEW: f32 = 4.0;
 /// AOI hysteresis: entities stay visible until 10% beyond the view radius.
 pub const HYSTERESIS: f32 = 1.1;
-/// Area-of-interest queries per second for a protocol-v2 view (kept between them; see [`Simulation::snapshots`]):
-/// every 10th tick at 20 ticks per second, so an entity coming into range shows within 500 ms (MMO servers commonly
-/// refresh visibility once a second; TrinityCore's `Visibility.Notify.Period.OnContinents` defaults to 1,000 ms).
-/// Measured (`cargo bench --bench tick`, crowd): from five a second to two took the v2 snapshot phase from 1.09 to
-/// 0.80 of v1's; one a second took it only to 0.71, for twice the delay.
-pub const VIEW_QUERIES_PER_SEC: u32 = 2;
+/// How often a protocol-v2 view's entities are chosen anew by default, in ms (`game.view_refresh_ms`; the view is
+/// kept in between, see [`Simulation::snapshots`]): every 10th tick at 20 ticks per second, so an entity coming into
+/// range shows within 500 ms (MMO servers commonly refresh visibility once a second; TrinityCore's
+/// `Visibility.Notify.Period.OnContinents` defaults to 1,000 ms). Measured (`cargo bench --bench tick`, crowd): from
+/// 200 ms to 500 took the v2 snapshot phase from 1.09 to 0.80 of v1's; 1,000 ms took it only to 0.71, for twice the
+/// delay.
+pub const VIEW_REFRESH_MS: u32 = 500;
 
 /// One player ability.
 #[derive(Debug, Clone, Copy)]
@@ -215,6 +216,8 @@ pub struct Simulation {
     scratch_order: Vec<(u32, SessionId, usize)>,
     snapshot_cache: SnapshotCache,
     view_entities: usize,
+    /// Ticks between a v2 view's area-of-interest queries (`game.view_refresh_ms`).
+    view_period: u64,
 }
 
 /// A snapshot as it goes on the wire: an encoded `DataMessage { snapshot }` (see [`proto::encode_snapshot`]),
@@ -274,6 +277,11 @@ struct View {
 /// Clients whose links pass 3 loads together before making their snapshots.
 const WARM_AHEAD: usize = 16;
 
+/// Ticks in `ms`, rounded to the nearest, at least one.
+fn view_period(ms: u32, tick_rate: u32) -> u64 {
+    ((u64::from(ms) * u64::from(tick_rate) + 500) / 1000).max(1)
+}
+
 fn secs_to_ticks(secs: f32, rate: u32) -> u64 {
     (secs * rate as f32).ceil().max(1.0) as u64
 }
@@ -313,6 +321,7 @@ impl Simulation {
             scratch_order: Vec::new(),
             snapshot_cache: SnapshotCache::default(),
             view_entities: MAX_VIEW,
+            view_period: view_period(VIEW_REFRESH_MS, tick_rate),
             zone,
         };
         for (spawn_index, spawn) in sim.zone.npc_spawns.clone().iter().enumerate() {
@@ -335,6 +344,12 @@ impl Simulation {
     /// Most entities in one protocol-v2 snapshot (`game.view_entities`, clamped to 1..=127).
     pub fn with_view_entities(mut self, n: usize) -> Self {
         self.view_entities = n.clamp(1, crate::proto::delta::MAX_VIEW_LIMIT);
+        self
+    }
+
+    /// A v2 view's entities chosen anew every `ms` (`game.view_refresh_ms`; at least every tick).
+    pub fn with_view_refresh_ms(mut self, ms: u32) -> Self {
+        self.view_period = view_period(ms, self.tick_rate);
         self
     }
 
@@ -1069,7 +1084,7 @@ impl Simulation {
         }
         order.sort_unstable();
         // Pass 1: visible sets (v1; a v2 client's view is kept from tick to tick, see pass 3).
-        let requery = u64::from(self.tick_rate / VIEW_QUERIES_PER_SEC).max(1);
+        let requery = self.view_period;
         let mut any_v2 = false;
         for &(_, session, slot) in &order {
             let Some(player) = self.world.player[slot].as_ref() else { continue };
