@@ -226,9 +226,18 @@ impl DeltaLink {
     /// Records a new view sent at `tick`.
     fn sent_new(&mut self, tick: u64, ids: &[EntityId]) {
         self.version += 1;
-        let view = &mut self.views[(self.version % KEPT) as usize];
-        view.clear();
-        view.extend_from_slice(ids);
+        store_view(&mut self.views, self.version, ids);
+        self.resent(tick);
+        self.want_sent = false;
+    }
+
+    /// Records that the view it wants was sent at `tick` (a new version unless it already was the newest).
+    fn sent_want(&mut self, tick: u64) {
+        if !self.want_sent {
+            self.version += 1;
+            store_view(&mut self.views, self.version, self.want.as_slice());
+            self.want_sent = true;
+        }
         self.resent(tick);
     }
 
@@ -237,6 +246,13 @@ impl DeltaLink {
         let (at, version) = self.sent[(tick % KEPT) as usize];
         (at == tick && version != 0).then(|| self.view(version))
     }
+}
+
+/// Stores the view of `version` in its place of the ring (the one [`KEPT`] versions older).
+fn store_view(views: &mut [Vec<EntityId>; KEPT as usize], version: u64, ids: &[EntityId]) {
+    let view = &mut views[(version % KEPT) as usize];
+    view.clear();
+    view.extend_from_slice(ids);
 }
 
 /// Changes of one slot's published state kept besides the newest: enough for any baseline in the window unless
@@ -624,13 +640,7 @@ impl Encoder {
             link.want_sent = false;
         }
         // The view now: every wanted entity.
-        if link.want_sent {
-            link.resent(tick);
-        } else {
-            let want = link.want;
-            link.sent_new(tick, want.as_slice());
-            link.want_sent = true;
-        }
+        link.sent_want(tick);
         Some(link.want.as_slice().len())
     }
 
@@ -728,7 +738,6 @@ impl Encoder {
         let fits = self.message(header, budget, out);
         debug_assert!(fits, "{} > {budget}", out.len());
         link.sent_new(tick, &self.next);
-        link.want_sent = false;
         shown
     }
 }
