@@ -11,9 +11,10 @@
 //!    lines or standing do not change at all. A change is logged with its tick ([`Published`]): the state at a
 //!    baseline is the newest logged change at or before it;
 //! 2. per client, merges the view it wants with its baseline view, both by ascending id. The view it wants is the
-//!    answer of an area-of-interest query made twice a second (at once when new or after a jump) and kept
-//!    in between ([`DeltaLink::set_view`]); usually it is the very view the client acknowledged, and the merge is
-//!    one pass over it: per entity one 8-byte slot record ([`Hot`]) and a comparison of two ticks. The bodies of
+//!    answer of an area-of-interest query made every `game.view_refresh_ms` (twice a second by default; at once
+//!    when new or after a jump) and kept in between ([`DeltaLink::set_view`]); usually it is the very view the
+//!    client acknowledged, and the merge is one branch-free pass over it: per entity one 8-byte slot record
+//!    ([`Hot`]) and a comparison of two ticks, the few that changed visited after. The bodies of
 //!    the few that changed or enter are encoded on first use and memoised for the tick in a dense table
 //!    ([`Memo`]), so clients sharing a baseline (clients at similar round-trip times) share them. A view that does
 //!    not fit the datagram (a whole view entering at once) is cut nearest first ([`Encoder::assemble`]).
