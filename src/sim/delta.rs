@@ -20,7 +20,8 @@
 //!    not fit the datagram (a whole view entering at once) is cut nearest first ([`Encoder::assemble`]).
 //!
 //! Per-client state ([`DeltaLink`], one allocation): the newest acknowledged tick, the view it wants, and the
-//! views sent in the last [`KEPT`] ticks, each stored once however many ticks it was sent for.
+//! views sent in the last [`KEPT`] ticks (at most the [`VIEWS`] newest), each stored once however many ticks it was
+//! sent for.
 //!
 //! Measured on the way (the tick benchmark, v1 and v2 taking turns tick by tick; BENCHMARKS.md): a fresh
 //! nearest-84 query per client per tick was a third of the phase, the per-client pointer chases (player, link,
@@ -31,12 +32,18 @@ use prost::Message as _;
 use super::world::{EntityId, Vec2};
 use crate::proto::delta::{self as wire, QState, MAX_VIEW_LIMIT, TOLERANCE, WINDOW};
 
-/// Views kept per client as possible baselines: acknowledgements up to this many ticks old (800 ms at 20 ticks
-/// per second: a round trip up to about 700 ms) are used, older ones get a snapshot against an empty view. Fewer
-/// than the [`WINDOW`] a client keeps: each is a client's whole view, written each tick into the buffer of the
-/// view `KEPT` ticks older, and 2,000 clients' views should stay in the cache (16 of 84 ids: 21 MB).
-pub const KEPT: u64 = 16;
-const _: () = assert!(KEPT <= WINDOW);
+/// Ticks whose view is remembered per client: an acknowledgement up to this many ticks old (1.6 s at 20 ticks per
+/// second) is a baseline if its view is still kept ([`VIEWS`]); older ones get a snapshot against an empty view.
+/// The [`WINDOW`] a client keeps (the README promises it): a client whose acknowledgements are delayed by an
+/// overloaded server or network keeps getting deltas, where whole views would add to the overload.
+pub const KEPT: u64 = WINDOW;
+
+/// Views kept per client: each is a client's whole view (up to 84 ids), and 2,000 clients' views should stay in the
+/// cache (16 of 84 ids: 21 MB). A new view is made when the set of entities changes (a query that finds another
+/// set, an entity that dies, a view cut to fit), at most once a tick and usually every [`crate::sim::game`] view
+/// refresh period: 16 cover the [`KEPT`] ticks unless the view changed more often than every other tick.
+pub const VIEWS: u64 = 16;
+const _: () = assert!(VIEWS <= KEPT);
 use crate::proto::{data_message, DataMessage, DeltaSnapshot};
 
 /// A player that moved further than this (metres) since its view's last query gets a new one at once.
@@ -102,10 +109,9 @@ pub struct DeltaLink {
     ack: u64,
     /// Per tick of the last [`KEPT`] (at `tick % KEPT`): `(tick, version of the view sent then)`.
     sent: [(u64, u64); KEPT as usize],
-    /// The views sent, by ascending id, each once however many ticks it was sent for: version `v` at
-    /// `views[v % KEPT]`. A new version is made at most once a tick, so the [`KEPT`] newest are every one the
-    /// window refers to.
-    views: [Vec<EntityId>; KEPT as usize],
+    /// The [`VIEWS`] newest views sent, by ascending id, each once however many ticks it was sent for: version `v`
+    /// at `views[v % VIEWS]`.
+    views: [Vec<EntityId>; VIEWS as usize],
     /// The newest view's version (0: none yet).
     version: u64,
     /// The entities its view should hold, by ascending id: the last area-of-interest query's answer (entities
@@ -184,10 +190,15 @@ impl DeltaLink {
     /// Pass 1, per client: its baseline for a snapshot at `now`, the acknowledged view unless it is too old.
     pub fn plan(&self, now: u64) -> Client {
         let (tick, version) = self.sent[(self.ack % KEPT) as usize];
-        if self.ack == 0 || now.saturating_sub(self.ack) >= KEPT || tick != self.ack {
+        if self.ack == 0 || now.saturating_sub(self.ack) >= KEPT || tick != self.ack || !self.holds(version) {
             return Client { base: 0, version: 0 };
         }
         Client { base: tick, version }
+    }
+
+    /// Whether the view of `version` (0: none) is still kept.
+    fn holds(&self, version: u64) -> bool {
+        version != 0 && self.version - version < VIEWS
     }
 
     /// Reads one word of each cache line pass 3 will read of this link at `now` (its header, the view it wants,
@@ -216,7 +227,7 @@ impl DeltaLink {
         if version == 0 {
             return &[];
         }
-        &self.views[(version % KEPT) as usize]
+        &self.views[(version % VIEWS) as usize]
     }
 
     /// Records that the newest view was sent again at `tick`.
@@ -245,13 +256,13 @@ impl DeltaLink {
     /// The ids sent at `tick`, if still held (tests compare them with what the client decoded).
     pub fn sent_ids(&self, tick: u64) -> Option<&[EntityId]> {
         let (at, version) = self.sent[(tick % KEPT) as usize];
-        (at == tick && version != 0).then(|| self.view(version))
+        (at == tick && self.holds(version)).then(|| self.view(version))
     }
 }
 
-/// Stores the view of `version` in its place of the ring (the one [`KEPT`] versions older).
-fn store_view(views: &mut [Vec<EntityId>; KEPT as usize], version: u64, ids: &[EntityId]) {
-    let view = &mut views[(version % KEPT) as usize];
+/// Stores the view of `version` in its place of the ring (the one [`VIEWS`] versions older).
+fn store_view(views: &mut [Vec<EntityId>; VIEWS as usize], version: u64, ids: &[EntityId]) {
+    let view = &mut views[(version % VIEWS) as usize];
     view.clear();
     view.extend_from_slice(ids);
 }
@@ -392,8 +403,8 @@ impl Encoder {
         }
     }
 
-    /// Pass 2: the published state of every slot some view wants (`state` gives its id and quantized state anchored at `tick`,
-    /// `None` if it holds no entity now), re-anchored only when it strays.
+    /// Pass 2: the published state of every slot some view wants (`state` gives its id and quantized state anchored
+    /// at `tick`, `None` if it holds no entity now), re-anchored only when it strays.
     pub fn encode(&mut self, tick: u64, tick_rate: u32, state: impl Fn(usize) -> Option<(EntityId, QState)>) {
         for s in 0..self.published.len() {
             if self.wanted[s] >= tick {

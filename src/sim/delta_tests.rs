@@ -10,7 +10,7 @@ use super::game::*;
 use super::rng::Pcg32;
 use super::tests::zone;
 use super::world::Vec2;
-use crate::proto::delta::{DeltaDecoder, DeltaError, QState, TOLERANCE};
+use crate::proto::delta::{DeltaDecoder, DeltaError, QState, TOLERANCE, WINDOW};
 use crate::proto::{self, data_message, DataMessage, Input};
 use prost::Message as _;
 
@@ -341,4 +341,53 @@ fn views_follow_the_world(refresh_ms: Option<u32>) {
     sim.grid_update_for_tests(my_slot);
     let view = step(&mut sim);
     assert!(view.contains(&far) && view.contains(&me), "after the jump: {view:?}");
+}
+
+/// A client whose acknowledgements arrive late (an overloaded server or network: here 20 ticks, 1 s) keeps getting
+/// deltas against the view it acknowledged, as the README promises for acknowledgements under 32 ticks old, not
+/// whole views (which would add to the overload); at 32 ticks and more it gets whole ones, and both decode.
+#[test]
+fn late_acknowledgements_under_the_window_still_get_deltas() {
+    for (delay, deltas) in [(20u64, true), (WINDOW, false)] {
+        let mut sim = Simulation::new(zone(&npcs(300)), RATE, 5);
+        let pos = Some(Vec2::new(200.0, 200.0));
+        sim.spawn_player(1, PlayerSpawn { player_id: 1, name: "late".into(), pos, level: 1, xp: 0, hp: None });
+        sim.set_udp_bound(1);
+        sim.set_protocol(1, 2);
+        let mut decoder = DeltaDecoder::new();
+        let mut decoded_at = Vec::new();
+        let mut out = Vec::new();
+        let (mut against_baseline, mut whole) = (0, 0);
+        for now in 1..=120u64 {
+            // The input that arrives now carries what the client had decoded `delay` ticks ago.
+            let ack = decoded_at.iter().rev().find(|&&(at, _)| at + delay <= now).map_or(0, |&(_, tick)| tick);
+            let input = Input { sequence: now as u32, snapshot_ack: ack, ..Default::default() };
+            let _ = sim.queue_input(1, input);
+            out.clear();
+            sim.step(&mut out);
+            for o in out.drain(..) {
+                let Output::Snapshot { snapshot, .. } = o else { continue };
+                let Some(data_message::Body::DeltaSnapshot(d)) = DataMessage::decode(&snapshot.bytes[..]).unwrap().body
+                else {
+                    panic!("a v2 client got something else than a DeltaSnapshot");
+                };
+                let view = decoder.decode_view(&d).unwrap_or_else(|e| panic!("tick {}: {e}", d.tick));
+                assert!(!view.entities.is_empty());
+                decoded_at.push((now, d.tick));
+                if now > delay + 2 {
+                    if d.baseline_tick != 0 {
+                        assert!(d.tick - d.baseline_tick >= delay, "baseline {} at {}", d.baseline_tick, d.tick);
+                        against_baseline += 1;
+                    } else {
+                        whole += 1;
+                    }
+                }
+            }
+        }
+        if deltas {
+            assert!(whole == 0 && against_baseline > 90, "delay {delay}: {against_baseline} deltas, {whole} whole");
+        } else {
+            assert!(against_baseline == 0 && whole > 80, "delay {delay}: {against_baseline} deltas, {whole} whole");
+        }
+    }
 }
