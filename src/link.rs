@@ -18,6 +18,63 @@ use std::sync::Arc;
 use crate::proto::{ControlMessage, DataMessage, KickReason, LoginError, LoginOk};
 use crate::queue::Producer;
 
+/// Encoded bytes in a buffer shared with others: the simulation writes a tick's snapshots into one buffer, so a
+/// tick costs one allocation instead of one per snapshot (measured: the allocations were about a tenth of the v2
+/// snapshot phase at 2,000 players), and the io threads free nothing per snapshot. The buffer goes back to the
+/// simulation for the next tick once every holder lets go ([`Shared::reclaim`]).
+#[derive(Clone)]
+pub struct Shared {
+    buf: Arc<Vec<u8>>,
+    start: u32,
+    end: u32,
+}
+
+impl Shared {
+    /// `buf[range]`.
+    pub fn new(buf: &Arc<Vec<u8>>, range: std::ops::Range<usize>) -> Self {
+        assert!(range.start <= range.end && range.end <= buf.len() && buf.len() <= u32::MAX as usize);
+        Self { buf: Arc::clone(buf), start: range.start as u32, end: range.end as u32 }
+    }
+
+    /// Bytes of their own.
+    pub fn from_vec(bytes: Vec<u8>) -> Self {
+        let end = bytes.len();
+        Self::new(&Arc::new(bytes), 0..end)
+    }
+
+    /// `buf` emptied for reuse if nothing else holds it, else a new buffer of the same capacity.
+    pub fn reclaim(buf: Arc<Vec<u8>>) -> Vec<u8> {
+        let capacity = buf.capacity();
+        match Arc::try_unwrap(buf) {
+            Ok(mut buf) => {
+                buf.clear();
+                buf
+            }
+            Err(_) => Vec::with_capacity(capacity),
+        }
+    }
+}
+
+impl std::ops::Deref for Shared {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start as usize..self.end as usize]
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Shared({} bytes)", self.len())
+    }
+}
+
+impl PartialEq for Shared {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
 /// Identifies one client session for its whole life: the same id is used on the TLS and the UDP channel.
 pub type SessionId = u64;
 
@@ -140,7 +197,7 @@ pub enum Outbound {
         /// The session.
         session: SessionId,
         /// The encoded `DataMessage`.
-        msg: Vec<u8>,
+        msg: Shared,
     },
     /// Close a session with a reason.
     Close {
@@ -241,5 +298,27 @@ impl SimWaker {
     /// Whether a simulation thread registered (it then parks between ticks instead of sleeping).
     pub fn registered(&self) -> bool {
         self.0.get().is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_buffer_is_reused_only_when_nobody_holds_it() {
+        let mut buf = Vec::with_capacity(4096);
+        buf.extend_from_slice(b"firstsecond");
+        let buf = Arc::new(buf);
+        let (a, b) = (Shared::new(&buf, 0..5), Shared::new(&buf, 5..11));
+        assert_eq!((&a[..], &b[..]), (&b"first"[..], &b"second"[..]));
+        let address = buf.as_ptr();
+        // Still held by `a`: a new buffer of the same capacity, and `a` keeps its bytes.
+        let fresh = Shared::reclaim(Arc::clone(&buf));
+        assert!(fresh.is_empty() && fresh.capacity() >= 4096 && fresh.as_ptr() != address);
+        assert_eq!(&a[..], b"first");
+        drop((a, b));
+        let reused = Shared::reclaim(buf);
+        assert!(reused.is_empty() && reused.as_ptr() == address);
     }
 }

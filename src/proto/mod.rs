@@ -145,7 +145,7 @@ fn put_varint(buf: &mut [u8], mut at: usize, key: u8, mut v: u64) -> usize {
 const SNAPSHOT_ENTITIES_FIELD: u32 = 4;
 const DATA_MESSAGE_SNAPSHOT_FIELD: u32 = 4;
 
-/// Encodes `DataMessage { snapshot }` into `out` (cleared first) from `header` (a snapshot whose `entities` are
+/// Encodes `DataMessage { snapshot }` at the end of `out` (a tick's snapshots share one buffer) from `header` (a snapshot whose `entities` are
 /// not encoded: they are ignored) and `entities`, [`encode_entity_field`] outputs, nearest first, copied straight
 /// from wherever they were encoded. The result decodes exactly as the `DataMessage` with those entities in the
 /// snapshot: protobuf allows a message's fields in any order, and the repeated field's elements keep theirs.
@@ -153,7 +153,6 @@ pub fn encode_snapshot<'a>(header: &Snapshot, entities: impl Iterator<Item = &'a
     use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
     let header = Snapshot { entities: Vec::new(), ..*header };
     let body_len = prost::Message::encoded_len(&header) + entities.clone().map(<[u8]>::len).sum::<usize>();
-    out.clear();
     out.reserve(2 + encoded_len_varint(body_len as u64) + body_len);
     encode_key(DATA_MESSAGE_SNAPSHOT_FIELD, WireType::LengthDelimited, out);
     encode_varint(body_len as u64, out);
@@ -222,11 +221,14 @@ mod snapshot_encoding_tests {
             encode_entity_field(e, &mut fields);
             assert_eq!(fields.len() - before, prost::encoding::message::encoded_len(SNAPSHOT_ENTITIES_FIELD, e));
         }
-        let mut bytes = Vec::new();
+        // Appended after whatever the buffer holds (another snapshot of the tick).
+        let mut bytes = vec![0xAB; 3];
         let (first, rest) = fields.split_at(fields.len() / 3); // any split: the pieces are concatenated
         encode_snapshot(&Snapshot { entities: Vec::new(), ..snapshot.clone() }, [first, rest].into_iter(), &mut bytes);
+        assert_eq!(bytes[..3], [0xAB; 3]);
+        let bytes = &bytes[3..];
         let expected = DataMessage::new(data_message::Body::Snapshot(snapshot));
         assert_eq!(bytes.len(), prost::Message::encoded_len(&expected));
-        assert_eq!(<DataMessage as prost::Message>::decode(&bytes[..]).unwrap(), expected);
+        assert_eq!(<DataMessage as prost::Message>::decode(bytes).unwrap(), expected);
     }
 }

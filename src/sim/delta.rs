@@ -537,7 +537,8 @@ impl Encoder {
         }
     }
 
-    /// `DataMessage { delta_snapshot }` of `header` and `bytes` into `out`; whether it fits `budget`.
+    /// `DataMessage { delta_snapshot }` of `header` and `bytes` at the end of `out` if it fits `budget` (else
+    /// nothing is written); whether it fits.
     fn message(&mut self, header: DeltaSnapshot, budget: usize, out: &mut Vec<u8>) -> bool {
         let message = DataMessage {
             body: Some(data_message::Body::DeltaSnapshot(DeltaSnapshot {
@@ -546,7 +547,6 @@ impl Encoder {
             })),
         };
         let len = message.encoded_len();
-        out.clear();
         if len <= budget {
             out.reserve(len);
             message.encode(out).expect("a Vec grows");
@@ -585,7 +585,7 @@ impl Encoder {
         false
     }
 
-    /// Pass 3, per client, the usual way: its snapshot into `out` against its baseline, holding every entity of
+    /// Pass 3, per client, the usual way: its snapshot at the end of `out` against its baseline, holding every entity of
     /// the view `link` wants (the last query's, [`DeltaLink::set_view`]), by one merge of the two id-sorted lists;
     /// records what was sent. An entity of both costs a comparison of two ticks unless it changed. `None` (nothing
     /// sent, nothing recorded) when that view does not fit `budget`: [`Encoder::assemble`] then chooses nearest
@@ -656,7 +656,7 @@ impl Encoder {
         Some(link.want.as_slice().len())
     }
 
-    /// Pass 3, per client: its `DataMessage { delta_snapshot }` into `out`, within `budget` bytes, from its
+    /// Pass 3, per client: its `DataMessage { delta_snapshot }` at the end of `out`, within `budget` bytes, from its
     /// visible slots (nearest first; at most [`MAX_VIEW_LIMIT`]); records what was sent in `link`. Returns how many
     /// entities the view holds.
     pub fn assemble(
@@ -748,7 +748,7 @@ impl Encoder {
         }
         next.extend(entering.map(|e| e.0));
         let fits = self.message(header, budget, out);
-        debug_assert!(fits, "{} > {budget}", out.len());
+        debug_assert!(fits, "a cut view exceeds {budget} bytes");
         link.sent_new(tick, &self.next);
         shown
     }

@@ -132,7 +132,7 @@ fn run(loss: f32, seed: u64, ticks: u64) -> Tally {
                 tally.sent += 1;
                 tally.bytes += snapshot.bytes.len() as u64;
                 assert!(snapshot.bytes.len() <= SNAPSHOT_BUDGET);
-                clients.get_mut(&session).unwrap().down.send(&mut rng, loss, now, snapshot.bytes);
+                clients.get_mut(&session).unwrap().down.send(&mut rng, loss, now, snapshot.bytes.to_vec());
             }
         }
         for (&s, c) in &mut clients {

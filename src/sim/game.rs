@@ -8,6 +8,7 @@
 //! chat, portals, AOI + snapshots.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::aoi::Grid;
 use super::chat::{ChatLimiter, Refusal};
@@ -16,7 +17,7 @@ use super::phase::Phase;
 use super::rng::Pcg32;
 use super::world::{EntityId, Health, Kind, NpcData, NpcState, PlayerData, Vec2, World};
 use super::zone::Zone;
-use crate::link::SessionId;
+use crate::link::{SessionId, Shared};
 use crate::proto::delta::{quantize_pos, quantize_vel, QState, MAX_VIEW};
 use crate::proto::{
     self, control_message::Body, ChatChannel, CombatEvent, CombatEventKind, ControlMessage, DeltaSnapshot, EntityKind,
@@ -215,6 +216,8 @@ pub struct Simulation {
     scratch_ids: Vec<EntityId>,
     scratch_order: Vec<(u32, SessionId, usize)>,
     snapshot_cache: SnapshotCache,
+    /// The last tick's snapshot buffer ([`Shared`]): reused once the io threads let go of it.
+    snapshot_buf: Arc<Vec<u8>>,
     view_entities: usize,
     /// Ticks between a v2 view's area-of-interest queries (`game.view_refresh_ms`).
     view_period: u64,
@@ -224,8 +227,8 @@ pub struct Simulation {
 /// built from entity encodings made once per tick; the io thread only encrypts it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EncodedSnapshot {
-    /// The encoded `DataMessage`; at most [`SNAPSHOT_BUDGET`] bytes.
-    pub bytes: Vec<u8>,
+    /// The encoded `DataMessage`, at most [`SNAPSHOT_BUDGET`] bytes, in the buffer of its tick's snapshots.
+    pub bytes: Shared,
 }
 
 impl EncodedSnapshot {
@@ -258,6 +261,8 @@ struct SnapshotCache {
     parts: Vec<(u32, u32)>,
     /// Protocol v2: the shared encodings.
     delta: Encoder,
+    /// The tick's snapshots, back to back: `(session, start, end)` in the tick's buffer.
+    sent: Vec<(SessionId, u32, u32)>,
 }
 
 /// One player's snapshot between the passes of [`Simulation::snapshots`].
@@ -320,6 +325,7 @@ impl Simulation {
             scratch_ids: Vec::new(),
             scratch_order: Vec::new(),
             snapshot_cache: SnapshotCache::default(),
+            snapshot_buf: Arc::default(),
             view_entities: MAX_VIEW,
             view_period: view_period(VIEW_REFRESH_MS, tick_rate),
             zone,
@@ -1070,6 +1076,8 @@ impl Simulation {
         cache.arena.clear();
         cache.lists.clear();
         cache.views.clear();
+        cache.sent.clear();
+        let mut buf = Shared::reclaim(std::mem::take(&mut self.snapshot_buf));
         // Players in AOI-cell order: consecutive queries share most of their cells, which stay in cache
         // (measured: the dominant cost of AOI at scale is cache misses). Ties by session keep it deterministic.
         let mut order = std::mem::take(&mut self.scratch_order);
@@ -1166,9 +1174,9 @@ impl Simulation {
                     tick_rate: self.tick_rate,
                 };
                 let frame = Frame { tick: self.tick, client };
-                let mut bytes = Vec::new();
+                let start = buf.len() as u32;
                 let shown =
-                    match cache.delta.assemble_wanted(&mut link, &frame, header.clone(), SNAPSHOT_BUDGET, &mut bytes) {
+                    match cache.delta.assemble_wanted(&mut link, &frame, header.clone(), SNAPSHOT_BUDGET, &mut buf) {
                         Some(shown) => shown,
                         None => {
                             // Too much for one datagram (a view entered whole, or many changes at once): nearest first.
@@ -1182,7 +1190,7 @@ impl Simulation {
                             visible.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
                             cache.prev.clear();
                             cache.prev.extend(visible.iter().map(|v| v.1));
-                            cache.delta.assemble(&mut link, &frame, header, &cache.prev, SNAPSHOT_BUDGET, &mut bytes)
+                            cache.delta.assemble(&mut link, &frame, header, &cache.prev, SNAPSHOT_BUDGET, &mut buf)
                         }
                     };
                 self.stats.snapshot_truncated_entities += u64::from(link.total()).saturating_sub(shown as u64);
@@ -1199,7 +1207,7 @@ impl Simulation {
                     p.delta = Some(link);
                 }
                 self.stats.snapshots += 1;
-                out.push(Output::Snapshot { session: view.session, snapshot: EncodedSnapshot { bytes } });
+                cache.sent.push((view.session, start, buf.len() as u32));
                 continue;
             }
             let header = Snapshot {
@@ -1226,17 +1234,23 @@ impl Simulation {
             }
             self.stats.snapshot_truncated_entities += u64::from(view.total) - ids.len() as u64;
             self.stats.snapshots_shown += ids.len() as u64;
-            let mut bytes = Vec::new();
+            let start = buf.len() as u32;
             let arena = &cache.arena;
             let parts = cache.parts.iter().map(|&(start, len)| &arena[start as usize..(start + len) as usize]);
-            proto::encode_snapshot(&header, parts, &mut bytes);
-            debug_assert!(bytes.len() <= SNAPSHOT_BUDGET);
+            proto::encode_snapshot(&header, parts, &mut buf);
+            debug_assert!(buf.len() - start as usize <= SNAPSHOT_BUDGET);
             if let Some(p) = self.world.player[view.slot].as_mut() {
                 std::mem::swap(&mut p.visible, &mut ids);
             }
             self.stats.snapshots += 1;
-            out.push(Output::Snapshot { session: view.session, snapshot: EncodedSnapshot { bytes } });
+            cache.sent.push((view.session, start, buf.len() as u32));
         }
+        let buf = Arc::new(buf);
+        for &(session, start, end) in &cache.sent {
+            let bytes = Shared::new(&buf, start as usize..end as usize);
+            out.push(Output::Snapshot { session, snapshot: EncodedSnapshot { bytes } });
+        }
+        self.snapshot_buf = buf;
         self.scratch = visible;
         self.scratch_ids = ids;
         self.scratch_order = order;

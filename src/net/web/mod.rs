@@ -138,7 +138,7 @@ struct Conn {
     /// Admitted by the simulation.
     authenticated: bool,
     /// The newest snapshot not yet handed to the socket.
-    snapshot: Option<Vec<u8>>,
+    snapshot: Option<crate::link::Shared>,
     /// The socket's last flush completed (nothing of ours is queued).
     flushed: bool,
     connected_at: Instant,
