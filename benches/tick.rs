@@ -170,6 +170,15 @@ impl Side {
             .map(|(p, d)| format!("{} {:.3}", p.label(), d.as_secs_f64() * 1e3 / measured))
             .collect();
         println!("    mean ms per phase: {}", phases.join(", "));
+        if protocol == 2 {
+            let (looked_at, skipped) = self.sim.publish_counts();
+            let per_tick = |n: u64| n as f64 / TICKS as f64;
+            println!(
+                "    v2 publishing, per tick: {:.0} entities looked at, {:.0} skipped as unchanged",
+                per_tick(looked_at),
+                per_tick(skipped)
+            );
+        }
         Run {
             name: match (layout, protocol) {
                 (Layout::Uniform, 1) => "players spread over the map, v1",

@@ -78,6 +78,7 @@ struct Tally {
 
 fn run(loss: f32, seed: u64, ticks: u64) -> Tally {
     let mut sim = Simulation::new(zone(&npcs(900)), RATE, seed);
+    sim.check_published();
     let mut rng = Pcg32::new(seed, 99);
     let mut clients = BTreeMap::new();
     for s in 1..=PLAYERS {
@@ -390,4 +391,65 @@ fn late_acknowledgements_under_the_window_still_get_deltas() {
             assert!(against_baseline == 0 && whole > 80, "delay {delay}: {against_baseline} deltas, {whole} whole");
         }
     }
+}
+
+/// The publishing pass looks only at entities the world touched or whose trajectory is due a check: with every
+/// skipped entity checked against the world (a mismatch panics), a minute of players fighting wolves (hits, kills,
+/// loot, level-ups, deaths and respawns, heals, chases, leashes, wolves walking home), players pushing against the
+/// zone's edge, and players dropping (standing still, detached) and leaving. Most wanted entities are skipped, so
+/// the check checks something; a write to the world that does not touch its slot fails here.
+#[test]
+fn the_publishing_pass_skips_only_entities_that_did_not_change() {
+    let mut sim = Simulation::new(zone(&npcs(300)), RATE, 11);
+    sim.check_published();
+    let players = 24u64;
+    for s in 1..=players {
+        // A third against the west edge, the rest in the wolves' middle.
+        let at = if s % 3 == 0 { Vec2::new(3.0, 60.0 + s as f32 * 10.0) } else { Vec2::new(195.0 + s as f32, 200.0) };
+        sim.spawn_player(
+            s,
+            PlayerSpawn { player_id: s, name: format!("p{s}"), pos: Some(at), level: 1, xp: 0, hp: None },
+        );
+        sim.set_udp_bound(s);
+        sim.set_protocol(s, 2);
+    }
+    let mut out = Vec::new();
+    let mut levelled = false;
+    for now in 1..=1200u64 {
+        let sequence = now as u32;
+        for s in 1..=players {
+            let Some(me) = sim.player_entity(s).and_then(|id| sim.world.slot(id)) else { continue };
+            let pos = sim.world.pos[me];
+            let (dir, ability, target) = if s % 3 == 0 {
+                // Into the wall, sliding along it.
+                (proto::Vec2 { x: -1.0, y: 0.2 }, 0, 0)
+            } else {
+                let nearest = (0..sim.world.slots())
+                    .filter(|&n| sim.world.alive[n] && sim.world.npc[n].is_some())
+                    .min_by(|&a, &b| sim.world.pos[a].dist2(pos).total_cmp(&sim.world.pos[b].dist2(pos)));
+                let target = nearest.map_or(0, |n| sim.world.id(n));
+                let angle = s as f32 + (now / 30) as f32;
+                let ability = match now % 40 {
+                    0 => 3,
+                    k if k % 3 == 0 => 2,
+                    _ => 0,
+                };
+                (proto::Vec2 { x: angle.cos(), y: angle.sin() }, ability, target)
+            };
+            // Every fifth stands still for a while (its velocity drops to zero, and back).
+            let dir = if s % 5 == 0 && now % 100 < 40 { proto::Vec2 { x: 0.0, y: 0.0 } } else { dir };
+            let input = Input { sequence, move_dir: Some(dir), ability, target_entity: target, ..Default::default() };
+            let _ = sim.queue_input(s, input);
+        }
+        if now == 600 {
+            sim.detach_player(4);
+            sim.despawn_player(5);
+        }
+        out.clear();
+        sim.step(&mut out);
+        levelled |= (1..=players).any(|s| sim.player_record(s).is_some_and(|r| r.level > 1));
+    }
+    let (looked_at, skipped) = sim.publish_counts();
+    assert!(skipped > 4 * looked_at, "most wanted entities are unchanged: {looked_at} looked at, {skipped} skipped");
+    assert!(sim.stats().kills > 20 && levelled, "the fight happened: {:?}", sim.stats());
 }

@@ -152,6 +152,8 @@ pub struct NpcData {
     pub next_think: u64,
     /// Tick at which its attack is ready.
     pub attack_ready: u64,
+    /// Tick at which it last changed its velocity.
+    pub aimed_at: u64,
 }
 
 /// All entities and their components.
@@ -180,6 +182,11 @@ pub struct World {
     pub player: Vec<Option<PlayerData>>,
     /// NPC component.
     pub npc: Vec<Option<NpcData>>,
+    /// One bit per slot: something protocol v2 publishes of it (its entity, kind, position other than by its
+    /// velocity, velocity, health, level, combat) was written since [`World::clear_touched`]. Every such write
+    /// calls [`World::touch`] (or [`World::set_vel`]): the publishing pass looks only at touched slots and
+    /// trajectories due a check (`crate::sim::delta::Encoder::encode`; a test checks every skipped slot).
+    touched: Vec<u64>,
 }
 
 impl World {
@@ -210,6 +217,31 @@ impl World {
         self.live == 0
     }
 
+    /// Marks that something published of `slot` was written ([`World::touched`]).
+    pub fn touch(&mut self, slot: usize) {
+        if let Some(word) = self.touched.get_mut(slot / 64) {
+            *word |= 1 << (slot % 64);
+        }
+    }
+
+    /// Sets `slot`'s velocity, touching the slot if it changes.
+    pub fn set_vel(&mut self, slot: usize, vel: Vec2) {
+        if self.vel[slot] != vel {
+            self.vel[slot] = vel;
+            self.touch(slot);
+        }
+    }
+
+    /// One bit per slot (bit `s % 64` of word `s / 64`): touched since the last [`World::clear_touched`].
+    pub fn touched(&self) -> &[u64] {
+        &self.touched
+    }
+
+    /// Forgets the touches (after the snapshot phase).
+    pub fn clear_touched(&mut self) {
+        self.touched.fill(0);
+    }
+
     /// Creates an entity; components start at neutral values.
     pub fn spawn(&mut self, kind: Kind, pos: Vec2, max_hp: i32, level: u32) -> EntityId {
         let slot = match self.free.pop() {
@@ -226,9 +258,11 @@ impl World {
                 self.in_combat_until.push(0);
                 self.player.push(None);
                 self.npc.push(None);
+                self.touched.resize(self.alive.len().div_ceil(64), 0);
                 self.alive.len() - 1
             }
         };
+        self.touch(slot);
         self.generation[slot] = self.generation[slot].wrapping_add(1).max(1);
         self.alive[slot] = true;
         self.kind[slot] = kind;
@@ -247,6 +281,7 @@ impl World {
     /// Removes an entity; its id never resolves again.
     pub fn despawn(&mut self, id: EntityId) -> bool {
         let Some(slot) = self.slot(id) else { return false };
+        self.touch(slot);
         self.alive[slot] = false;
         self.player[slot] = None;
         self.npc[slot] = None;
