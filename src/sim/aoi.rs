@@ -243,6 +243,32 @@ impl Grid {
         limit: usize,
         out: &mut Vec<(f32, u32)>,
     ) -> usize {
+        self.nearest(center, (enter, leave), prev, limit, true, out)
+    }
+
+    /// As [`Grid::visible_nearest`], `out` in no particular order (a caller that orders them otherwise saves
+    /// sorting them by distance).
+    pub fn visible_nearest_set(
+        &mut self,
+        center: Vec2,
+        enter: f32,
+        leave: f32,
+        prev: &[u32],
+        limit: usize,
+        out: &mut Vec<(f32, u32)>,
+    ) -> usize {
+        self.nearest(center, (enter, leave), prev, limit, false, out)
+    }
+
+    fn nearest(
+        &mut self,
+        center: Vec2,
+        (enter, leave): (f32, f32),
+        prev: &[u32],
+        limit: usize,
+        sorted: bool,
+        out: &mut Vec<(f32, u32)>,
+    ) -> usize {
         let (e2, l2) = (enter * enter, leave * leave);
         let candidates = self.plan(center, enter);
         let mut keys = std::mem::take(&mut self.keys);
@@ -285,7 +311,7 @@ impl Grid {
             keys.extend_from_slice(&ring);
             total
         };
-        let n = select_sorted(&mut keys, limit);
+        let n = if sorted { select_sorted(&mut keys, limit) } else { select(&mut keys, limit) };
         out.clear();
         out.extend(keys[..n].iter().map(|&k| unpack(k)));
         self.keys = keys;
@@ -429,6 +455,16 @@ fn nearest_key(d2: f32, slot: u32) -> u64 {
 /// A query with more candidates than this many times its limit takes the crowd path of
 /// [`Grid::visible_nearest`].
 const CROWD_FACTOR: usize = 4;
+
+/// Puts the `limit` smallest keys first, in no particular order; returns how many that is.
+fn select(keys: &mut [u64], limit: usize) -> usize {
+    if keys.len() > limit {
+        keys.select_nth_unstable(limit);
+        limit
+    } else {
+        keys.len()
+    }
+}
 
 /// Puts the `limit` smallest keys first, sorted; returns how many that is (`limit` or all of them).
 fn select_sorted(keys: &mut [u64], limit: usize) -> usize {
@@ -643,6 +679,11 @@ mod nearest_tests {
                 let total = g.visible_nearest(c, 30.0, 33.0, &prev, 12, &mut out);
                 assert_eq!(total, brute.len(), "{count} entities, cell {cell}");
                 assert_eq!(out, brute[..brute.len().min(12)], "{count} entities, cell {cell}");
+                // The same set unordered.
+                let mut set = Vec::new();
+                assert_eq!(g.visible_nearest_set(c, 30.0, 33.0, &prev, 12, &mut set), total);
+                set.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                assert_eq!(set, out, "{count} entities, cell {cell}");
             }
         }
     }

@@ -1308,7 +1308,8 @@ impl Simulation {
         let world = &self.world;
         prev.clear();
         prev.extend(link.want().iter().filter_map(|&id| world.slot(id)).map(|s| s as u32));
-        let total = self.grid.visible_nearest(pos, self.enter_r, self.leave_r, prev, self.view_entities, visible);
+        // In no particular order: the view is kept by ascending id.
+        let total = self.grid.visible_nearest_set(pos, self.enter_r, self.leave_r, prev, self.view_entities, visible);
         ids.clear();
         ids.extend(visible.iter().map(|&(_, s)| world.id(s as usize)));
         ids.sort_unstable();
