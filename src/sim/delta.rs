@@ -102,6 +102,35 @@ impl Ids {
     }
 }
 
+/// Acknowledgements waiting for their link ([`crate::sim::world::PlayerData::acks`]): the newest few, oldest first.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Acks {
+    ticks: [u64; 4],
+    len: u8,
+}
+
+impl Acks {
+    /// Keeps `tick` (dropping the oldest kept when full: only the newest can matter).
+    pub fn push(&mut self, tick: u64) {
+        let len = usize::from(self.len);
+        if len == self.ticks.len() {
+            self.ticks.copy_within(1.., 0);
+            self.ticks[len - 1] = tick;
+        } else {
+            self.ticks[len] = tick;
+            self.len += 1;
+        }
+    }
+
+    /// Gives them to `link` in order ([`DeltaLink::acknowledge`]) and forgets them.
+    pub fn apply(&mut self, link: &mut DeltaLink) {
+        for &tick in &self.ticks[..usize::from(self.len)] {
+            link.acknowledge(tick);
+        }
+        self.len = 0;
+    }
+}
+
 /// One v2 client's side of the protocol on the server.
 #[derive(Debug, Clone)]
 pub struct DeltaLink {
@@ -925,5 +954,30 @@ impl Encoder {
         debug_assert!(fits, "a cut view exceeds {budget} bytes");
         link.sent_new(tick, &self.next);
         shown
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_acknowledgements_keep_the_newest_four_and_apply_in_order() {
+        let mut link = DeltaLink::default();
+        for tick in 1..=6 {
+            link.sent_new(tick, &[]);
+        }
+        let mut acks = Acks::default();
+        // 9 was never sent: it does not count, and the 6 before it still does.
+        for tick in [1, 2, 3, 6, 9] {
+            acks.push(tick);
+        }
+        assert_eq!(acks.ticks, [2, 3, 6, 9], "the oldest dropped when full");
+        acks.apply(&mut link);
+        assert_eq!((link.ack, acks.len), (6, 0));
+        // Applied acknowledgements only move forward.
+        acks.push(4);
+        acks.apply(&mut link);
+        assert_eq!(link.ack, 6);
     }
 }

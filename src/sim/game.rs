@@ -439,6 +439,7 @@ impl Simulation {
             cooldown_until: [0; 4],
             visible: Vec::new(),
             delta: None,
+            acks: Default::default(),
             dirty: false,
             transferring: false,
             udp_bound: false,
@@ -539,6 +540,7 @@ impl Simulation {
         if let Some(slot) = self.sessions.get(&session).and_then(|&id| self.world.slot(id)) {
             if let Some(p) = self.world.player[slot].as_mut() {
                 p.delta = (version >= 2).then(Box::default);
+                p.acks = Default::default();
             }
         }
     }
@@ -569,9 +571,10 @@ impl Simulation {
     pub fn queue_input(&mut self, session: SessionId, input: Input) -> Result<(), Rejected> {
         let slot = self.sessions.get(&session).and_then(|&id| self.world.slot(id)).ok_or(Rejected::UnknownSession)?;
         let player = self.world.player[slot].as_mut().ok_or(Rejected::UnknownSession)?;
-        if let Some(link) = player.delta.as_mut() {
-            // Acknowledgements count even on a stale input: they only ever move forward.
-            link.acknowledge(input.snapshot_ack);
+        if player.delta.is_some() {
+            // Acknowledgements count even on a stale input (they only ever move forward), given to the link
+            // before the next snapshot.
+            player.acks.push(input.snapshot_ack);
         }
         let newest = player.pending.back().map_or(player.last_input, |i| i.sequence);
         if input.sequence <= newest {
@@ -1178,10 +1181,16 @@ impl Simulation {
         // ([`super::delta::DeltaLink::warm`]).
         for (k, view) in cache.views.iter().enumerate() {
             if k % WARM_AHEAD == 0 {
-                let world = &self.world;
-                let links = cache.views[k..].iter().take(WARM_AHEAD).filter(|v| v.v2);
-                let links = links.filter_map(|v| world.player[v.slot].as_ref()?.delta.as_deref());
-                std::hint::black_box(links.fold(0, |acc, link| acc ^ link.warm(self.tick)));
+                // The acknowledgements received since the last tick go to their links here, where the links
+                // are loaded anyway.
+                let mut acc = 0;
+                for v in cache.views[k..].iter().take(WARM_AHEAD).filter(|v| v.v2) {
+                    let Some(p) = self.world.player[v.slot].as_mut() else { continue };
+                    let Some(link) = p.delta.as_deref_mut() else { continue };
+                    p.acks.apply(link);
+                    acc ^= link.warm(self.tick);
+                }
+                std::hint::black_box(acc);
             }
             let Some(player) = self.world.player[view.slot].as_ref() else { continue };
             if view.v2 {
