@@ -233,14 +233,18 @@ impl DeltaLink {
         version != 0 && self.version - version < VIEWS
     }
 
-    /// Reads one word of each cache line pass 3 will read of this link at `now` (its header, the view it wants,
-    /// its baseline view) and folds them into one value. Called for a few clients in a row before their
+    /// Reads one word of each cache line pass 3 will read of this link at `now` (its header, the entries its
+    /// waiting `acks` check, the view it wants, its baseline view) and folds them into one value. Called for a few clients in a row before their
     /// snapshots are made: the loads of different clients do not depend on one another, so the CPU has all of
     /// them in flight at once, where in the snapshot itself each one stalls it (measured: most of pass 3's
     /// per-client cost was these misses; the links of 2,000 clients do not stay in the cache from tick to tick).
-    pub fn warm(&self, now: u64) -> u64 {
+    pub fn warm(&self, now: u64, acks: &Acks) -> u64 {
         const WORDS_PER_LINE: usize = 64 / std::mem::size_of::<EntityId>();
         let mut acc = self.ack ^ u64::from(self.queried.is_some());
+        // The entries the waiting acknowledgements will check.
+        for &tick in &acks.ticks[..usize::from(acks.len)] {
+            acc ^= self.sent[(tick % KEPT) as usize].0;
+        }
         for id in self.want.as_slice().iter().step_by(WORDS_PER_LINE) {
             acc ^= id;
         }
@@ -416,16 +420,14 @@ fn due(q: &QState, now: &Now, tick: u64, tick_rate: u32) -> u64 {
     let drift = |qv: i32, step: f32| (f64::from(qv) / rate - f64::from(step)).abs();
     let r = drift(q.vx, now.step[0]).max(drift(q.vy, now.step[1])) + f64::from(now.slop);
     let slack = f64::from(TOLERANCE) - 1.0 - e;
-    let ticks = if slack < r {
-        0
-    } else if r > 0.0 {
-        (slack / r).min(1e9) as u64
-    } else {
-        u64::MAX / 4
-    };
+    let ticks = if slack < r { 0 } else { (slack / r).min(MAX_DUE as f64) as u64 };
     let flag = if now.until > tick { now.until } else { u64::MAX };
     tick.saturating_add(ticks + 1).min(flag)
 }
+
+/// The most ticks a trajectory goes unchecked ([`due`]; 12.8 s at 20 ticks per second): bounds how far an
+/// entity can move in between, which [`Now::slop`] needs.
+pub const MAX_DUE: u64 = 256;
 
 /// One v2 client between the passes.
 #[derive(Debug, Clone, Copy)]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::aoi::Grid;
 use super::chat::{ChatLimiter, Refusal};
-use super::delta::{DeltaLink, Encoder, Frame, Now};
+use super::delta::{DeltaLink, Encoder, Frame, Now, MAX_DUE};
 use super::phase::Phase;
 use super::rng::Pcg32;
 use super::world::{EntityId, Health, Kind, NpcData, NpcState, PlayerData, Vec2, World};
@@ -1181,16 +1181,18 @@ impl Simulation {
         // ([`super::delta::DeltaLink::warm`]).
         for (k, view) in cache.views.iter().enumerate() {
             if k % WARM_AHEAD == 0 {
-                // The acknowledgements received since the last tick go to their links here, where the links
-                // are loaded anyway.
-                let mut acc = 0;
-                for v in cache.views[k..].iter().take(WARM_AHEAD).filter(|v| v.v2) {
+                let ahead = || cache.views[k..].iter().take(WARM_AHEAD).filter(|v| v.v2);
+                let world = &self.world;
+                let links = ahead()
+                    .filter_map(|v| world.player[v.slot].as_ref().and_then(|p| Some((p.delta.as_deref()?, &p.acks))));
+                std::hint::black_box(links.fold(0, |acc, (link, acks)| acc ^ link.warm(self.tick, acks)));
+                // The acknowledgements received since the last tick go to their links now that they are loaded.
+                for v in ahead() {
                     let Some(p) = self.world.player[v.slot].as_mut() else { continue };
-                    let Some(link) = p.delta.as_deref_mut() else { continue };
-                    p.acks.apply(link);
-                    acc ^= link.warm(self.tick);
+                    if let Some(link) = p.delta.as_deref_mut() {
+                        p.acks.apply(link);
+                    }
                 }
-                std::hint::black_box(acc);
             }
             let Some(player) = self.world.player[view.slot].as_ref() else { continue };
             if view.v2 {
@@ -1333,10 +1335,10 @@ impl Simulation {
         }
         let (p, v) = (self.world.pos[s], self.world.vel[s]);
         // Each tick adds `v * dt` (in f32, as `movement` does) to the coordinates: the sum is rounded by at most
-        // half a unit in its last place, at most 2^-24 of it. Bounded by where the entity can be before its next
-        // check (2^-24 of the larger coordinate plus a kilometre: no entity outruns that between checks) or the
-        // zone's edge, whichever is nearer.
-        let reach = (p.x.abs().max(p.y.abs()) + 1000.0).min(self.zone.size);
+        // half a unit in its last place, at most 2^-24 of it. Bounded by the largest coordinate the entity can
+        // reach before its next check (at most `MAX_DUE` ticks at this velocity) or the zone's edge.
+        let travel = (v.x.abs() + v.y.abs()) * self.dt * MAX_DUE as f32;
+        let reach = (p.x.abs().max(p.y.abs()) + travel).min(self.zone.size);
         let slop = reach * POS_SCALE / 16_777_216.0;
         let until = self.world.in_combat_until[s];
         Some(Now {
