@@ -1181,13 +1181,15 @@ impl Simulation {
         // ([`super::delta::DeltaLink::warm`]).
         for (k, view) in cache.views.iter().enumerate() {
             if k % WARM_AHEAD == 0 {
-                let ahead = || cache.views[k..].iter().take(WARM_AHEAD).filter(|v| v.v2);
-                let world = &self.world;
-                let links = ahead()
-                    .filter_map(|v| world.player[v.slot].as_ref().and_then(|p| Some((p.delta.as_deref()?, &p.acks))));
-                std::hint::black_box(links.fold(0, |acc, (link, acks)| acc ^ link.warm(self.tick, acks)));
-                // The acknowledgements received since the last tick go to their links now that they are loaded.
-                for v in ahead() {
+                // The next batch's lines are loaded while this batch is made (loaded just before, the first
+                // clients of a batch waited for them), ...
+                if k == 0 {
+                    self.warm_links(&cache.views[..], self.tick);
+                }
+                self.warm_links(&cache.views[(k + WARM_AHEAD).min(cache.views.len())..], self.tick);
+                // ... and the acknowledgements received since the last tick go to this batch's links, loaded a
+                // batch ago.
+                for v in cache.views[k..].iter().take(WARM_AHEAD).filter(|v| v.v2) {
                     let Some(p) = self.world.player[v.slot].as_mut() else { continue };
                     if let Some(link) = p.delta.as_deref_mut() {
                         p.acks.apply(link);
@@ -1304,6 +1306,16 @@ impl Simulation {
         self.scratch_ids = ids;
         self.scratch_order = order;
         self.snapshot_cache = cache;
+    }
+
+    /// Loads the cache lines the next [`WARM_AHEAD`] of `views` will read of their v2 links
+    /// ([`DeltaLink::warm`]): independent loads the CPU has in flight together.
+    fn warm_links(&self, views: &[View], tick: u64) {
+        let world = &self.world;
+        let links = views.iter().take(WARM_AHEAD).filter(|v| v.v2);
+        let links =
+            links.filter_map(|v| world.player[v.slot].as_ref().and_then(|p| Some((p.delta.as_deref()?, &p.acks))));
+        std::hint::black_box(links.fold(0, |acc, (link, acks)| acc ^ link.warm(tick, acks)));
     }
 
     /// A protocol-v2 view's area-of-interest query: the nearest `view_entities` around `pos` (hysteresis against
