@@ -6,10 +6,13 @@
 //! entity is in a view only if its record fitted; an unchanged entity's state equals the state it had). So an
 //! update depends only on (entity, baseline tick), an entry only on the entity. Per tick the server:
 //!
-//! 1. quantizes every entity some v2 view wants, once, and re-anchors its published trajectory only if the old
-//!    one strays more than [`TOLERANCE`] from where it is (or another field changed): entities walking straight
-//!    lines or standing do not change at all. A change is logged with its tick ([`Published`]): the state at a
-//!    baseline is the newest logged change at or before it;
+//! 1. quantizes every entity some v2 view wants that may have changed, once, and re-anchors its published
+//!    trajectory only if the old one strays more than [`TOLERANCE`] from where it is (or another field changed):
+//!    entities walking straight lines or standing do not change at all. "May have changed": the world touched it
+//!    since the last tick (every write to what a state holds marks its slot, `World::touch`), or its trajectory
+//!    is due a check (`due`: the drift of a quantized velocity and float rounding, bounded); the rest, most of
+//!    them, are not looked at (a test checks every one skipped against the world). A replaced state goes to one
+//!    log for all slots (`Encoder::log`): the state at a baseline is the newest change at or before it;
 //! 2. per client, merges the view it wants with its baseline view, both by ascending id. The view it wants is the
 //!    answer of an area-of-interest query made every `game.view_refresh_ms` (twice a second by default; at once
 //!    when new or after a jump) and kept in between ([`DeltaLink::set_view`]); usually it is the very view the
