@@ -494,6 +494,9 @@ struct Conn {
     udp_registered: bool,
     /// Counted as authenticated in [`PerAddress`] (the session sent `LoginOk`).
     authenticated: bool,
+    /// Accepted over `max_connections` on another thread's eviction (`owe_eviction`): never the one evicted to
+    /// pay that debt.
+    on_credit: bool,
 }
 
 struct IoThread<E> {
@@ -615,10 +618,9 @@ impl<E: From<Inbound>> IoThread<E> {
             if !self.shared.admit_address(addr.ip(), now) {
                 continue;
             }
-            if self.shared.stats.open_connections.load(Ordering::Relaxed) >= self.shared.max_connections
-                && !self.evict_oldest_unauthenticated()
-                && !self.owe_eviction()
-            {
+            let full = self.shared.stats.open_connections.load(Ordering::Relaxed) >= self.shared.max_connections;
+            let on_credit = full && !self.evict_oldest_unauthenticated(false);
+            if on_credit && !self.owe_eviction() {
                 self.shared.per_address.release(addr.ip(), false);
                 self.shared.stats.refused_max_connections.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -658,6 +660,7 @@ impl<E: From<Inbound>> IoThread<E> {
                 reported_disconnect: false,
                 udp_registered: false,
                 authenticated: false,
+                on_credit,
             });
             stats.accepted.fetch_add(1, Ordering::Relaxed);
             stats.open_connections.fetch_add(1, Ordering::Relaxed);
@@ -666,13 +669,19 @@ impl<E: From<Inbound>> IoThread<E> {
 
     /// At capacity: closes this thread's oldest connection that has not logged in, so a flood of silent or
     /// half-open connections costs its own members their slots instead of refusing every new player. Returns
-    /// whether a slot was freed.
+    /// whether a slot was freed. Paying a debt (`paying`), a connection accepted on credit is spared: the debt
+    /// was made to let it in, and the thread that accepted it would otherwise pay with the newcomer itself (its
+    /// only connection not logged in) and keep the oldest elsewhere.
     #[cold]
-    fn evict_oldest_unauthenticated(&mut self) -> bool {
+    fn evict_oldest_unauthenticated(&mut self, paying: bool) -> bool {
         for _ in 0..self.unauthenticated.len() {
             let Some((slot, id)) = self.unauthenticated.pop_front() else { break };
             let Some(Some(conn)) = self.conns.get_mut(slot) else { continue };
             if conn.id != id || conn.session.is_authenticated() || conn.session.is_closing() {
+                continue;
+            }
+            if paying && conn.on_credit {
+                self.unauthenticated.push_back((slot, id));
                 continue;
             }
             if conn.session.state() == SessionState::Authenticating {
@@ -721,7 +730,7 @@ impl<E: From<Inbound>> IoThread<E> {
             return;
         }
         while owed.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
-            if !self.evict_oldest_unauthenticated() {
+            if !self.evict_oldest_unauthenticated(true) {
                 owed.fetch_add(1, Ordering::Relaxed);
                 return;
             }
