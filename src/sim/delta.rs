@@ -47,7 +47,7 @@ pub const KEPT: u64 = WINDOW;
 /// refresh period: 16 cover the [`KEPT`] ticks unless the view changed more often than every other tick.
 pub const VIEWS: u64 = 16;
 const _: () = assert!(VIEWS <= KEPT);
-use crate::proto::{data_message, DataMessage, DeltaSnapshot};
+use crate::proto::DeltaSnapshot;
 
 /// A player that moved further than this (metres) since its view's last query gets a new one at once.
 pub const JUMP: f32 = 8.0;
@@ -577,25 +577,6 @@ impl Encoder {
                 continue;
             }
             self.looked_at += 1;
-            if std::env::var_os("DBG").is_some() {
-                static C: [std::sync::atomic::AtomicU64; 3] = [const { std::sync::atomic::AtomicU64::new(0) }; 3];
-                let k = if !untouched {
-                    0
-                } else if t.checked + 1 != tick {
-                    1
-                } else {
-                    2
-                };
-                C[k].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if s == 0 && tick % 100 == 0 {
-                    eprintln!(
-                        "touched {} fresh {} due {}",
-                        C[0].load(std::sync::atomic::Ordering::Relaxed),
-                        C[1].load(std::sync::atomic::Ordering::Relaxed),
-                        C[2].load(std::sync::atomic::Ordering::Relaxed)
-                    );
-                }
-            }
             self.publish(s, tick, tick_rate, state(s));
         }
     }
@@ -747,22 +728,12 @@ impl Encoder {
 
     /// `DataMessage { delta_snapshot }` of `header` and `bytes` at the end of `out` if it fits `budget` (else
     /// nothing is written); whether it fits.
-    fn message(&mut self, header: DeltaSnapshot, budget: usize, out: &mut Vec<u8>) -> bool {
-        let message = DataMessage {
-            body: Some(data_message::Body::DeltaSnapshot(DeltaSnapshot {
-                entities: std::mem::take(&mut self.bytes),
-                ..header
-            })),
-        };
-        let len = message.encoded_len();
-        if len <= budget {
-            out.reserve(len);
-            message.encode(out).expect("a Vec grows");
+    fn message(&mut self, header: &DeltaSnapshot, budget: usize, out: &mut Vec<u8>) -> bool {
+        if crate::proto::delta_snapshot_len(header, self.bytes.len()) > budget {
+            return false;
         }
-        if let Some(data_message::Body::DeltaSnapshot(d)) = message.body {
-            self.bytes = d.entities;
-        }
-        len <= budget
+        crate::proto::encode_delta_snapshot(header, &self.bytes, out);
+        true
     }
 
     /// One wanted entity of a snapshot against `base_tick`: `h` is its slot record, `in_base` its index in the
@@ -802,7 +773,7 @@ impl Encoder {
         &mut self,
         link: &mut DeltaLink,
         frame: &Frame,
-        header: DeltaSnapshot,
+        header: &DeltaSnapshot,
         budget: usize,
         out: &mut Vec<u8>,
     ) -> Option<usize> {
@@ -871,7 +842,7 @@ impl Encoder {
         &mut self,
         link: &mut DeltaLink,
         frame: &Frame,
-        header: DeltaSnapshot,
+        header: &DeltaSnapshot,
         visible: &[u32],
         budget: usize,
         out: &mut Vec<u8>,

@@ -1225,24 +1225,23 @@ impl Simulation {
                 };
                 let frame = Frame { tick: self.tick, client };
                 let start = buf.len() as u32;
-                let shown =
-                    match cache.delta.assemble_wanted(&mut link, &frame, header.clone(), SNAPSHOT_BUDGET, &mut buf) {
-                        Some(shown) => shown,
-                        None => {
-                            // Too much for one datagram (a view entered whole, or many changes at once): nearest first.
-                            let world = &self.world;
-                            link.retain_wanted(|id| world.slot(id).is_some());
-                            visible.clear();
-                            visible.extend(link.want().iter().map(|&id| {
-                                let s = (id & 0xffff_ffff) as u32;
-                                (world.pos[s as usize].dist2(pos), s)
-                            }));
-                            visible.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-                            cache.prev.clear();
-                            cache.prev.extend(visible.iter().map(|v| v.1));
-                            cache.delta.assemble(&mut link, &frame, header, &cache.prev, SNAPSHOT_BUDGET, &mut buf)
-                        }
-                    };
+                let shown = match cache.delta.assemble_wanted(&mut link, &frame, &header, SNAPSHOT_BUDGET, &mut buf) {
+                    Some(shown) => shown,
+                    None => {
+                        // Too much for one datagram (a view entered whole, or many changes at once): nearest first.
+                        let world = &self.world;
+                        link.retain_wanted(|id| world.slot(id).is_some());
+                        visible.clear();
+                        visible.extend(link.want().iter().map(|&id| {
+                            let s = (id & 0xffff_ffff) as u32;
+                            (world.pos[s as usize].dist2(pos), s)
+                        }));
+                        visible.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                        cache.prev.clear();
+                        cache.prev.extend(visible.iter().map(|v| v.1));
+                        cache.delta.assemble(&mut link, &frame, &header, &cache.prev, SNAPSHOT_BUDGET, &mut buf)
+                    }
+                };
                 self.stats.snapshot_truncated_entities += u64::from(link.total()).saturating_sub(shown as u64);
                 self.stats.snapshots_shown += shown as u64;
                 // The view for the next ticks: an area-of-interest query every `requery` ticks (each client on its
