@@ -101,6 +101,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "game_server_chat_refused_total",
     "game_server_snapshots_total",
     "game_server_snapshot_truncated_entities_total",
+    "game_server_delta_snapshots_total",
     // Network (attach_net: every network counter lives in NetStats).
     "game_server_network_packets_total",
     "game_server_network_bytes_total",

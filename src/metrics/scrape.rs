@@ -95,7 +95,7 @@ pub struct CacheSample {
 
 #[derive(Debug, Default)]
 pub(super) struct SimCounters {
-    values: [AtomicU64; 9],
+    values: [AtomicU64; 11],
 }
 
 impl SimCounters {
@@ -110,6 +110,8 @@ impl SimCounters {
             t.chats,
             t.snapshots,
             t.snapshot_truncated_entities,
+            t.delta_snapshots_acknowledged,
+            t.delta_snapshots_whole,
         ];
         for (slot, v) in self.values.iter().zip(values) {
             slot.store(v, Ordering::Relaxed);
@@ -128,6 +130,8 @@ impl SimCounters {
             chats: v(6),
             snapshots: v(7),
             snapshot_truncated_entities: v(8),
+            delta_snapshots_acknowledged: v(9),
+            delta_snapshots_whole: v(10),
             ..SimTotals::default()
         }
     }
@@ -255,6 +259,13 @@ const SNAPSHOT_TRUNCATED: Spec = spec(
     "Entities left out of snapshots by the datagram size budget.",
 );
 
+const DELTA_SNAPSHOTS: Spec = spec(
+    "game_server_delta_snapshots_total",
+    COUNTER,
+    &["baseline"],
+    "Protocol-v2 snapshots, by baseline: a view the client acknowledged, or none (the whole view sent).",
+);
+
 const PACKETS: Spec = spec(
     "game_server_network_packets_total",
     COUNTER,
@@ -349,6 +360,7 @@ const SPECS: &[&Spec] = &[
     &CHAT_MESSAGES,
     &SNAPSHOTS,
     &SNAPSHOT_TRUNCATED,
+    &DELTA_SNAPSHOTS,
     &PACKETS,
     &BYTES,
     &DROPS,
@@ -511,6 +523,11 @@ impl ScrapeCollector {
         out.one(&CHAT_MESSAGES, t.chats as f64);
         out.one(&SNAPSHOTS, t.snapshots as f64);
         out.one(&SNAPSHOT_TRUNCATED, t.snapshot_truncated_entities as f64);
+        let mut delta = Family::new(&DELTA_SNAPSHOTS);
+        delta
+            .value(&[("baseline", "acknowledged")], t.delta_snapshots_acknowledged as f64)
+            .value(&[("baseline", "none")], t.delta_snapshots_whole as f64);
+        out.add(delta);
     }
 
     fn net(&self, out: &mut Out) {

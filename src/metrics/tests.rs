@@ -77,6 +77,8 @@ fn sim_totals_are_exported_as_labelled_counters() {
         chats: 6,
         snapshots: 7,
         snapshot_truncated_entities: 8,
+        delta_snapshots_acknowledged: 9,
+        delta_snapshots_whole: 11,
         ..SimTotals::default()
     });
     let text = m.render();
@@ -84,6 +86,8 @@ fn sim_totals_are_exported_as_labelled_counters() {
     assert_eq!(sample(&text, "game_server_inputs_rejected_total{reason=\"stale\"}"), Some(3.0));
     assert_eq!(sample(&text, "game_server_combat_events_total{kind=\"kill\"}"), Some(5.0));
     assert_eq!(sample(&text, "game_server_snapshot_truncated_entities_total"), Some(8.0));
+    assert_eq!(sample(&text, "game_server_delta_snapshots_total{baseline=\"acknowledged\"}"), Some(9.0));
+    assert_eq!(sample(&text, "game_server_delta_snapshots_total{baseline=\"none\"}"), Some(11.0));
 }
 
 #[test]

@@ -156,6 +156,10 @@ pub struct SimStats {
     pub snapshot_truncated_entities: u64,
     /// Entities the snapshots carried (summed over snapshots).
     pub snapshots_shown: u64,
+    /// Protocol-v2 snapshots encoded against a view the client acknowledged ...
+    pub delta_snapshots_acknowledged: u64,
+    /// ... and against an empty view (none acknowledged yet, or too old, or no longer kept: the whole view is sent).
+    pub delta_snapshots_whole: u64,
 }
 
 /// Player state to persist (on logout, transfer, save).
@@ -1223,6 +1227,11 @@ impl Simulation {
                     cache.delta.want_now(slots, tick + requery, tick, rate, |s| self.published_state(s));
                 }
                 let client = link.plan(self.tick);
+                if client.base == 0 {
+                    self.stats.delta_snapshots_whole += 1;
+                } else {
+                    self.stats.delta_snapshots_acknowledged += 1;
+                }
                 let header = DeltaSnapshot {
                     tick: self.tick,
                     baseline_tick: client.base,
