@@ -68,9 +68,10 @@ const NONE: u32 = u32::MAX;
 /// A view's ids held in place (in the client's one allocation with the rest of its [`DeltaLink`]: read every tick,
 /// one allocation fewer to miss in the cache).
 #[derive(Debug, Clone, Copy)]
+#[repr(C)]
 struct Ids {
-    ids: [EntityId; MAX_VIEW_LIMIT],
     len: u8,
+    ids: [EntityId; MAX_VIEW_LIMIT],
 }
 
 impl Default for Ids {
@@ -136,27 +137,30 @@ impl Acks {
     }
 }
 
-/// One v2 client's side of the protocol on the server.
+/// One v2 client's side of the protocol on the server. Laid out in the order a snapshot reads it (`repr(C)`):
+/// what every snapshot reads first and together (the scalars, then the wanted ids) in as few cache lines as they
+/// take, the per-tick entries after, the ring of views (read only when the view changed) last.
 #[derive(Debug, Clone)]
+#[repr(C)]
 pub struct DeltaLink {
     /// The newest tick it acknowledged that was sent to it (0: none).
     ack: u64,
+    /// The newest view's version (0: none yet).
+    version: u64,
+    /// When and where that query was made (`None`: never).
+    queried: Option<(u64, Vec2)>,
+    /// How many entities that query found in range (the view holds at most `view_entities` of them).
+    total: u32,
+    /// Whether `want` is the newest view (nothing was queried anew, dropped or cut since it was sent).
+    want_sent: bool,
+    /// The entities its view should hold, by ascending id: the last area-of-interest query's answer (entities
+    /// that died since are dropped as they are met).
+    want: Ids,
     /// Per tick of the last [`KEPT`] (at `tick % KEPT`): `(tick, version of the view sent then)`.
     sent: [(u64, u64); KEPT as usize],
     /// The [`VIEWS`] newest views sent, by ascending id, each once however many ticks it was sent for: version `v`
     /// at `views[v % VIEWS]`.
     views: [Vec<EntityId>; VIEWS as usize],
-    /// The newest view's version (0: none yet).
-    version: u64,
-    /// The entities its view should hold, by ascending id: the last area-of-interest query's answer (entities
-    /// that died since are dropped as they are met).
-    want: Ids,
-    /// Whether `want` is the newest view (nothing was queried anew, dropped or cut since it was sent).
-    want_sent: bool,
-    /// How many entities that query found in range (the view holds at most `view_entities` of them).
-    total: u32,
-    /// When and where that query was made (`None`: never).
-    queried: Option<(u64, Vec2)>,
 }
 
 impl Default for DeltaLink {
