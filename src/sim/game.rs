@@ -1268,7 +1268,7 @@ impl Simulation {
                 // are published until the next one.
                 if !urgent && link.query_due(self.tick, requery, view.slot as u64) {
                     self.query_view(&mut link, pos, &mut visible, &mut ids, &mut cache.prev);
-                    cache.delta.want(visible.iter().map(|&(_, s)| s as usize), self.tick + requery);
+                    cache.delta.want(visible.iter().map(|&(_, s)| s as usize), self.tick + requery, self.tick);
                 }
                 if let Some(p) = self.world.player[view.slot].as_mut() {
                     p.delta = Some(link);
