@@ -16,8 +16,9 @@
 //! 2. per client, merges the view it wants with its baseline view, both by ascending id. The view it wants is the
 //!    answer of an area-of-interest query made every `game.view_refresh_ms` (twice a second by default; at once
 //!    when new or after a jump) and kept in between ([`DeltaLink::set_view`]); usually it is the very view the
-//!    client acknowledged, and the merge is one branch-free pass over it: per entity one 8-byte slot record
-//!    ([`Hot`]) and a comparison of two ticks, the few that changed visited after. The bodies of
+//!    client acknowledged, and the merge is one branch-free pass over it: per entity one bit of the bitmap of
+//!    slots changed since that baseline (one per baseline and tick, in L1: `Encoder::changed_after`), the few
+//!    that changed visited after through their slot records ([`Hot`]). The bodies of
 //!    the few that changed or enter are encoded on first use and memoised for the tick in a dense table
 //!    ([`Memo`]), so clients sharing a baseline (clients at similar round-trip times) share them. A view that does
 //!    not fit the datagram (a whole view entering at once) is cut nearest first ([`Encoder::assemble`]).
@@ -28,7 +29,8 @@
 //!
 //! Measured on the way (the tick benchmark, v1 and v2 taking turns tick by tick; BENCHMARKS.md): a fresh
 //! nearest-84 query per client per tick was a third of the phase, the per-client pointer chases (player, link,
-//! its vectors) and the slot records' cache misses most of the rest.
+//! its vectors) and the slot records' cache misses most of the rest. What is left is per client and mostly
+//! memory: the link's lines (laid out in the order they are read), the view queries, the message.
 
 use prost::Message as _;
 

@@ -1194,14 +1194,16 @@ impl Simulation {
         // ([`super::delta::DeltaLink::warm`]).
         for (k, view) in cache.views.iter().enumerate() {
             if k % WARM_AHEAD == 0 {
-                // The next batch's lines are loaded while this batch is made (loaded just before, the first
-                // clients of a batch waited for them), ...
+                // The lines of the batch after next are loaded while this batch is made (loaded just before, the
+                // first clients of a batch waited for them; a batch ahead, still some: two batches ahead measured
+                // 3-4% less in the crowd), ...
                 if k == 0 {
                     self.warm_links(&cache.views[..], self.tick);
+                    self.warm_links(&cache.views[WARM_AHEAD.min(cache.views.len())..], self.tick);
                 }
-                self.warm_links(&cache.views[(k + WARM_AHEAD).min(cache.views.len())..], self.tick);
-                // ... and the acknowledgements received since the last tick go to this batch's links, loaded a
-                // batch ago.
+                self.warm_links(&cache.views[(k + 2 * WARM_AHEAD).min(cache.views.len())..], self.tick);
+                // ... and the acknowledgements received since the last tick go to this batch's links, loaded two
+                // batches ago.
                 for v in cache.views[k..].iter().take(WARM_AHEAD).filter(|v| v.v2) {
                     let Some(p) = self.world.player[v.slot].as_mut() else { continue };
                     if let Some(link) = p.delta.as_deref_mut() {
