@@ -459,6 +459,8 @@ pub struct Encoder {
     /// skipped (a "checked at" tick written per wanted slot per tick was a fifth of the snapshot function's own
     /// samples in a profile of the server under 2,000 bots; the tick benchmark shows no difference).
     due: Vec<u64>,
+    /// The last tick [`Encoder::encode`] ran.
+    encoded: u64,
     /// Whether every slot skipped as unchanged is checked against the world ([`Encoder::check_skips`]).
     check_skips: bool,
     /// Wanted slots looked at and skipped by [`Encoder::encode`], all time.
@@ -595,12 +597,16 @@ impl Encoder {
     /// drifted ([`due`]). Measured: looking at every
     /// wanted slot (18,000 of 22,000 in the benchmark's zone, 96% unchanged) was most of the pass.
     pub fn encode(&mut self, tick: u64, tick_rate: u32, touched: &[u64], state: impl Fn(usize) -> Option<Now>) {
+        // A tick without this pass (no v2 client had a snapshot built) lost what touched the slots then: every
+        // wanted slot is looked at once after one.
+        let continuous = self.encoded + 1 == tick;
+        self.encoded = tick;
         for s in 0..self.due.len() {
             if self.wanted[s] < tick {
                 continue;
             }
             let untouched = touched.get(s / 64).is_none_or(|w| w >> (s % 64) & 1 == 0);
-            if untouched && self.due[s] > tick {
+            if continuous && untouched && self.due[s] > tick {
                 self.skipped += 1;
                 if self.check_skips {
                     self.check_skip(s, tick, tick_rate, state(s));
