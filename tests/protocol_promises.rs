@@ -249,11 +249,13 @@ fn bogus_snapshot_acknowledgements_cost_the_liar_its_deltas_and_nothing_else() {
     }
     assert!(decoded >= 30, "the liar's snapshots decode: {decoded} of 60");
     assert!(honest_link.session().snapshot_ack() > 0, "the honest client gets deltas meanwhile");
-    // An operator sees it: every snapshot the liar decoded was a whole view, the honest client's are deltas.
-    let whole = s.metric("game_server_delta_snapshots_total", &[("baseline", "none")]);
-    let acknowledged = s.metric("game_server_delta_snapshots_total", &[("baseline", "acknowledged")]);
-    assert!(whole >= f64::from(decoded), "{whole} whole-view snapshots counted, the liar decoded {decoded}");
-    assert!(acknowledged >= 10.0, "{acknowledged} snapshots against an acknowledged view counted");
+    // An operator sees it: the liar's snapshots are whole views, the honest client's deltas (the simulation's
+    // totals reach the metrics a little later: waited for).
+    let counted = |baseline: &str| s.metric("game_server_delta_snapshots_total", &[("baseline", baseline)]);
+    let seen = ServerProcess::wait_until(Duration::from_secs(5), || counted("none") >= 30.0);
+    assert!(seen, "{} whole-view snapshots counted, the liar decoded {decoded}", counted("none"));
+    let seen = ServerProcess::wait_until(Duration::from_secs(5), || counted("acknowledged") >= 10.0);
+    assert!(seen, "{} snapshots against an acknowledged view counted", counted("acknowledged"));
     assert_eq!(s.admin_get("/health", Duration::from_secs(5)).map(|r| r.0), Some(200), "the server is up");
     s.stop();
 }
