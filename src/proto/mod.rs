@@ -169,13 +169,6 @@ const DATA_MESSAGE_DELTA_SNAPSHOT_FIELD: u8 = 9;
 /// their one-byte keys, `tick_rate` (6), and the `entities` key with a length under 2^14 (3).
 const DELTA_HEADER_MAX: usize = 5 * 11 + 6 + 3;
 
-/// The length of `DataMessage { delta_snapshot: header with entities }` when the entities bytes are `entities` long
-/// (what [`encode_delta_snapshot`] writes; `header.entities` is ignored).
-pub fn delta_snapshot_len(header: &DeltaSnapshot, entities: usize) -> usize {
-    let body = delta_header(header, entities, &mut [0; DELTA_HEADER_MAX]).1 + entities;
-    1 + delta::varint_len(body as u64) + body
-}
-
 /// `header`'s fields 1-5 and the key and length of `entities` (if not empty) into `buf`, then `tick_rate` after
 /// them: `(end of the fields before the entities bytes, body length without them)`.
 #[inline]
@@ -204,20 +197,23 @@ fn delta_header(header: &DeltaSnapshot, entities: usize, buf: &mut [u8; DELTA_HE
 
 /// Appends `DataMessage { delta_snapshot }` of `header` (its `entities` ignored) and `entities` to `out`, byte for
 /// byte what prost writes (fields in order, zeros left out), without building the message: the simulation thread
-/// writes 2,000 of these a tick. Returns the bytes written.
-pub fn encode_delta_snapshot(header: &DeltaSnapshot, entities: &[u8], out: &mut Vec<u8>) -> usize {
+/// writes 2,000 of these a tick. Nothing is written when the message would be longer than `budget` bytes. Returns
+/// the message's length, written or not (the header is encoded once for both).
+pub fn encode_delta_snapshot(header: &DeltaSnapshot, entities: &[u8], budget: usize, out: &mut Vec<u8>) -> usize {
     let mut buf = [0; DELTA_HEADER_MAX];
     let (before, len) = delta_header(header, entities.len(), &mut buf);
     let body = len + entities.len();
     let mut envelope = [0; 11];
     let n = put_varint(&mut envelope, 0, DATA_MESSAGE_DELTA_SNAPSHOT_FIELD << 3 | WIRE_LEN, body as u64);
-    let start = out.len();
+    if n + body > budget {
+        return n + body;
+    }
     out.reserve(n + body);
     out.extend_from_slice(&envelope[..n]);
     out.extend_from_slice(&buf[..before]);
     out.extend_from_slice(entities);
     out.extend_from_slice(&buf[before..len]);
-    out.len() - start
+    n + body
 }
 
 #[cfg(test)]
@@ -268,8 +264,12 @@ mod snapshot_encoding_tests {
                 entities: Vec::new(), tick_rate,
             };
             let mut ours = vec![7u8]; // appended after what is there
-            let n = encode_delta_snapshot(&header, &entities, &mut ours);
-            prop_assert_eq!(n, delta_snapshot_len(&header, entities.len()));
+            let n = encode_delta_snapshot(&header, &entities, usize::MAX, &mut ours);
+            prop_assert_eq!(n, ours.len() - 1);
+            // Over budget by one byte: nothing written, the same length returned.
+            let mut short = vec![7u8];
+            prop_assert_eq!(encode_delta_snapshot(&header, &entities, n - 1, &mut short), n);
+            prop_assert_eq!(short, vec![7u8]);
             let message = DataMessage::new(data_message::Body::DeltaSnapshot(DeltaSnapshot { entities, ..header }));
             let mut theirs = vec![7u8];
             prost::Message::encode(&message, &mut theirs).unwrap();

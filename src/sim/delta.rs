@@ -811,11 +811,7 @@ impl Encoder {
     /// `DataMessage { delta_snapshot }` of `header` and `bytes` at the end of `out` if it fits `budget` (else
     /// nothing is written); whether it fits.
     fn message(&mut self, header: &DeltaSnapshot, budget: usize, out: &mut Vec<u8>) -> bool {
-        if crate::proto::delta_snapshot_len(header, self.bytes.len()) > budget {
-            return false;
-        }
-        crate::proto::encode_delta_snapshot(header, &self.bytes, out);
-        true
+        crate::proto::encode_delta_snapshot(header, &self.bytes, budget, out) <= budget
     }
 
     /// One wanted entity of a snapshot against `base_tick`: `h` is its slot record, `in_base` its index in the
