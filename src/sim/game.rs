@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::aoi::Grid;
 use super::chat::{ChatLimiter, Refusal};
-use super::delta::{DeltaLink, Encoder, Frame, Now, MAX_DUE};
+use super::delta::{DeltaLink, Encoder, Frame, Now, SlotMarks, MAX_DUE};
 use super::phase::Phase;
 use super::rng::Pcg32;
 use super::world::{EntityId, Health, Kind, NpcData, NpcState, PlayerData, Vec2, World};
@@ -222,9 +222,6 @@ pub struct Simulation {
     scratch: Vec<(f32, u32)>,
     scratch_ids: Vec<EntityId>,
     scratch_order: Vec<(u32, SessionId, usize)>,
-    /// Per slot, a mark of [`Simulation::query_view`] (`view_stamp` and `view_stamp + 1` this query).
-    view_marks: Vec<u32>,
-    view_stamp: u32,
     view_new: Vec<EntityId>,
     view_old: Vec<EntityId>,
     snapshot_cache: SnapshotCache,
@@ -336,8 +333,6 @@ impl Simulation {
             scratch: Vec::new(),
             scratch_ids: Vec::new(),
             scratch_order: Vec::new(),
-            view_marks: Vec::new(),
-            view_stamp: 0,
             view_new: Vec::new(),
             view_old: Vec::new(),
             snapshot_cache: SnapshotCache::default(),
@@ -1223,7 +1218,7 @@ impl Simulation {
                 let (last_input, last_input_time_us) = (player.last_input, player.last_input_time_us);
                 let urgent = link.query_urgent(pos);
                 if urgent {
-                    self.query_view(&mut link, pos, &mut visible, &mut ids, &mut cache.prev);
+                    self.query_view(&mut link, pos, &mut visible, &mut ids, &mut cache.prev, cache.delta.slot_marks());
                     let slots = visible.iter().map(|&(_, s)| s as usize);
                     let (tick, rate) = (self.tick, self.tick_rate);
                     cache.delta.want_now(slots, tick + requery, tick, rate, |s| self.published_state(s));
@@ -1269,7 +1264,7 @@ impl Simulation {
                 // entering range show at most that much later; datagrams stay at the tick rate). Its entities
                 // are published until the next one.
                 if !urgent && link.query_due(self.tick, requery, view.slot as u64) {
-                    self.query_view(&mut link, pos, &mut visible, &mut ids, &mut cache.prev);
+                    self.query_view(&mut link, pos, &mut visible, &mut ids, &mut cache.prev, cache.delta.slot_marks());
                     cache.delta.want(visible.iter().map(|&(_, s)| s as usize), self.tick + requery, self.tick);
                 }
                 if let Some(p) = self.world.player[view.slot].as_mut() {
@@ -1346,6 +1341,7 @@ impl Simulation {
         visible: &mut Vec<(f32, u32)>,
         ids: &mut Vec<EntityId>,
         prev: &mut Vec<u32>,
+        marks: &mut SlotMarks,
     ) {
         let world = &self.world;
         // The entities of the view it replaces still alive, by ascending id, and their slots.
@@ -1358,23 +1354,17 @@ impl Simulation {
         let total = self.grid.visible_nearest_set(pos, self.enter_r, self.leave_r, prev, self.view_entities, visible);
         // By ascending id: the entities it keeps in the order they had, merged with the few new ones sorted
         // (measured: sorting the whole view was a quarter of the query).
-        self.view_marks.resize(world.slots(), 0);
-        if self.view_stamp >= u32::MAX - 2 {
-            self.view_marks.fill(0);
-            self.view_stamp = 0;
-        }
-        self.view_stamp += 2;
-        let (was, kept) = (self.view_stamp, self.view_stamp + 1);
-        let marks = &mut self.view_marks;
+        const WAS: u32 = 0;
+        const KEPT: u32 = 1;
+        let stamp = marks.fresh(world.slots());
         for &s in prev.iter() {
-            marks[s as usize] = was;
+            marks.mark(s as usize, stamp, WAS);
         }
         let new = &mut self.view_new;
         new.clear();
         for &(_, s) in visible.iter() {
-            let m = &mut marks[s as usize];
-            if *m == was {
-                *m = kept;
+            if marks.get(s as usize, stamp) == Some(WAS) {
+                marks.mark(s as usize, stamp, KEPT);
             } else {
                 new.push(world.id(s as usize));
             }
@@ -1383,7 +1373,7 @@ impl Simulation {
         let mut new_ids = new.iter().copied().peekable();
         ids.clear();
         for &id in self.view_old.iter() {
-            if marks[(id & 0xffff_ffff) as usize] != kept {
+            if marks.get((id & 0xffff_ffff) as usize, stamp) != Some(KEPT) {
                 continue;
             }
             while let Some(n) = new_ids.next_if(|&n| n < id) {
