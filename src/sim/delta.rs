@@ -530,6 +530,26 @@ impl SlotMarks {
     }
 }
 
+/// Appends the body `arena[start..start + len]` to `out`. Bodies are a few bytes: when the arena holds
+/// [`BODY_CHUNK`] bytes from `start` (all but the newest bodies), that many are copied, a fixed-size copy the
+/// compiler inlines, and the excess dropped; a copy of `len` bytes was a call to `memcpy` per body.
+#[inline]
+fn put_body(out: &mut Vec<u8>, arena: &[u8], start: u32, len: u32) {
+    let (start, len) = (start as usize, len as usize);
+    match arena.get(start..start + BODY_CHUNK) {
+        Some(chunk) if len <= BODY_CHUNK => {
+            let at = out.len();
+            let chunk: &[u8; BODY_CHUNK] = chunk.try_into().expect("a chunk of BODY_CHUNK bytes");
+            out.extend_from_slice(chunk);
+            out.truncate(at + len);
+        }
+        _ => out.extend_from_slice(&arena[start..start + len]),
+    }
+}
+
+/// See [`put_body`].
+const BODY_CHUNK: usize = 32;
+
 /// Baselines per tick whose "changed since" bitmap is made (clients acknowledge the last few ticks; a client with
 /// another baseline reads the slot records instead).
 const AFTER: usize = 8;
@@ -838,7 +858,7 @@ impl Encoder {
         for &(i, start, len) in &self.updates {
             wire::put_varint(bytes, u64::from(previous.map_or(i, |p| i - p - 1)));
             previous = Some(i);
-            bytes.extend_from_slice(&self.arena[start as usize..(start + len) as usize]);
+            put_body(bytes, &self.arena, start, len);
         }
         wire::put_varint(bytes, self.entering.len() as u64);
         let mut previous: Option<EntityId> = None;
@@ -846,7 +866,7 @@ impl Encoder {
             wire::put_varint(bytes, previous.map_or(id, |p| id - p - 1));
             previous = Some(id);
             let (start, len) = self.memos[self.memo_at[s as usize] as usize].entry;
-            bytes.extend_from_slice(&self.arena[start as usize..(start + len) as usize]);
+            put_body(bytes, &self.arena, start, len);
         }
     }
 
@@ -911,12 +931,14 @@ impl Encoder {
             for (word, ids) in link.want.as_slice().chunks(64).enumerate() {
                 let mut bits = 0u64;
                 if let Some(a) = after {
-                    // The slots changed since the baseline, one bit each (in the L1 cache).
-                    let changed = &self.after[a].1;
-                    for (j, &id) in ids.iter().enumerate() {
+                    // The slots changed since the baseline, one bit each (in the L1 cache). The flags are shifted
+                    // in (first id highest) and reversed after: no shift by a variable count per id.
+                    let changed: &[u64] = &self.after[a].1;
+                    for &id in ids {
                         let s = slot_of(id);
-                        bits |= (changed[s / 64] >> (s % 64) & 1) << j;
+                        bits = bits << 1 | (changed[s / 64] >> (s % 64) & 1);
                     }
+                    bits = bits.reverse_bits() >> (64 - ids.len());
                 } else {
                     let hot = &self.hot;
                     for (j, &id) in ids.iter().enumerate() {
