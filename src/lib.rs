@@ -13,6 +13,8 @@ pub mod client;
 pub mod config;
 pub mod db;
 pub mod game_client;
+#[allow(unsafe_code)]
+pub mod hint;
 pub mod limits;
 pub mod link;
 pub mod lock;

@@ -244,29 +244,30 @@ impl DeltaLink {
         version != 0 && self.version - version < VIEWS
     }
 
-    /// Reads one word of each cache line pass 3 will read of this link at `now` (its header, the entries its
-    /// waiting `acks` check, the view it wants, its baseline view) and folds them into one value. Called for a few clients in a row before their
-    /// snapshots are made: the loads of different clients do not depend on one another, so the CPU has all of
-    /// them in flight at once, where in the snapshot itself each one stalls it (measured: most of pass 3's
-    /// per-client cost was these misses; the links of 2,000 clients do not stay in the cache from tick to tick).
-    pub fn warm(&self, now: u64, acks: &Acks) -> u64 {
-        const WORDS_PER_LINE: usize = 64 / std::mem::size_of::<EntityId>();
-        let mut acc = self.ack ^ u64::from(self.queried.is_some());
-        // The entries the waiting acknowledgements will check.
+    /// Starts loading the cache lines a snapshot at `now` reads of this link first, without waiting for them: its
+    /// header (with the first wanted ids), the entries its waiting `acks` check and the entry the snapshot writes;
+    /// [`DeltaLink::prefetch_views`] follows once the header is in. Called a few clients ahead of their
+    /// snapshots: the links of 2,000 clients do not stay in the cache from tick to tick, and a snapshot waiting for
+    /// each of its lines in turn was most of pass 3's per-client cost. Prefetch instructions, not loads: loads that
+    /// missed held the CPU's reorder window, so it kept only a few clients' misses in flight (they were a fifth of
+    /// the phase in the server's profile under 2,000 bots).
+    pub fn prefetch(&self, now: u64, acks: &Acks) {
+        crate::hint::prefetch(self);
         for &tick in &acks.ticks[..usize::from(acks.len)] {
-            acc ^= self.sent[(tick % KEPT) as usize].0;
+            crate::hint::prefetch(&self.sent[(tick % KEPT) as usize]);
         }
-        for id in self.want.as_slice().iter().step_by(WORDS_PER_LINE) {
-            acc ^= id;
-        }
+        crate::hint::prefetch(&self.sent[(now % KEPT) as usize]);
+    }
+
+    /// Starts loading the views a snapshot at `now` reads: the wanted ids and, if it reads one, the baseline view
+    /// (not the usual case, the client acknowledged the view it still wants, but after each view change until the
+    /// client acknowledges it). Reads the link's first line: called once [`DeltaLink::prefetch`] brought it in.
+    pub fn prefetch_views(&self, now: u64) {
+        crate::hint::prefetch_slice(self.want.as_slice());
         let client = self.plan(now);
         if client.base == 0 || !self.want_sent || client.version != self.version {
-            // Not the usual case (the client acknowledged the view it still wants): the baseline is read too.
-            for id in self.view(client.version).iter().step_by(WORDS_PER_LINE) {
-                acc ^= id;
-            }
+            crate::hint::prefetch_slice(self.view(client.version));
         }
-        acc
     }
 
     /// The view of version `version` (empty for 0).
