@@ -199,7 +199,9 @@ impl DeltaLink {
     }
 
     /// Whether its view is due its periodic query at `tick` (made after the snapshot, for the next ticks): every
-    /// `period` ticks, each client on its own phase (`phase`).
+    /// `period` ticks, on the ticks of its phase (`phase`, `0..period`). A phase that changes between ticks (the
+    /// caller phases clients by their place in an order that moves) brings a query sooner or later than its old
+    /// phase would, but never more than `period` ticks after the last.
     pub fn query_due(&self, tick: u64, period: u64, phase: u64) -> bool {
         self.queried.is_none_or(|(at, _)| tick.saturating_sub(at) >= period || (tick + phase) % period == 0)
     }
@@ -1084,6 +1086,36 @@ impl Encoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn periodic_queries_stay_at_most_a_period_apart_whatever_the_phase_does() {
+        let period = 10;
+        let mut rng = crate::sim::rng::Pcg32::new(7, 1);
+        for moving in [false, true] {
+            let mut link = DeltaLink::default();
+            let mut phase = 3;
+            let mut last = None;
+            let mut queries = 0;
+            for tick in 1..2_000u64 {
+                if moving && rng.next_u32() % 3 == 0 {
+                    // Its place in the order moves by one run now and then, either way.
+                    phase = (phase + if rng.next_u32() % 2 == 0 { 1 } else { period - 1 }) % period;
+                }
+                if link.query_due(tick, period, phase) {
+                    if let Some(last) = last {
+                        assert!(tick - last <= period, "{} ticks between queries", tick - last);
+                    }
+                    last = Some(tick);
+                    queries += 1;
+                    link.set_view(tick, Vec2::new(0.0, 0.0), 0, &[]);
+                }
+            }
+            // A fixed phase: the first (never queried) and then exactly one a period.
+            if !moving {
+                assert_eq!(queries, 1 + 200);
+            }
+        }
+    }
 
     #[test]
     fn slot_marks_hold_for_their_stamp_only_and_survive_the_stamp_wrapping() {
